@@ -1,0 +1,115 @@
+"""The wire formats: what a client downloads and uploads, byte for byte.
+
+Parameters travel in the model's ``named_parameters`` order as little-endian
+float32 values, with no header (both ends know the architecture):
+
+* dense payload: every value of every tensor, ``4 * numel`` bytes;
+* sparse payload: only the values the mask keeps, ``4 * nnz`` bytes.
+
+The mask goes to each client once, on its first round, as the cheaper of
+
+* a bitmap: tag byte ``0x01`` + one bit per parameter (``numpy.packbits``,
+  big-endian bit order), ``1 + ceil(numel / 8)`` bytes;
+* an index list: tag byte ``0x02`` + the flat indices of the kept entries as
+  little-endian uint32, ``1 + 4 * nnz`` bytes.
+
+A full mask is never sent: the dense payload needs none.
+Traffic is ``len()`` of these byte strings; nothing is estimated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from fedticket.errors import FedticketError
+from fedticket.pruning.mask import Mask
+
+BITMAP = 0x01
+INDEX_LIST = 0x02
+
+
+class Codec:
+    """Encode and decode model payloads for one fixed mask."""
+
+    def __init__(self, mask: Mask):
+        self.mask = mask
+        self.names = list(mask)
+        self.shapes = {n: tuple(mask[n].shape) for n in self.names}
+        self.sparse = not mask.is_full
+        flat = torch.cat([mask[n].flatten() for n in self.names]).numpy()
+        self._flat_mask = flat
+        self._kept = np.flatnonzero(flat)
+        self.numel = int(flat.size)
+        self.nnz = int(self._kept.size)
+
+    # ---------------------------------------------------------------- values
+    def encode(self, state: Mapping[str, torch.Tensor]) -> bytes:
+        """Payload of ``state`` (dense when the mask is full, else kept values only)."""
+        flat = np.concatenate(
+            [state[n].detach().reshape(-1).numpy().astype("<f4", copy=False) for n in self.names]
+        )
+        if self.sparse:
+            flat = flat[self._kept]
+        return flat.tobytes()
+
+    def decode(self, payload: bytes) -> dict[str, torch.Tensor]:
+        """Inverse of :meth:`encode`; pruned entries come back as exact zeros."""
+        expected = 4 * (self.nnz if self.sparse else self.numel)
+        if len(payload) != expected:
+            raise FedticketError(
+                f"payload has {len(payload)} bytes, expected {expected} for this mask"
+            )
+        values = np.frombuffer(payload, dtype="<f4")
+        if self.sparse:
+            flat = np.zeros(self.numel, dtype=np.float32)
+            flat[self._kept] = values
+        else:
+            flat = values.astype(np.float32)
+        out: dict[str, torch.Tensor] = {}
+        start = 0
+        for n in self.names:
+            size = int(np.prod(self.shapes[n], dtype=np.int64))
+            out[n] = torch.from_numpy(flat[start : start + size].copy()).view(self.shapes[n])
+            start += size
+        return out
+
+    # ------------------------------------------------------------------ mask
+    def encode_mask(self) -> bytes:
+        """The mask message (empty for a full mask): the cheaper of bitmap and index list."""
+        if not self.sparse:
+            return b""
+        bitmap_len = 1 + (self.numel + 7) // 8
+        index_len = 1 + 4 * self.nnz
+        if index_len < bitmap_len:
+            return bytes([INDEX_LIST]) + self._kept.astype("<u4").tobytes()
+        return bytes([BITMAP]) + np.packbits(self._flat_mask).tobytes()
+
+    def decode_mask(self, payload: bytes) -> Mask:
+        """Rebuild a mask with this codec's names and shapes from :meth:`encode_mask` bytes."""
+        if not payload:
+            raise FedticketError("empty mask message")
+        tag, body = payload[0], payload[1:]
+        if tag == BITMAP:
+            if len(body) != (self.numel + 7) // 8:
+                raise FedticketError(f"bitmap mask has {len(body)} bytes for {self.numel} entries")
+            flat = np.unpackbits(np.frombuffer(body, dtype=np.uint8), count=self.numel)
+        elif tag == INDEX_LIST:
+            if len(body) % 4:
+                raise FedticketError("index-list mask length is not a multiple of 4")
+            idx = np.frombuffer(body, dtype="<u4")
+            if idx.size and int(idx.max()) >= self.numel:
+                raise FedticketError("index-list mask has an index past the model size")
+            flat = np.zeros(self.numel, dtype=np.uint8)
+            flat[idx] = 1
+        else:
+            raise FedticketError(f"unknown mask encoding tag {tag}")
+        out = {}
+        start = 0
+        for n in self.names:
+            size = int(np.prod(self.shapes[n], dtype=np.int64))
+            out[n] = torch.from_numpy(flat[start : start + size].astype(bool)).view(self.shapes[n])
+            start += size
+        return Mask(out)

@@ -1,0 +1,102 @@
+"""Command line: ``fedticket run`` and ``fedticket compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fedticket.errors import FedticketError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedticket",
+        description="Server-side unsupervised lottery tickets for cheap federated learning.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run every method and seed of one experiment config")
+    r.add_argument("config", help="experiment TOML file (see configs/)")
+    r.add_argument("--out", default="runs", help="results directory (default: runs/)")
+    r.add_argument("--seed", type=int, action="append",
+                   help="run this seed instead of the config's seeds (repeatable)")
+    r.add_argument("--method", action="append",
+                   help="run this method instead of the config's methods (repeatable)")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set federate.rounds=5 (repeatable)")
+    r.add_argument("--quiet", action="store_true", help="print no progress")
+
+    c = sub.add_parser("compare", help="compare the finished runs in a results directory")
+    c.add_argument("dir", help="results directory written by `fedticket run`")
+    c.add_argument("--target", type=float,
+                   help="target test accuracy (default: the best accuracy every run reaches)")
+    c.add_argument("--baseline", default="fedavg", help="method savings are measured against")
+    c.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    c.add_argument("--plots", help="where to write the PNG plots (default: DIR/plots)")
+    c.add_argument("--no-plots", action="store_true", help="do not write plots")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedticket.runner import run_many
+    from fedticket.spec import load_config, parse_set
+
+    config = load_config(args.config)
+    if args.seed:
+        config = type(config)(config.base, config.methods, tuple(dict.fromkeys(args.seed)))
+    if args.method:
+        from fedticket.spec import METHODS
+
+        for m in args.method:
+            if m not in METHODS:
+                raise FedticketError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
+        config = type(config)(config.base, tuple(dict.fromkeys(args.method)), config.seeds)
+    specs = config.specs(parse_set(args.set))
+    stream = None if args.quiet else sys.stderr
+    out = Path(args.out)
+    folders = run_many(specs, out, stream)
+    for f in folders:
+        print(f)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedticket.report import compare, format_table, load_runs, plot
+
+    if args.target is not None and not 0.0 < args.target <= 1.0:
+        raise FedticketError(f"--target is an accuracy in (0, 1], got {args.target}")
+    runs = load_runs(args.dir)
+    result = compare(runs, target=args.target, baseline=args.baseline)
+    written: list[Path] = []
+    if not args.no_plots:
+        out = Path(args.plots) if args.plots else Path(args.dir) / "plots"
+        out.mkdir(parents=True, exist_ok=True)
+        written = plot(runs, out, target=result["target"])
+    if args.json:
+        print(json.dumps(result, allow_nan=False))
+    else:
+        print(format_table(result))
+        for p in written:
+            print(f"plot: {p}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _compare(args)
+    except FedticketError as e:
+        print(f"fedticket: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("fedticket: interrupted; finished run folders are kept, the unfinished one "
+              "was removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""A mask is a validated value: one 0/1 tensor per model parameter.
+
+Every parameter of the model has an entry; tensors that are not prunable are
+all ones. ``Mask.full(model)`` is the dense model (nothing pruned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedticket.errors import FedticketError
+
+
+class Mask(Mapping[str, torch.Tensor]):
+    """Immutable mapping from parameter name to a bool tensor of the same shape."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        checked: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            t = torch.as_tensor(t)
+            if t.dtype != torch.bool:
+                if not bool(((t == 0) | (t == 1)).all()):
+                    raise FedticketError(f"mask entry {name!r} has values other than 0 and 1")
+                t = t.to(torch.bool)
+            checked[name] = t.detach().clone()
+        self._t = checked
+
+    # Mapping protocol
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._t[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    @classmethod
+    def full(cls, model: nn.Module) -> Mask:
+        return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()})
+
+    def check_matches(self, model: nn.Module) -> None:
+        """Raise unless keys and shapes equal the model's parameters."""
+        params = dict(model.named_parameters())
+        if set(params) != set(self._t):
+            missing = sorted(set(params) - set(self._t))
+            extra = sorted(set(self._t) - set(params))
+            raise FedticketError(f"mask does not fit the model: missing {missing}, extra {extra}")
+        for name, p in params.items():
+            if tuple(p.shape) != tuple(self._t[name].shape):
+                raise FedticketError(
+                    f"mask entry {name!r} has shape {tuple(self._t[name].shape)}, "
+                    f"the model's is {tuple(p.shape)}"
+                )
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel() for t in self._t.values())
+
+    @property
+    def nnz(self) -> int:
+        return sum(int(t.sum()) for t in self._t.values())
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.numel
+
+    @property
+    def is_full(self) -> bool:
+        return self.nnz == self.numel
+
+    def float(self, name: str) -> torch.Tensor:
+        return self._t[name].to(torch.float32)
+
+    def report(self, prunable: list[str] | None = None) -> dict:
+        """Per-tensor and total density; ``prunable`` marks which tensors pruning could touch."""
+        layers = {}
+        for name, t in self._t.items():
+            nnz = int(t.sum())
+            layers[name] = {
+                "shape": list(t.shape),
+                "numel": t.numel(),
+                "nnz": nnz,
+                "density": nnz / t.numel(),
+                "prunable": prunable is not None and name in prunable,
+            }
+        out = {
+            "numel": self.numel,
+            "nnz": self.nnz,
+            "density": self.density,
+            "layers": layers,
+        }
+        if prunable is not None:
+            p_numel = sum(layers[n]["numel"] for n in prunable)
+            p_nnz = sum(layers[n]["nnz"] for n in prunable)
+            out["prunable"] = list(prunable)
+            out["prunable_density"] = p_nnz / p_numel if p_numel else 1.0
+        return out
+
+    def save(self, path: Path) -> None:
+        """Write as ``.npz`` of bool arrays (atomically: temp file, then rename)."""
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **{n: t.numpy() for n, t in self._t.items()})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Mask:
+        with np.load(path, allow_pickle=False) as z:
+            return cls({n: torch.from_numpy(z[n].copy()) for n in z.files})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mask) or set(self) != set(other):
+            return False
+        return all(torch.equal(self[n], other[n]) for n in self)
+
+    def __hash__(self) -> int:  # pragma: no cover - masks are not dict keys
+        raise TypeError("Mask is not hashable")

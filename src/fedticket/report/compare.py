@@ -1,0 +1,152 @@
+"""Compare methods: accuracy, and the cost of reaching a target accuracy, over seeds."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fedticket.errors import FedticketError
+from fedticket.report.runs import Run, group_by_method
+
+# field in the result -> key of the metrics row at the first round reaching the target
+COST_FIELDS: dict[str, tuple[str, ...]] = {
+    "rounds_to_target": ("round",),
+    "traffic_bytes_to_target": ("cum_down_bytes", "cum_up_bytes"),
+    "client_flops_to_target": ("cum_client_flops",),
+    "client_wall_s_to_target": ("cum_client_wall_s",),
+}
+
+# saving field -> the *_to_target field it compares against the baseline
+SAVING_FIELDS = {
+    "traffic_saving_pct": "traffic_bytes_to_target",
+    "client_flops_saving_pct": "client_flops_to_target",
+    "client_wall_s_saving_pct": "client_wall_s_to_target",
+    "rounds_saving_pct": "rounds_to_target",
+}
+
+Stat = dict[str, Any]  # {"mean": float | None, "std": float | None, "n": int}
+
+
+def _finite(x: Any) -> float | None:
+    """``x`` as a float, or None when it is missing or not finite."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def aggregate(values: list[float | None]) -> Stat:
+    """Mean and sample std (ddof=1; 0.0 for one value) over the non-null values.
+
+    ``n`` counts the non-null values; mean and std are None when ``n == 0``.
+    """
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return {"mean": None, "std": None, "n": 0}
+    std = float(np.std(kept, ddof=1)) if len(kept) >= 2 else 0.0
+    return {"mean": float(np.mean(kept)), "std": std, "n": len(kept)}
+
+
+def saving_pct(method: Stat, baseline: Stat | None) -> Stat:
+    """``100 * (1 - mean_method / mean_baseline)``; std is None, n is the smaller n.
+
+    The mean is None when either mean is None or the baseline mean is 0.
+    """
+    if baseline is None:
+        return {"mean": None, "std": None, "n": 0}
+    n = min(method["n"], baseline["n"])
+    m, b = method["mean"], baseline["mean"]
+    mean = None if m is None or b is None or b == 0 else 100.0 * (1.0 - m / b)
+    return {"mean": mean, "std": None, "n": n}
+
+
+def first_reaching(run: Run, target: float) -> dict[str, Any] | None:
+    """The first evaluated metrics row with ``test_accuracy >= target``, or None."""
+    for row in run.metrics:
+        acc = _finite(row["test_accuracy"])
+        if acc is not None and acc >= target:
+            return row
+    return None
+
+
+def costs_to_target(run: Run, target: float) -> dict[str, float | None]:
+    """Each ``*_to_target`` cost of one run; all None if it never reaches ``target``."""
+    row = first_reaching(run, target)
+    return {
+        name: None if row is None else float(sum(row[k] for k in keys))
+        for name, keys in COST_FIELDS.items()
+    }
+
+
+def default_target(runs: list[Run]) -> float:
+    """The highest accuracy every run reaches: ``min`` over runs of ``best_accuracy``,
+    rounded down to 3 decimals, so that every method and seed has a cost to target.
+
+    Raises
+    ------
+    FedticketError
+        If there are no runs or a run has no finite ``best_accuracy``.
+    """
+    if not runs:
+        raise FedticketError("no runs to compare; point at a directory of finished runs")
+    bests = []
+    for r in runs:
+        best = _finite(r.summary.get("best_accuracy"))
+        if best is None:
+            raise FedticketError(f"{r.name} has no best_accuracy in summary.json; pass --target")
+        bests.append(best)
+    # round(..., 6) first so that e.g. 0.29 * 1000 = 289.99999999999997 floors to 290
+    return math.floor(round(min(bests) * 1000, 6)) / 1000
+
+
+def compare(runs: list[Run], target: float | None = None, baseline: str = "fedavg") -> dict:
+    """Per-method mean, std and count over seeds of accuracy and cost to ``target``.
+
+    For each run the first evaluated round with ``test_accuracy >= target`` gives
+    ``rounds_to_target`` (that round), ``traffic_bytes_to_target`` (cumulative down +
+    up bytes), ``client_flops_to_target`` and ``client_wall_s_to_target``; a run that
+    never reaches the target contributes null. ``n`` counts the non-null values; mean
+    and sample std (ddof=1, 0.0 when n == 1) are over those, and null when n == 0.
+    ``density`` comes from the mask reports.
+
+    The ``*_saving_pct`` fields compare means against ``baseline``:
+    ``100 * (1 - mean_method / mean_baseline)``; null when either mean is null, the
+    baseline mean is 0 or the baseline is absent. Their std is null and their n is
+    ``min(n_method, n_baseline)``. Positive means cheaper than the baseline. Note the
+    means may be over different subsets of seeds when some runs miss the target.
+
+    Parameters
+    ----------
+    runs : list of Run
+        From :func:`load_runs`.
+    target : float, optional
+        Target test accuracy; defaults to :func:`default_target`.
+    baseline : str
+        Method the savings are measured against.
+
+    Returns
+    -------
+    dict
+        ``{"target": float, "baseline": str, "methods": {method: {field: stat}}}``,
+        methods in canonical order; JSON-serialisable (no NaN).
+    """
+    target = default_target(runs) if target is None else float(target)
+    if not math.isfinite(target):
+        raise FedticketError(f"target accuracy {target} is not finite; pass a number in [0, 1]")
+    methods: dict[str, dict[str, Stat]] = {}
+    for method, group in group_by_method(runs).items():
+        costs = [costs_to_target(r, target) for r in group]
+        fields: dict[str, Stat] = {
+            key: aggregate([_finite(r.summary.get(key)) for r in group])
+            for key in ("final_accuracy", "best_accuracy")
+        }
+        fields |= {name: aggregate([c[name] for c in costs]) for name in COST_FIELDS}
+        fields["density"] = aggregate([_finite(r.density) for r in group])
+        methods[method] = fields
+    base = methods.get(baseline)
+    for fields in methods.values():
+        for saving, cost in SAVING_FIELDS.items():
+            fields[saving] = saving_pct(fields[cost], None if base is None else base[cost])
+    return {"target": target, "baseline": baseline, "methods": methods}

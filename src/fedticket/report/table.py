@@ -1,0 +1,78 @@
+"""Render a :func:`compare` result as a fixed-width text table or a markdown table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NULL = "—"
+
+# (header, field, scale applied to mean and std, format)
+COLUMNS: tuple[tuple[str, str, float, str], ...] = (
+    ("density", "density", 1.0, ".3f"),
+    ("final acc", "final_accuracy", 1.0, ".3f"),
+    ("best acc", "best_accuracy", 1.0, ".3f"),
+    ("rounds→target", "rounds_to_target", 1.0, ".1f"),
+    ("traffic MB→target", "traffic_bytes_to_target", 1e-6, ".3f"),
+    ("GFLOPs→target", "client_flops_to_target", 1e-9, ".3f"),
+    ("wall s→target", "client_wall_s_to_target", 1.0, ".2f"),
+    ("traffic save %", "traffic_saving_pct", 1.0, ".1f"),
+    ("GFLOPs save %", "client_flops_saving_pct", 1.0, ".1f"),
+    ("wall save %", "client_wall_s_saving_pct", 1.0, ".1f"),
+    ("rounds save %", "rounds_saving_pct", 1.0, ".1f"),
+)
+
+REACH_FIELD = "rounds_to_target"
+
+
+def format_stat(stat: dict[str, Any], scale: float = 1.0, fmt: str = ".3f") -> str:
+    """``mean±std`` (``mean`` alone when std is null or n == 1), or ``—`` when null."""
+    if stat["mean"] is None:
+        return NULL
+    text = format(stat["mean"] * scale, fmt)
+    if stat["std"] is not None and stat["n"] >= 2:
+        text += "±" + format(stat["std"] * scale, fmt)
+    return text
+
+
+def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and one row of cells per method.
+
+    ``n`` is the number of runs; ``reached`` is how many of them reached the target.
+    MB are 10**6 bytes, GFLOPs 10**9 FLOPs.
+    """
+    header = ["method", "n", "reached"] + [c[0] for c in COLUMNS]
+    rows = []
+    for method, fields in result["methods"].items():
+        n = fields["final_accuracy"]["n"]
+        cells = [method, str(n), f"{fields[REACH_FIELD]['n']}/{n}"]
+        cells += [format_stat(fields[f], scale, fmt) for _, f, scale, fmt in COLUMNS]
+        rows.append(cells)
+    return header, rows
+
+
+def _title(result: dict[str, Any]) -> str:
+    return (
+        f"target test accuracy {result['target']:.3f}; "
+        f"savings vs {result['baseline']} (mean±sample std over seeds)"
+    )
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A fixed-width text table, one row per method, after a line naming the target."""
+    header, rows = table_rows(result)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)])
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([_title(result), line(header), rule, *map(line, rows)])
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The same table as GitHub markdown, after a line naming the target."""
+    header, rows = table_rows(result)
+    align = [":--"] + ["--:"] * (len(header) - 1)
+    lines = [f"| {' | '.join(cells)} |" for cells in [header, align, *rows]]
+    return "\n".join([_title(result), "", *lines])

@@ -1,0 +1,482 @@
+"""Frozen experiment specs, TOML loading, method presets and the run hash.
+
+One :class:`ExperimentSpec` names one run: one method, one seed. A config file
+(TOML) holds shared settings for every stage plus the lists ``methods`` and
+``seeds``; :func:`load_config` turns it into one spec per (method, seed).
+
+The run folder name comes from a hash of the fields that differ from their
+defaults, so adding a new field with a default never renames old runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fedticket.errors import ConfigError
+
+DATASETS = ("fashion-mnist", "digits", "npz")
+MODELS = ("cnn-fedavg", "mlp", "cnn-digits", "cnn-cifar")
+PARTITIONS = ("iid", "dirichlet", "shards")
+PRETRAIN_KINDS = ("none", "dae", "supervised")
+NOISES = ("gaussian", "masking", "salt-pepper")
+LOSSES = ("mse", "bce")
+OPTIMIZERS = ("adam", "sgd")
+PRUNE_STRATEGIES = ("none", "magnitude", "random")
+PRUNE_SCOPES = ("global", "layer")
+WEIGHT_INITS = ("pretrained", "rewind", "reinit")
+
+
+def _choice(section: str, name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(
+            f"unknown {section}.{name} {value!r}; choose one of: {', '.join(options)}"
+        )
+
+
+def _positive(section: str, name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{section}.{name} must be {bound}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data comes from and how it is split.
+
+    The server pool is carved from the training split first (``pool_size``
+    samples, or ``pool_fraction`` of it when that is > 0) and carries no labels;
+    the clients share what is left (``train_size`` samples, 0 = all of it).
+    """
+
+    dataset: str = "fashion-mnist"
+    path: str = ""
+    train_size: int = 0
+    test_size: int = 0
+    pool_size: int = 10_000
+    pool_fraction: float = 0.0
+    pool_dataset: str = ""
+    pool_path: str = ""
+    num_clients: int = 100
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    shards_per_client: int = 2
+    min_client_size: int = 1
+
+    def __post_init__(self) -> None:
+        _choice("data", "dataset", self.dataset, DATASETS)
+        if self.pool_dataset:
+            _choice("data", "pool_dataset", self.pool_dataset, DATASETS)
+        _choice("data", "partition", self.partition, PARTITIONS)
+        for name in ("train_size", "test_size", "pool_size"):
+            _positive("data", name, getattr(self, name), allow_zero=True)
+        if not 0.0 <= self.pool_fraction < 1.0:
+            raise ConfigError(f"data.pool_fraction must be in [0, 1), got {self.pool_fraction}")
+        _positive("data", "num_clients", self.num_clients)
+        _positive("data", "dirichlet_alpha", self.dirichlet_alpha)
+        _positive("data", "shards_per_client", self.shards_per_client)
+        _positive("data", "min_client_size", self.min_client_size, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture name; ``hidden`` sizes are used by ``mlp`` only."""
+
+    name: str = "cnn-fedavg"
+    hidden: tuple[int, ...] = (300, 100)
+
+    def __post_init__(self) -> None:
+        _choice("model", "name", self.name, MODELS)
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"model.hidden must be positive sizes, got {list(self.hidden)}")
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Server-side training before pruning.
+
+    ``kind`` is set by the method: ``dae`` trains the body as the encoder of a
+    denoising autoencoder on the unlabeled pool, ``supervised`` trains the whole
+    classifier on the pool *with* its labels (the oracle), ``none`` does nothing.
+    ``noise_level`` is the Gaussian sigma, or the corrupted fraction for
+    ``masking`` and ``salt-pepper``.
+    """
+
+    kind: str = "dae"
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    noise: str = "gaussian"
+    noise_level: float = 0.3
+    loss: str = "bce"
+
+    def __post_init__(self) -> None:
+        _choice("pretrain", "kind", self.kind, PRETRAIN_KINDS)
+        _choice("pretrain", "noise", self.noise, NOISES)
+        _choice("pretrain", "loss", self.loss, LOSSES)
+        _choice("pretrain", "optimizer", self.optimizer, OPTIMIZERS)
+        _positive("pretrain", "epochs", self.epochs, allow_zero=True)
+        _positive("pretrain", "batch_size", self.batch_size)
+        _positive("pretrain", "lr", self.lr)
+        _positive("pretrain", "noise_level", self.noise_level, allow_zero=True)
+        if self.noise != "gaussian" and self.noise_level > 1:
+            raise ConfigError(
+                f"pretrain.noise_level is a fraction for {self.noise} noise, got {self.noise_level}"
+            )
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How the mask is found.
+
+    ``sparsity`` is the fraction of *prunable* weights removed in the end. With
+    ``levels`` > 1 pruning is iterative: each level keeps ``(1 - sparsity) **
+    (1 / levels)`` of the surviving weights and retrains for ``retrain_epochs``
+    (with the pretraining objective) between levels. By default only the conv and
+    linear weights of the pretrained body are prunable; ``include_head`` and
+    ``include_biases`` widen that.
+    """
+
+    strategy: str = "magnitude"
+    sparsity: float = 0.8
+    scope: str = "global"
+    levels: int = 1
+    retrain_epochs: int = 1
+    include_head: bool = False
+    include_biases: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("prune", "strategy", self.strategy, PRUNE_STRATEGIES)
+        _choice("prune", "scope", self.scope, PRUNE_SCOPES)
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(
+                f"prune.sparsity must be in [0, 1) (the fraction of weights removed), "
+                f"got {self.sparsity}"
+            )
+        _positive("prune", "levels", self.levels)
+        _positive("prune", "retrain_epochs", self.retrain_epochs, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Which values the surviving weights start federated training from.
+
+    ``pretrained`` keeps what the pretrain stage produced (the random init when
+    there was no pretraining), ``rewind`` resets them to the random init the
+    pretraining started from, ``reinit`` draws fresh random values.
+    """
+
+    init: str = "pretrained"
+
+    def __post_init__(self) -> None:
+        _choice("weights", "init", self.init, WEIGHT_INITS)
+
+
+@dataclass(frozen=True)
+class FederateSpec:
+    """FedAvg: ``client_fraction`` of ``num_clients`` per round, SGD locally."""
+
+    rounds: int = 50
+    client_fraction: float = 0.1
+    local_epochs: int = 5
+    batch_size: int = 50
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("federate", "rounds", self.rounds)
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ConfigError(
+                f"federate.client_fraction must be in (0, 1], got {self.client_fraction}"
+            )
+        _positive("federate", "local_epochs", self.local_epochs)
+        _positive("federate", "batch_size", self.batch_size)
+        _positive("federate", "lr", self.lr)
+        _positive("federate", "momentum", self.momentum, allow_zero=True)
+        _positive("federate", "weight_decay", self.weight_decay, allow_zero=True)
+        _positive("federate", "eval_every", self.eval_every)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """Everything that determines one run."""
+
+    method: str = "dae-ticket"
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    weights: WeightsSpec = field(default_factory=WeightsSpec)
+    federate: FederateSpec = field(default_factory=FederateSpec)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"unknown method {self.method!r}; choose from: {', '.join(METHODS)}"
+            )
+
+    # ----------------------------------------------------------------- naming
+    def to_dict(self) -> dict[str, Any]:
+        return _to_jsonable(dataclasses.asdict(self))
+
+    def nondefault(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, as ``{"section.key": value}``."""
+        default = ExperimentSpec().to_dict()
+        mine = self.to_dict()
+        out: dict[str, Any] = {}
+        for key, value in _flatten(mine).items():
+            if _flatten(default).get(key, _MISSING) != value:
+                out[key] = value
+        return out
+
+    def hash(self) -> str:
+        """Hex digest naming the run; depends on non-default fields only."""
+        blob = json.dumps(self.nondefault(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        return f"{self.method}_s{self.seed}_{self.hash()}"
+
+    def stage_hash(self, *sections: str) -> str:
+        """Hash of the given sections plus the seed: the key of a cached stage."""
+        d = self.to_dict()
+        blob = json.dumps(
+            {"seed": self.seed, **{s: d[s] for s in sections}}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+_MISSING = object()
+
+# A method is a preset over the three fields that distinguish the methods of
+# DESIGN.md; everything else comes from the config.
+METHODS: dict[str, dict[str, str]] = {
+    "fedavg": {"pretrain.kind": "none", "prune.strategy": "none", "weights.init": "pretrained"},
+    "fedavg-dae": {"pretrain.kind": "dae", "prune.strategy": "none", "weights.init": "pretrained"},
+    "random-mask": {
+        "pretrain.kind": "none",
+        "prune.strategy": "random",
+        "weights.init": "pretrained",
+    },
+    "magnitude-init": {
+        "pretrain.kind": "none",
+        "prune.strategy": "magnitude",
+        "weights.init": "pretrained",
+    },
+    "dae-ticket": {
+        "pretrain.kind": "dae",
+        "prune.strategy": "magnitude",
+        "weights.init": "pretrained",
+    },
+    "dae-ticket-rewind": {
+        "pretrain.kind": "dae",
+        "prune.strategy": "magnitude",
+        "weights.init": "rewind",
+    },
+    "supervised-ticket": {
+        "pretrain.kind": "supervised",
+        "prune.strategy": "magnitude",
+        "weights.init": "pretrained",
+    },
+}
+
+SECTIONS: dict[str, type] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "pretrain": PretrainSpec,
+    "prune": PruneSpec,
+    "weights": WeightsSpec,
+    "federate": FederateSpec,
+}
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    return obj
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    """Check a TOML value against the type of the field's default."""
+    where = f"{section}.{key}" if section else key
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{where} must be a list of integers, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{where}: unsupported value {value!r}")
+
+
+def _build_section(name: str, values: dict[str, Any], base: Any) -> Any:
+    cls = SECTIONS[name]
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key '{name}.{key}'; valid keys in [{name}]: "
+                f"{', '.join(known)}"
+            )
+        kwargs[key] = _coerce(name, key, value, getattr(base, key))
+    return replace(base, **kwargs)
+
+
+def apply_overrides(spec: ExperimentSpec, flat: dict[str, Any]) -> ExperimentSpec:
+    """Return ``spec`` with ``{"section.key": value}`` overrides applied."""
+    by_section: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        if "." in dotted:
+            section, key = dotted.split(".", 1)
+            if section not in SECTIONS:
+                raise ConfigError(
+                    f"unknown config section '{section}' in '{dotted}'; valid sections: "
+                    f"{', '.join(SECTIONS)}"
+                )
+            by_section.setdefault(section, {})[key] = value
+        else:
+            top[dotted] = value
+    kwargs: dict[str, Any] = {}
+    for section, values in by_section.items():
+        kwargs[section] = _build_section(section, values, getattr(spec, section))
+    for key, value in top.items():
+        if key not in ("method", "seed"):
+            raise ConfigError(f"unknown config key '{key}'")
+        kwargs[key] = _coerce("", key, value, getattr(spec, key))
+    return replace(spec, **kwargs)
+
+
+def with_method(spec: ExperimentSpec, method: str) -> ExperimentSpec:
+    """Apply the preset of ``method`` to ``spec``."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
+    return apply_overrides(replace(spec, method=method), METHODS[method])
+
+
+@dataclass(frozen=True)
+class Config:
+    """A parsed config file: shared base settings, methods and seeds."""
+
+    base: ExperimentSpec
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    def specs(self, overrides: dict[str, Any] | None = None) -> list[ExperimentSpec]:
+        """One spec per (method, seed); ``overrides`` win over the presets."""
+        out = []
+        for method in self.methods:
+            for seed in self.seeds:
+                spec = with_method(replace(self.base, seed=seed), method)
+                if overrides:
+                    spec = apply_overrides(spec, overrides)
+                out.append(spec)
+        return out
+
+
+def parse_config(raw: dict[str, Any], where: str = "config") -> Config:
+    """Build a :class:`Config` from a parsed TOML document."""
+    flat: dict[str, Any] = {}
+    methods: list[str] = ["dae-ticket"]
+    seeds: list[int] = [0]
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            for k, v in value.items():
+                flat[f"{key}.{k}"] = v
+        elif key == "methods":
+            if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+                raise ConfigError(f"{where}: methods must be a non-empty list of names")
+            methods = value
+        elif key == "seeds":
+            if (
+                not isinstance(value, list)
+                or not value
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+            ):
+                raise ConfigError(f"{where}: seeds must be a non-empty list of integers")
+            seeds = value
+        else:
+            raise ConfigError(
+                f"unknown config key '{key}' in {where}; valid top-level keys: methods, seeds, "
+                f"{', '.join(SECTIONS)}"
+            )
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"unknown method {m!r} in {where}; choose from: {', '.join(METHODS)}")
+    base = apply_overrides(ExperimentSpec(), flat)
+    return Config(base=base, methods=tuple(dict.fromkeys(methods)), seeds=tuple(dict.fromkeys(seeds)))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p} is not valid TOML: {e}") from None
+    return parse_config(raw, where=str(p))
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Parse ``--set section.key=value`` items; values are TOML literals or bare strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out[key] = value
+    return out
+
+
+def spec_from_dict(d: dict[str, Any]) -> ExperimentSpec:
+    """Rebuild a spec from :meth:`ExperimentSpec.to_dict` output (e.g. a spec.json)."""
+    flat = {k: v for k, v in _flatten({s: d[s] for s in SECTIONS if s in d}).items()}
+    spec = apply_overrides(ExperimentSpec(), flat)
+    return replace(spec, method=d.get("method", spec.method), seed=d.get("seed", spec.seed))

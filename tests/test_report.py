@@ -1,0 +1,276 @@
+"""Tests for fedticket.report on hand-made run folders with hand-checkable numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fedticket.errors import FedticketError
+from fedticket.report import (
+    compare,
+    default_target,
+    format_table,
+    load_runs,
+    plot,
+    to_markdown,
+)
+from fedticket.report.plots import curve
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(
+    root: Path,
+    method: str,
+    seed: int,
+    accs: list[float],
+    traffic: list[int] | None = None,
+    flops: list[float] | None = None,
+    rounds: list[int] | None = None,
+    density: float | None = None,
+    finished: bool = True,
+    name: str | None = None,
+) -> Path:
+    """A run folder; traffic is split 60/40 into down/up bytes, wall time is 2 s a round."""
+    rounds = rounds or list(range(len(accs)))
+    traffic = traffic or [100 * r for r in rounds]
+    flops = flops or [1e9 * r for r in rounds]
+    path = root / (name or f"{method}_s{seed}_0123456789")
+    path.mkdir(parents=True)
+    spec = {"method": method, "seed": seed, "data": {}, "model": {}, "federate": {}}
+    (path / "spec.json").write_text(json.dumps({"spec": spec, "git_commit": "abc"}))
+    rows = [
+        {
+            "round": r,
+            "test_accuracy": a,
+            "test_loss": 1.0 - a,
+            "cum_down_bytes": t * 6 // 10,
+            "cum_up_bytes": t - t * 6 // 10,
+            "cum_client_flops": f,
+            "cum_client_wall_s": 2.0 * r,
+        }
+        for r, a, t, f in zip(rounds, accs, traffic, flops, strict=True)
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if density is not None:
+        (path / "mask_report.json").write_text(json.dumps({"density": density}))
+    if finished:
+        summary = {"method": method, "seed": seed, "final_accuracy": accs[-1]}
+        summary["best_accuracy"] = max(accs)
+        (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """fedavg reaches 0.8 at rounds 4 and 6 (400 and 600 bytes); dae-ticket at 300 and 350
+    bytes; random-mask seed 2 never reaches 0.8; plus folders that must be ignored."""
+    write_run(tmp_path, "fedavg", 0, [0.1, 0.3, 0.5, 0.7, 0.8, 0.82, 0.83])
+    write_run(tmp_path, "fedavg", 1, [0.1, 0.3, 0.5, 0.6, 0.7, 0.75, 0.81])
+    write_run(
+        tmp_path,
+        "dae-ticket",
+        0,
+        [0.2, 0.6, 0.7, 0.85, 0.86],
+        traffic=[0, 100, 200, 300, 400],
+        flops=[0, 2e8, 4e8, 6e8, 8e8],
+        density=0.2,
+    )
+    write_run(
+        tmp_path,
+        "dae-ticket",
+        1,
+        [0.2, 0.5, 0.6, 0.7, 0.7, 0.75, 0.79, 0.84],
+        traffic=[50 * r for r in range(8)],
+        flops=[2e8 * r for r in range(8)],
+        density=0.2,
+    )
+    for seed, last in enumerate([0.8, 0.9, 0.7]):
+        write_run(tmp_path, "random-mask", seed, [0.1, 0.5, last], density=0.2)
+    # must be ignored: hidden, underscore, unfinished, nested, a plain file
+    write_run(tmp_path, "fedavg", 7, [0.99], name=".fedavg_s7_hidden")
+    write_run(tmp_path, "fedavg", 8, [0.99], name="_fedavg_s8_tmp")
+    write_run(tmp_path, "fedavg", 9, [0.99], finished=False)
+    write_run(tmp_path / "nested", "fedavg", 10, [0.99])
+    (tmp_path / "notes.txt").write_text("not a run")
+    return tmp_path
+
+
+def test_load_runs_skips_unfinished_and_hidden(results: Path) -> None:
+    runs = load_runs(results)
+    assert [(r.method, r.seed) for r in runs] == [
+        ("fedavg", 0),
+        ("fedavg", 1),
+        ("random-mask", 0),
+        ("random-mask", 1),
+        ("random-mask", 2),
+        ("dae-ticket", 0),
+        ("dae-ticket", 1),
+    ]
+    dae = runs[5]
+    assert dae.density == 0.2 and runs[0].density is None
+    assert dae.spec["spec"]["method"] == "dae-ticket"
+    assert dae.metrics[3]["cum_down_bytes"] + dae.metrics[3]["cum_up_bytes"] == 300
+
+
+def test_compare_costs_to_target_and_savings(results: Path) -> None:
+    result = compare(load_runs(results), target=0.8)
+    assert result["target"] == 0.8 and result["baseline"] == "fedavg"
+    fedavg, dae = result["methods"]["fedavg"], result["methods"]["dae-ticket"]
+
+    assert fedavg["rounds_to_target"] == {"mean": 5.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
+    traffic = fedavg["traffic_bytes_to_target"]
+    assert traffic["mean"] == 500.0 and traffic["n"] == 2
+    assert traffic["std"] == pytest.approx(141.4213562)  # sample std of 400, 600
+    assert fedavg["client_flops_to_target"]["mean"] == pytest.approx(5e9)
+    assert fedavg["client_wall_s_to_target"]["mean"] == 10.0
+    assert fedavg["final_accuracy"]["mean"] == pytest.approx(0.82)
+
+    # dae-ticket reaches 0.8 at round 3 (300 B, 6e8 FLOPs) and round 7 (350 B, 1.4e9 FLOPs)
+    assert dae["traffic_bytes_to_target"]["mean"] == 325.0
+    assert dae["traffic_saving_pct"] == {"mean": pytest.approx(35.0), "std": None, "n": 2}
+    assert dae["client_flops_saving_pct"]["mean"] == pytest.approx(80.0)
+    assert dae["rounds_saving_pct"]["mean"] == pytest.approx(0.0)
+    assert dae["client_wall_s_saving_pct"]["mean"] == pytest.approx(0.0)
+    assert dae["density"] == {"mean": 0.2, "std": 0.0, "n": 2}
+    assert fedavg["density"] == {"mean": None, "std": None, "n": 0}
+    assert fedavg["traffic_saving_pct"]["mean"] == 0.0
+
+
+def test_run_that_never_reaches_target_is_null(results: Path) -> None:
+    rm = compare(load_runs(results), target=0.8)["methods"]["random-mask"]
+    # seeds 0 and 1 reach 0.8 at round 2 (200 B); seed 2 never does
+    assert rm["rounds_to_target"] == {"mean": 2.0, "std": 0.0, "n": 2}
+    assert rm["traffic_bytes_to_target"]["n"] == 2
+    assert rm["final_accuracy"]["n"] == 3
+    assert rm["traffic_saving_pct"] == {"mean": pytest.approx(60.0), "std": None, "n": 2}
+
+    unreachable = compare(load_runs(results), target=0.95)["methods"]
+    for fields in unreachable.values():
+        assert fields["rounds_to_target"] == {"mean": None, "std": None, "n": 0}
+        assert fields["traffic_saving_pct"]["mean"] is None
+
+
+def test_default_target_is_min_over_runs_of_best_rounded_down(tmp_path: Path) -> None:
+    write_run(tmp_path, "fedavg", 0, [0.1, 0.8237])
+    write_run(tmp_path, "fedavg", 1, [0.1, 0.81267])
+    write_run(tmp_path, "dae-ticket", 0, [0.1, 0.9])
+    # lowest best over runs = 0.81267 -> 0.812, which every run reaches
+    runs = load_runs(tmp_path)
+    assert default_target(runs) == 0.812
+    result = compare(runs)
+    assert result["target"] == 0.812
+    assert result["methods"]["fedavg"]["rounds_to_target"]["n"] == 2
+
+
+def test_default_target_exact_value_is_not_rounded_below(tmp_path: Path) -> None:
+    write_run(tmp_path, "fedavg", 0, [0.1, 0.29])  # 0.29 * 1000 = 289.99999999999994
+    assert default_target(load_runs(tmp_path)) == 0.29
+
+
+def test_canonical_method_order(tmp_path: Path) -> None:
+    for method in ["zeta", "dae-ticket", "alpha", "fedavg", "random-mask", "fedavg-dae"]:
+        write_run(tmp_path, method, 0, [0.1, 0.9])
+    result = compare(load_runs(tmp_path), target=0.5)
+    assert list(result["methods"]) == [
+        "fedavg",
+        "fedavg-dae",
+        "random-mask",
+        "dae-ticket",
+        "alpha",
+        "zeta",
+    ]
+
+
+def test_missing_baseline_gives_null_savings(tmp_path: Path) -> None:
+    write_run(tmp_path, "dae-ticket", 0, [0.1, 0.9])
+    fields = compare(load_runs(tmp_path), target=0.5)["methods"]["dae-ticket"]
+    assert fields["traffic_saving_pct"] == {"mean": None, "std": None, "n": 0}
+    assert fields["rounds_to_target"] == {"mean": 1.0, "std": 0.0, "n": 1}
+
+
+def test_result_is_strict_json(results: Path) -> None:
+    result = compare(load_runs(results))
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
+    assert set(result) == {"target", "baseline", "methods"}
+    assert set(result["methods"]["fedavg"]) == {
+        "final_accuracy",
+        "best_accuracy",
+        "density",
+        "rounds_to_target",
+        "traffic_bytes_to_target",
+        "client_flops_to_target",
+        "client_wall_s_to_target",
+        "traffic_saving_pct",
+        "client_flops_saving_pct",
+        "client_wall_s_saving_pct",
+        "rounds_saving_pct",
+    }
+
+
+def test_tables(results: Path) -> None:
+    result = compare(load_runs(results), target=0.8)
+    text = format_table(result)
+    lines = text.splitlines()
+    assert lines[0].startswith("target test accuracy 0.800")
+    assert len(lines) == 3 + 3  # title, header, rule, one row per method
+    assert len({len(line) for line in lines[1:]}) == 1  # fixed width
+    fedavg_row = next(line for line in lines if line.startswith("fedavg"))
+    assert "5.0±1.4" in fedavg_row and "0.001±0.000" in fedavg_row  # 500±141 B in MB
+    assert "—" in fedavg_row  # no density for fedavg
+    assert "35.0" in next(line for line in lines if line.startswith("dae-ticket"))
+    assert "2/3" in next(line for line in lines if line.startswith("random-mask"))
+
+    md = to_markdown(result).splitlines()
+    assert md[0] == lines[0]
+    assert md[2].startswith("| method | n | reached |") and md[3].startswith("| :-- | --: |")
+    assert md[4].startswith("| fedavg | 2 | 2/2 |")
+
+
+def test_plots_are_pngs(results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plots" / "sub"
+    paths = plot(load_runs(results), out, target=0.8)
+    assert [p.name for p in paths] == [
+        "accuracy_vs_round.png",
+        "accuracy_vs_traffic.png",
+        "accuracy_vs_flops.png",
+    ]
+    for p in paths:
+        assert p.read_bytes()[:8] == PNG_SIGNATURE
+        assert p.stat().st_size > 10_000
+    assert sorted(out.iterdir()) == sorted(paths)  # no temp files left behind
+
+
+def test_curve_uses_rounds_common_to_all_seeds(tmp_path: Path) -> None:
+    write_run(tmp_path, "fedavg", 0, [0.1, 0.5, 0.7], rounds=[0, 2, 4])
+    write_run(tmp_path, "fedavg", 1, [0.1, 0.3, 0.6, 0.9, 0.8], rounds=[0, 1, 2, 3, 4])
+    x, mean, lo, hi = curve(load_runs(tmp_path), lambda r: r["round"])
+    assert x.tolist() == [0, 2, 4]
+    assert mean.tolist() == pytest.approx([0.1, 0.55, 0.75])
+    assert lo.tolist() == [0.1, 0.5, 0.7] and hi.tolist() == [0.1, 0.6, 0.8]
+
+
+@pytest.mark.parametrize("setup", ["empty", "unfinished", "missing"])
+def test_no_runs_is_an_error(tmp_path: Path, setup: str) -> None:
+    if setup == "unfinished":
+        write_run(tmp_path, "fedavg", 0, [0.1], finished=False)
+    root = tmp_path / "nope" if setup == "missing" else tmp_path
+    with pytest.raises(FedticketError):
+        load_runs(root)
+
+
+def test_duplicate_method_seed_is_an_error(tmp_path: Path) -> None:
+    write_run(tmp_path, "fedavg", 0, [0.1], name="fedavg_s0_aaaaaaaaaa")
+    write_run(tmp_path, "fedavg", 0, [0.1], name="fedavg_s0_bbbbbbbbbb")
+    with pytest.raises(FedticketError, match="two runs of fedavg seed 0"):
+        load_runs(tmp_path)
+
+
+def test_malformed_metrics_is_an_error(tmp_path: Path) -> None:
+    path = write_run(tmp_path, "fedavg", 0, [0.1, 0.5])
+    (path / "metrics.jsonl").write_text('{"round": 0, "test_accuracy": 0.1}\n')
+    with pytest.raises(FedticketError, match="lacks"):
+        load_runs(tmp_path)
