@@ -81,8 +81,8 @@ def pretrain_and_prune(spec: ExperimentSpec, splits: Splits, out: Path) -> Serve
     prune_file = paths.prune_cache(out, spec.stage_hash("data", "model", "pretrain", "prune"))
     if prune_file.is_file():
         cached = load_states(prune_file)
-        log = json.loads(prune_file.with_suffix(".json").read_text()) | {"cached": True}
-        return ServerStages(init, cached["trained"], Mask(cached["mask"]), names, log)
+        cached_log = json.loads(prune_file.with_suffix(".json").read_text()) | {"cached": True}
+        return ServerStages(init, cached["trained"], Mask(cached["mask"]), names, cached_log)
 
     log: dict = {"pretrain_kind": kind, "prune_strategy": strategy, "cached": False}
     trainer = _pretrain(spec, splits, model, out, log) if kind != "none" else None
@@ -319,7 +319,14 @@ def run_many(
     stream: TextIO | None = sys.stderr,
     on_done: Callable[[ExperimentSpec, Path], None] | None = None,
 ) -> list[Path]:
-    """Run every spec in order; return their run folders."""
+    """Run every spec in order; return their run folders.
+
+    Every distinct data and model setting is loaded and built first, so that a bad
+    data file or model choice fails at once, not after hours of other runs.
+    """
+    for spec in {(s.data, s.model, s.seed): s for s in specs}.values():
+        splits = load_splits(spec.data, spec.seed)
+        build(spec.model, splits.input_shape, splits.num_classes)
     folders = []
     for i, spec in enumerate(specs, start=1):
         label = f"[{i}/{len(specs)}] {spec.method} seed {spec.seed}"

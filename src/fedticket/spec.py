@@ -424,8 +424,10 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> Config:
             for k, v in value.items():
                 flat[f"{key}.{k}"] = v
         elif key == "methods":
-            if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
-                raise ConfigError(f"{where}: methods must be a non-empty list of names")
+            if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+                raise ConfigError(f"{where}: methods must be a list of names")
+            if not value:
+                raise ConfigError(f"{where}: methods is empty; name at least one method")
             methods = value
         elif key == "seeds":
             if (
@@ -444,7 +446,7 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> Config:
         if m not in METHODS:
             raise ConfigError(f"unknown method {m!r} in {where}; choose from: {', '.join(METHODS)}")
     base = apply_overrides(ExperimentSpec(), flat)
-    return Config(base=base, methods=tuple(dict.fromkeys(methods)), seeds=tuple(dict.fromkeys(seeds)))
+    return Config(base, tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(seeds)))
 
 
 def load_config(path: str | Path) -> Config:

@@ -54,7 +54,7 @@ def layer_costs(
     ``mask`` maps parameter names of ``module`` (e.g. ``"body.conv1.weight"``) to
     0/1 tensors; layers without an entry count as dense.
     """
-    shapes: list[tuple[str, nn.Module, torch.Size]] = []
+    shapes: list[tuple[str, nn.Conv2d | nn.Linear, torch.Size]] = []
     hooks = []
     for name, m in module.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -62,6 +62,7 @@ def layer_costs(
                 raise NotImplementedError("grouped convolutions are not counted")
 
             def hook(mod: nn.Module, args: object, out: torch.Tensor, name: str = name) -> None:
+                assert isinstance(mod, (nn.Conv2d, nn.Linear))
                 shapes.append((name, mod, out.shape))
 
             hooks.append(m.register_forward_hook(hook))
@@ -77,7 +78,7 @@ def layer_costs(
 
     costs = []
     for i, (name, m, out_shape) in enumerate(shapes):
-        w = m.weight
+        w: torch.Tensor = m.weight
         key = f"{name}.weight"
         nnz = int(mask[key].sum()) if mask is not None and key in mask else w.numel()
         if isinstance(m, nn.Conv2d):
@@ -86,7 +87,7 @@ def layer_costs(
         else:
             positions = int(torch.Size(out_shape[1:-1]).numel())
             kind = "linear"
-        out_features = w.shape[0]
+        out_features = int(w.shape[0])
         macs = nnz * positions
         bias_outputs = out_features * positions if m.bias is not None else 0
         fwd = 2 * macs + bias_outputs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ class Mask(Mapping[str, torch.Tensor]):
 
     def report(self, prunable: list[str] | None = None) -> dict:
         """Per-tensor and total density; ``prunable`` marks which tensors pruning could touch."""
-        layers = {}
+        layers: dict[str, dict[str, Any]] = {}
         for name, t in self._t.items():
             nnz = int(t.sum())
             layers[name] = {
@@ -89,7 +90,7 @@ class Mask(Mapping[str, torch.Tensor]):
                 "density": nnz / t.numel(),
                 "prunable": prunable is not None and name in prunable,
             }
-        out = {
+        out: dict[str, Any] = {
             "numel": self.numel,
             "nnz": self.nnz,
             "density": self.density,
@@ -106,7 +107,7 @@ class Mask(Mapping[str, torch.Tensor]):
         """Write as ``.npz`` of bool arrays (atomically: temp file, then rename)."""
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, **{n: t.numpy() for n, t in self._t.items()})
+            np.savez(f, **{n: t.numpy() for n, t in self._t.items()})  # type: ignore[arg-type]
         tmp.replace(path)
 
     @classmethod

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedticket.accounting import Codec, layer_costs, train_flops_per_sample
+from fedticket.accounting.wire import BITMAP, INDEX_LIST
+from fedticket.errors import FedticketError
+from fedticket.models import build
+from fedticket.pruning import Mask
+from fedticket.spec import ModelSpec
+
+
+def mask_with(nnz, numel=100):
+    flat = torch.zeros(numel, dtype=torch.bool)
+    flat[torch.randperm(numel, generator=torch.Generator().manual_seed(0))[:nnz]] = True
+    return Mask({"w": flat.view(10, numel // 10)})
+
+
+def test_dense_payload_is_4_bytes_per_parameter_and_round_trips():
+    codec = Codec(Mask({"w": torch.ones(10, 10, dtype=torch.bool), "b": torch.ones(10)}))
+    state = {"w": torch.randn(10, 10), "b": torch.randn(10)}
+    payload = codec.encode(state)
+    assert len(payload) == 4 * 110 and codec.encode_mask() == b""
+    back = codec.decode(payload)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_sparse_payload_is_4_bytes_per_kept_weight_and_zero_elsewhere():
+    mask = mask_with(30)
+    codec = Codec(mask)
+    state = {"w": torch.randn(10, 10)}
+    payload = codec.encode(state)
+    assert len(payload) == 4 * 30
+    back = codec.decode(payload)["w"]
+    assert torch.equal(back[mask["w"]], state["w"][mask["w"]])
+    assert bool((back[~mask["w"]] == 0).all())
+
+
+@pytest.mark.parametrize(
+    "nnz, tag, size",
+    [
+        (30, BITMAP, 1 + 13),      # bitmap ceil(100/8)=13 bytes beats 4*30=120
+        (3, INDEX_LIST, 1 + 12),   # 3 indices * 4 bytes = 12 beats 13
+        (0, INDEX_LIST, 1),        # nothing kept: an empty index list
+    ],
+)
+def test_mask_message_is_the_cheaper_encoding(nnz, tag, size):
+    mask = mask_with(nnz)
+    codec = Codec(mask)
+    msg = codec.encode_mask()
+    assert msg[0] == tag and len(msg) == size
+    assert codec.decode_mask(msg) == mask
+
+
+def test_fedavg_cnn_mask_at_80_percent_sparsity_costs_a_bitmap():
+    # 1,663,370 parameters -> bitmap 1 + 207,922 bytes; index list would be 4 bytes per kept one
+    m = build(ModelSpec(), (1, 28, 28), 10)
+    flat = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < 0.2
+            for n, p in m.named_parameters()}
+    codec = Codec(Mask(flat))
+    assert len(codec.encode_mask()) == 1 + (1_663_370 + 7) // 8 == 207_923
+
+
+def test_decode_rejects_wrong_length_and_bad_mask_messages():
+    codec = Codec(mask_with(30))
+    with pytest.raises(FedticketError, match="expected 120"):
+        codec.decode(b"\0" * 119)
+    with pytest.raises(FedticketError, match="unknown mask encoding"):
+        codec.decode_mask(b"\x07abc")
+    with pytest.raises(FedticketError, match="past the model size"):
+        codec.decode_mask(bytes([INDEX_LIST]) + np.array([100], "<u4").tobytes())
+
+
+def test_fedavg_cnn_forward_macs_match_the_design_table():
+    m = build(ModelSpec(), (1, 28, 28), 10)
+    costs = {c.name: c for c in layer_costs(m, (1, 28, 28))}
+    assert costs["body.conv1"].forward_macs == 627_200     # 800 weights * 28*28 positions
+    assert costs["body.conv2"].forward_macs == 10_035_200  # 51,200 * 14*14
+    assert costs["body.fc1"].forward_macs == 1_605_632
+    assert costs["head"].forward_macs == 5_120
+
+
+def test_linear_flops_by_hand_with_and_without_mask():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    dense = layer_costs(net, (4,))
+    # layer 0: fwd 2*12 + 3 = 27; bwd (first layer, no input grad) 2*12 + 3 = 27
+    # layer 1: fwd 2*6 + 2 = 14;  bwd 2*6 + 2*6 + 2 = 26
+    assert [(c.forward_flops, c.backward_flops) for c in dense] == [(27, 27), (14, 26)]
+    assert train_flops_per_sample(dense) == 27 + 27 + 14 + 26
+    w0 = torch.zeros(3, 4, dtype=torch.bool)
+    w0[0, :2] = True  # 2 of 12 weights kept
+    sparse = layer_costs(net, (4,), {"0.weight": w0})
+    assert (sparse[0].forward_flops, sparse[0].backward_flops) == (2 * 2 + 3, 2 * 2 + 3)
+
+
+def test_conv_flops_by_hand():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))  # 18 weights, 4x4 output positions
+    (c,) = layer_costs(net, (1, 4, 4))
+    assert c.positions == 16 and c.forward_macs == 18 * 16
+    assert c.forward_flops == 2 * 288 + 2 * 16

@@ -1,0 +1,197 @@
+"""End to end: `fedticket run` and `fedticket compare` on real (tiny) data."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedticket.cli import main
+
+CONFIG = """
+methods = ["fedavg", "dae-ticket", "dae-ticket-rewind"]
+seeds = [0]
+[data]
+dataset = "digits"
+pool_size = 400
+num_clients = 5
+[model]
+name = "cnn-digits"
+[pretrain]
+epochs = 2
+batch_size = 32
+[prune]
+sparsity = 0.5
+[federate]
+rounds = 3
+client_fraction = 0.4
+local_epochs = 2
+batch_size = 16
+lr = 0.05
+momentum = 0.9
+"""
+
+METRIC_FIELDS = {"round", "test_accuracy", "test_loss", "cum_down_bytes", "cum_up_bytes",
+                 "cum_client_flops", "cum_client_wall_s"}
+COMPARE_FIELDS = {"final_accuracy", "best_accuracy", "rounds_to_target",
+                  "traffic_bytes_to_target", "client_flops_to_target",
+                  "client_wall_s_to_target"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = root / "tiny.toml"
+    cfg.write_text(CONFIG)
+    out = root / "runs"
+    assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    return cfg, out
+
+
+def read(folder: Path, name: str):
+    text = (folder / name).read_text()
+    if name.endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines()]
+    return json.loads(text)
+
+
+def run_folders(out: Path) -> dict[str, Path]:
+    return {p.name.split("_")[0]: p for p in out.iterdir() if (p / "spec.json").is_file()}
+
+
+def test_run_writes_one_complete_folder_per_method(finished):
+    _, out = finished
+    folders = run_folders(out)
+    assert set(folders) == {"fedavg", "dae-ticket", "dae-ticket-rewind"}
+    for method, f in folders.items():
+        spec = read(f, "spec.json")
+        assert spec["spec"]["method"] == method and spec["versions"]["torch"]
+        assert "commit" in spec["git"]
+        rows = read(f, "metrics.jsonl")
+        assert [r["round"] for r in rows] == [0, 1, 2, 3]
+        assert METRIC_FIELDS <= set(rows[0])
+        assert rows[0]["cum_down_bytes"] == 0 and rows[-1]["cum_client_flops"] > 0
+        summary = read(f, "summary.json")
+        assert summary["final_accuracy"] == rows[-1]["test_accuracy"]
+        assert summary["best_accuracy"] == max(r["test_accuracy"] for r in rows)
+        assert len(read(f, "clients.jsonl")) == 3 * 2  # 3 rounds, round(0.4 * 5) = 2 clients each
+    # the two DAE methods share one pretraining
+    assert len(list((out / "_cache").glob("pretrain-*.npz"))) == 1
+
+
+def test_traffic_is_the_payload_arithmetic(finished):
+    _, out = finished
+    folders = run_folders(out)
+    ticket = folders["dae-ticket"]
+    report = read(ticket, "mask_report.json")
+    nnz, numel = report["nnz"], report["numel"]
+    prunable = report["prunable_density"]
+    assert abs(prunable - 0.5) < 1e-3
+    last = read(ticket, "metrics.jsonl")[-1]
+    assert last["cum_up_bytes"] == 3 * 2 * 4 * nnz
+    clients = read(ticket, "clients.jsonl")
+    first_timers = len({c["client"] for c in clients})
+    mask_msg = report["wire"]["mask_message_bytes"]
+    assert mask_msg == min(1 + (numel + 7) // 8, 1 + 4 * nnz)
+    assert last["cum_down_bytes"] == 3 * 2 * 4 * nnz + first_timers * mask_msg
+    dense = read(folders["fedavg"], "metrics.jsonl")[-1]
+    assert dense["cum_up_bytes"] == 3 * 2 * 4 * numel
+
+
+def test_compare_json_has_every_field(finished, capsys):
+    _, out = finished
+    capsys.readouterr()
+    assert main(["compare", str(out), "--json", "--target", "0.3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["target"] == 0.3
+    assert set(result["methods"]) == {"fedavg", "dae-ticket", "dae-ticket-rewind"}
+    for stats in result["methods"].values():
+        assert COMPARE_FIELDS <= set(stats)
+        assert set(stats["final_accuracy"]) == {"mean", "std", "n"}
+    assert result["methods"]["fedavg"]["traffic_saving_pct"]["mean"] == 0.0
+    for name in ("accuracy_vs_round", "accuracy_vs_traffic", "accuracy_vs_flops"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_skips_finished_runs(finished, capsys):
+    cfg, out = finished
+    before = {p: (p / "summary.json").stat().st_mtime_ns for p in run_folders(out).values()}
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    assert "finished already" in capsys.readouterr().err
+    after = {p: (p / "summary.json").stat().st_mtime_ns for p in run_folders(out).values()}
+    assert before == after
+
+
+def test_same_spec_same_numbers(finished, tmp_path):
+    cfg, out = finished
+    assert main(["run", str(cfg), "--out", str(tmp_path), "--method", "dae-ticket",
+                 "--quiet"]) == 0
+    again = read(run_folders(tmp_path)["dae-ticket"], "metrics.jsonl")
+    first = read(run_folders(out)["dae-ticket"], "metrics.jsonl")
+    strip = [{k: v for k, v in r.items() if "wall" not in k} for r in first]
+    assert [{k: v for k, v in r.items() if "wall" not in k} for r in again] == strip
+
+
+def corrupt_idx(folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        with gzip.open(folder / name, "wb") as f:
+            f.write(b"\x00\x00\x08\x03garbage")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--method", "dae-tiket"], "unknown method 'dae-tiket'"),
+        (["--set", "prune.sparsity=1.0"], "prune.sparsity must be in [0, 1)"),
+        (["--set", "federate.lrr=0.1"], "unknown config key 'federate.lrr'"),
+        (["--set", "data.dataset=\"npz\"", "--set", "data.path=\"/nonexistent/x.npz\""],
+         "/nonexistent/x.npz"),
+        (["--set", "model.name=\"vgg\""], "unknown model.name 'vgg'"),
+        (["--set", "data.dataset=\"fashion-mnist\"", "--set", "data.path=\"{bad}\"",
+          "--set", "model.name=\"cnn-fedavg\""], "idx"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(finished, tmp_path, capsys, args,
+                                                          fragment):
+    cfg, out = finished
+    bad = corrupt_idx(tmp_path / "bad")
+    args = [a.replace("{bad}", str(bad)) for a in args]
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    code = main(["run", str(cfg), "--out", str(out), "--method", "dae-ticket",
+                 "--set", "data.num_clients=4", "--quiet", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("fedticket: error:") and "\n" not in err
+    assert fragment.lower() in err.lower()
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_divergence_exits_1_and_leaves_no_run_folder(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "runs"
+    code = main(["run", str(cfg), "--out", str(out), "--method", "fedavg",
+                 "--set", "federate.lr=1e30", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "diverged" in err and "\n" not in err
+    assert [p.name for p in out.iterdir() if not p.name.startswith("_")] == []
+
+
+def test_compare_on_empty_dir_is_an_error(tmp_path, capsys):
+    assert main(["compare", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("fedticket: error:")
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).with_name("fedticket")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "fedticket.cli"]
+    res = subprocess.run([*cmd, "run", "nope.toml"], capture_output=True, text=True,
+                         env=os.environ | {"PYTHONPATH": "src"}, timeout=120)
+    assert res.returncode == 2 and "config file not found: nope.toml" in res.stderr

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from fedticket.errors import ConfigError
+from fedticket.models import build, prunable_names
+from fedticket.spec import ModelSpec
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_fedavg_cnn_has_exactly_1663370_parameters():
+    m = build(ModelSpec(name="cnn-fedavg"), (1, 28, 28), 10)
+    sizes = {n: p.numel() for n, p in m.named_parameters()}
+    assert sizes == {
+        "body.conv1.weight": 800, "body.conv1.bias": 32,          # 5*5*1*32 + 32 = 832
+        "body.conv2.weight": 51200, "body.conv2.bias": 64,        # 5*5*32*64 + 64 = 51,264
+        "body.fc1.weight": 1605632, "body.fc1.bias": 512,         # 3136*512 + 512
+        "head.weight": 5120, "head.bias": 10,                     # 512*10 + 10
+    }
+    assert n_params(m) == 1_663_370
+
+
+def test_mlp_300_100_parameter_count():
+    m = build(ModelSpec(name="mlp", hidden=(300, 100)), (1, 28, 28), 10)
+    assert n_params(m) == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10  # 266,610
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [("cnn-fedavg", (1, 28, 28)), ("mlp", (1, 28, 28)), ("cnn-digits", (1, 8, 8)),
+     ("cnn-cifar", (3, 32, 32))],
+)
+def test_decoder_mirrors_body_back_to_the_input_shape(name, shape):
+    m = build(ModelSpec(name=name), shape, 10)
+    x = torch.rand(3, *shape)
+    assert m(x).shape == (3, 10)
+    assert m.decoder()(m.body(x)).shape == (3, *shape)
+
+
+def test_default_prunable_tensors_are_body_weights_only():
+    m = build(ModelSpec(), (1, 28, 28), 10)
+    assert prunable_names(m) == ["body.conv1.weight", "body.conv2.weight", "body.fc1.weight"]
+    assert "head.weight" in prunable_names(m, include_head=True)
+    assert len(prunable_names(m, include_head=True, include_biases=True)) == 8
+
+
+def test_model_refuses_input_it_was_not_made_for():
+    with pytest.raises(ConfigError, match="not divisible"):
+        build(ModelSpec(name="cnn-fedavg"), (1, 30, 30), 10)
+    with pytest.raises(ConfigError, match="3-channel"):
+        build(ModelSpec(name="cnn-cifar"), (1, 32, 32), 10)
