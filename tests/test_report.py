@@ -154,20 +154,27 @@ def test_run_that_never_reaches_target_is_null(results: Path) -> None:
         assert fields["traffic_saving_pct"]["mean"] is None
 
 
-def test_default_target_is_min_over_runs_of_best_rounded_down(tmp_path: Path) -> None:
+def test_default_target_is_95_percent_of_baseline_best_rounded_down(tmp_path: Path) -> None:
     write_run(tmp_path, "fedavg", 0, [0.1, 0.8237])
     write_run(tmp_path, "fedavg", 1, [0.1, 0.81267])
-    write_run(tmp_path, "dae-ticket", 0, [0.1, 0.9])
-    # lowest best over runs = 0.81267 -> 0.812, which every run reaches
+    write_run(tmp_path, "dae-ticket", 0, [0.1, 0.7])
+    # 0.95 * mean(0.8237, 0.81267) = 0.95 * 0.818185 = 0.77727575 -> 0.777
     runs = load_runs(tmp_path)
-    assert default_target(runs) == 0.812
+    assert default_target(runs) == 0.777
     result = compare(runs)
-    assert result["target"] == 0.812
+    assert result["target"] == 0.777
     assert result["methods"]["fedavg"]["rounds_to_target"]["n"] == 2
+    assert result["methods"]["dae-ticket"]["rounds_to_target"]["n"] == 0  # never reached
+
+
+def test_default_target_without_baseline_is_min_best_over_runs(tmp_path: Path) -> None:
+    write_run(tmp_path, "dae-ticket", 0, [0.1, 0.8237])
+    write_run(tmp_path, "random-mask", 0, [0.1, 0.61267])
+    assert default_target(load_runs(tmp_path)) == 0.612
 
 
 def test_default_target_exact_value_is_not_rounded_below(tmp_path: Path) -> None:
-    write_run(tmp_path, "fedavg", 0, [0.1, 0.29])  # 0.29 * 1000 = 289.99999999999994
+    write_run(tmp_path, "dae-ticket", 0, [0.1, 0.29])  # 0.29 * 1000 = 289.99999999999994
     assert default_target(load_runs(tmp_path)) == 0.29
 
 
