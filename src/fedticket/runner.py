@@ -67,7 +67,9 @@ class ServerStages:
     log: dict
 
 
-def pretrain_and_prune(spec: ExperimentSpec, splits: Splits, out: Path) -> ServerStages:
+def pretrain_and_prune(
+    spec: ExperimentSpec, splits: Splits, out: Path, stream: TextIO | None = None
+) -> ServerStages:
     """Run (or load from the cache) server pretraining and pruning for ``spec``."""
     model = fresh_model(spec, splits, "init")
     init = _state(model)
@@ -85,7 +87,7 @@ def pretrain_and_prune(spec: ExperimentSpec, splits: Splits, out: Path) -> Serve
         return ServerStages(init, cached["trained"], Mask(cached["mask"]), names, cached_log)
 
     log: dict = {"pretrain_kind": kind, "prune_strategy": strategy, "cached": False}
-    trainer = _pretrain(spec, splits, model, out, log) if kind != "none" else None
+    trainer = _pretrain(spec, splits, model, out, log, stream) if kind != "none" else None
 
     mask = Mask.full(model)
     if strategy != "none":
@@ -120,13 +122,18 @@ def pretrain_and_prune(spec: ExperimentSpec, splits: Splits, out: Path) -> Serve
 
 
 def _pretrain(
-    spec: ExperimentSpec, splits: Splits, model: Classifier, out: Path, log: dict
+    spec: ExperimentSpec, splits: Splits, model: Classifier, out: Path, log: dict,
+    stream: TextIO | None,
 ) -> ServerTrainer:
     """Pretrain ``model`` in place (or load the cached result); record the cost in ``log``."""
     kind = spec.pretrain.kind
     pool_y = splits.pool_labels if kind == "supervised" else None
     g = torch.Generator().manual_seed(derived_seed(spec.seed, "pretrain"))
     trainer = ServerTrainer(model, spec.pretrain, splits.pool.x, pool_y, g)
+    if stream is not None:
+        trainer.on_epoch = lambda epoch, loss: print(
+            f"  server {kind} epoch {epoch}: loss {loss:.4f}", file=stream, flush=True
+        )
     cache = paths.pretrain_cache(out, spec.stage_hash("data", "model", "pretrain"))
     if cache.is_file():
         # the whole trained net (a DAE keeps its decoder for retraining between levels)
@@ -254,7 +261,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     if stream:
         print(f"{label}: pretrain={spec.pretrain.kind} prune={spec.prune.strategy} "
               f"weights={spec.weights.init}", file=stream, flush=True)
-    stages = pretrain_and_prune(spec, splits, out)
+    stages = pretrain_and_prune(spec, splits, out, stream)
     mask = stages.mask
     mask.save(folder / paths.MASK)
     model = fresh_model(spec, splits, "init")

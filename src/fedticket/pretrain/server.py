@@ -82,6 +82,7 @@ class ServerTrainer:
         else:
             raise ValueError(f"nothing to train for pretrain kind {spec.kind!r}")
         self.log = ServerLog()
+        self.on_epoch: Callable[[int, float], None] | None = None
 
     def _dae_loss(self, xb: torch.Tensor, yb: torch.Tensor | None, g: torch.Generator):
         noisy = NOISES[self.spec.noise](xb, self.spec.noise_level, g)
@@ -138,6 +139,8 @@ class ServerTrainer:
                     "lower pretrain.lr"
                 )
             losses.append(mean)
+            if self.on_epoch is not None:
+                self.on_epoch(len(self.log.epoch_losses) + len(losses), mean)
         self.log.wall_s += time.perf_counter() - start
         self.log.flops += per_sample * n * epochs
         self.log.samples += n * epochs
