@@ -119,13 +119,14 @@ def run_fedavg(
     for r in range(1, spec.rounds + 1):
         ids = sample_clients(len(clients), spec.client_fraction, rng)
         down = codec.encode(global_state)
+        received = codec.decode(down)  # every client receives these same bytes
         updates = []
         records = []
         for cid in ids:
             sent_mask = mask_msg if cid not in has_mask else b""
             has_mask.add(cid)
             g = torch.Generator().manual_seed(client_seed(seed, r, cid))
-            upd = trainer.update(codec.decode(down), clients[cid], g)
+            upd = trainer.update(received, clients[cid], g)
             up = codec.encode(upd.state)
             updates.append((codec.decode(up), upd.num_examples))
             rec = ClientRecord(
