@@ -284,7 +284,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
 
     apply_mask(model, mask)
     trainer = LocalTrainer(model, mask, spec.federate, splits.input_shape)
-    trainer.warm_up(splits.clients[0])
+    trainer.warm_up(state, splits.clients[0])
     writer = MetricsWriter(folder)
     try:
         run_fedavg(

@@ -45,13 +45,10 @@ class LocalTrainer:
         self.costs = layer_costs(model, tuple(input_shape), mask)
         self.flops_per_sample = train_flops_per_sample(self.costs)
 
-    def warm_up(self, data: Labeled) -> None:
-        """One forward and backward pass, no step: the first timed update then pays no
-        one-off start-up costs (kernel selection, allocator growth). Weights unchanged."""
-        self.model.train()
-        xb, yb = data.x[: self.spec.batch_size], data.y[: self.spec.batch_size]
-        F.cross_entropy(self.model(xb), yb).backward()
-        self.model.zero_grad(set_to_none=True)
+    def warm_up(self, state: Mapping[str, torch.Tensor], data: Labeled) -> None:
+        """One untimed client update, thrown away: the first timed update then pays no
+        one-off start-up costs (thread pool, kernel selection, allocator growth)."""
+        self.update(state, data, torch.Generator().manual_seed(0))
 
     def update(
         self, state: Mapping[str, torch.Tensor], data: Labeled, generator: torch.Generator
