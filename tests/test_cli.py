@@ -195,3 +195,19 @@ def test_console_script_runs():
     res = subprocess.run([*cmd, "run", "nope.toml"], capture_output=True, text=True,
                          env=os.environ | {"PYTHONPATH": "src"}, timeout=120)
     assert res.returncode == 2 and "config file not found: nope.toml" in res.stderr
+
+
+def test_stale_temporary_folder_of_a_dead_process_is_removed(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.replace("rounds = 3", "rounds = 1"))
+    out = tmp_path / "runs"
+    from fedticket.spec import load_config
+
+    spec = load_config(cfg).specs()[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = out / f".tmp-{spec.run_name()}-{dead}"
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text("half a line")
+    assert main(["run", str(cfg), "--out", str(out), "--method", spec.method, "--quiet"]) == 0
+    assert not stale.exists() and (out / spec.run_name() / "summary.json").is_file()

@@ -22,6 +22,16 @@ def tmp_run_dir(out: Path, run_name: str, pid: int) -> Path:
     return out / f".tmp-{run_name}-{pid}"
 
 
+def tmp_run_dirs(out: Path, run_name: str) -> list[tuple[Path, int]]:
+    """Every temporary folder of ``run_name`` under ``out``, with the pid that made it."""
+    found = []
+    for p in out.glob(f".tmp-{run_name}-*"):
+        pid = p.name.rsplit("-", 1)[1]
+        if pid.isdigit():
+            found.append((p, int(pid)))
+    return found
+
+
 def pretrain_cache(out: Path, stage_hash: str) -> Path:
     """Initial and pretrained weights of one (data, model, pretrain, seed)."""
     return out / CACHE_DIR / f"pretrain-{stage_hash}.npz"

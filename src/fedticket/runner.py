@@ -230,9 +230,8 @@ def run_one(
             return final
         raise FedticketError(f"{final} exists but is not a finished run; move it away and rerun")
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out, spec.run_name())
     tmp = paths.tmp_run_dir(out, spec.run_name(), os.getpid())
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         _run_into(spec, out, tmp, stream, label)
@@ -241,6 +240,20 @@ def run_one(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _remove_stale_tmp(out: Path, run_name: str) -> None:
+    """Delete temporary folders of this run left by processes that no longer exist."""
+    for tmp, pid in paths.tmp_run_dirs(out, run_name):
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # another live process is writing this run
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | None,

@@ -68,6 +68,10 @@ class Codec:
             flat[self._kept] = values
         else:
             flat = values.astype(np.float32)
+        return self._unflatten(flat)
+
+    def _unflatten(self, flat: np.ndarray) -> dict[str, torch.Tensor]:
+        """Split a flat array into this model's tensors (copies: the result owns its memory)."""
         out: dict[str, torch.Tensor] = {}
         start = 0
         for n in self.names:
@@ -106,10 +110,4 @@ class Codec:
             flat[idx] = 1
         else:
             raise FedticketError(f"unknown mask encoding tag {tag}")
-        out = {}
-        start = 0
-        for n in self.names:
-            size = int(np.prod(self.shapes[n], dtype=np.int64))
-            out[n] = torch.from_numpy(flat[start : start + size].astype(bool)).view(self.shapes[n])
-            start += size
-        return Mask(out)
+        return Mask(self._unflatten(flat.astype(bool)))
