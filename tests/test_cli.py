@@ -211,3 +211,33 @@ def test_stale_temporary_folder_of_a_dead_process_is_removed(tmp_path):
     (stale / "metrics.jsonl").write_text("half a line")
     assert main(["run", str(cfg), "--out", str(out), "--method", spec.method, "--quiet"]) == 0
     assert not stale.exists() and (out / spec.run_name() / "summary.json").is_file()
+
+
+def test_other_models_partitions_and_pools_run_end_to_end(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "rgb.npz"
+    np.savez(npz, x=rng.integers(0, 256, (240, 32, 32, 3), dtype=np.uint8),
+             y=rng.integers(0, 4, 240))
+    cases = {
+        "cifar": ["--set", f'data.path="{npz}"', "--set", 'data.dataset="npz"',
+                  "--set", "data.pool_size=80", "--set", 'model.name="cnn-cifar"',
+                  "--set", 'data.partition="shards"', "--set", "data.shards_per_client=2"],
+        "mlp": ["--set", 'model.name="mlp"', "--set", "model.hidden=[32]",
+                "--set", 'data.partition="dirichlet"', "--set", "data.dirichlet_alpha=1.0",
+                "--set", "prune.levels=2", "--set", 'prune.scope="layer"'],
+        "digits-pool-from-npz": ["--set", 'data.pool_dataset="npz"',
+                                 "--set", f'data.pool_path="{npz}"', "--set", "data.pool_size=50"],
+    }
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.replace("rounds = 3", "rounds = 1"))
+    for name, extra in cases.items():
+        out = tmp_path / name
+        code = main(["run", str(cfg), "--out", str(out), "--method", "dae-ticket",
+                     "--seed", "1", "--quiet", *extra])
+        assert code == 0, name
+        (folder,) = [p for p in out.iterdir() if (p / "summary.json").is_file()]
+        summary = read(folder, "summary.json")
+        assert summary["seed"] == 1 and summary["rounds"] == 1
+        assert abs(summary["prunable_density"] - 0.5) < 0.01, name
