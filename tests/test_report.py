@@ -146,7 +146,8 @@ def test_run_that_never_reaches_target_is_null(results: Path) -> None:
     assert rm["rounds_to_target"] == {"mean": 2.0, "std": 0.0, "n": 2}
     assert rm["traffic_bytes_to_target"]["n"] == 2
     assert rm["final_accuracy"]["n"] == 3
-    assert rm["traffic_saving_pct"] == {"mean": pytest.approx(60.0), "std": None, "n": 2}
+    # no saving over the two lucky seeds: one of three never got there
+    assert rm["traffic_saving_pct"] == {"mean": None, "std": None, "n": 2}
 
     unreachable = compare(load_runs(results), target=0.95)["methods"]
     for fields in unreachable.values():

@@ -49,16 +49,25 @@ def aggregate(values: list[float | None]) -> Stat:
     return {"mean": float(np.mean(kept)), "std": std, "n": len(kept)}
 
 
-def saving_pct(method: Stat, baseline: Stat | None) -> Stat:
+def saving_pct(
+    method: Stat, baseline: Stat | None, method_runs: int | None = None,
+    baseline_runs: int | None = None,
+) -> Stat:
     """``100 * (1 - mean_method / mean_baseline)``; std is None, n is the smaller n.
 
-    The mean is None when either mean is None or the baseline mean is 0.
+    The mean is None when either mean is None, the baseline mean is 0, or (when the
+    run counts are given) some run of either method never reached the target: a
+    saving over only the seeds that got there would compare a method's lucky seeds
+    with all of the baseline's.
     """
     if baseline is None:
         return {"mean": None, "std": None, "n": 0}
     n = min(method["n"], baseline["n"])
     m, b = method["mean"], baseline["mean"]
-    mean = None if m is None or b is None or b == 0 else 100.0 * (1.0 - m / b)
+    missed = (method_runs is not None and method["n"] < method_runs) or (
+        baseline_runs is not None and baseline["n"] < baseline_runs
+    )
+    mean = None if m is None or b is None or b == 0 or missed else 100.0 * (1.0 - m / b)
     return {"mean": mean, "std": None, "n": n}
 
 
@@ -124,9 +133,10 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
 
     The ``*_saving_pct`` fields compare means against ``baseline``:
     ``100 * (1 - mean_method / mean_baseline)``; null when either mean is null, the
-    baseline mean is 0 or the baseline is absent. Their std is null and their n is
-    ``min(n_method, n_baseline)``. Positive means cheaper than the baseline. Note the
-    means may be over different subsets of seeds when some runs miss the target.
+    baseline mean is 0, the baseline is absent, or some run of the method or of the
+    baseline never reached the target (the table shows how many did). Their std is
+    null and their n is ``min(n_method, n_baseline)``. Positive means cheaper than the
+    baseline.
 
     Parameters
     ----------
@@ -157,7 +167,12 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
         fields["density"] = aggregate([_finite(r.density) for r in group])
         methods[method] = fields
     base = methods.get(baseline)
-    for fields in methods.values():
+    groups = group_by_method(runs)
+    base_runs = len(groups.get(baseline, []))
+    for method, fields in methods.items():
         for saving, cost in SAVING_FIELDS.items():
-            fields[saving] = saving_pct(fields[cost], None if base is None else base[cost])
+            fields[saving] = saving_pct(
+                fields[cost], None if base is None else base[cost], len(groups[method]),
+                base_runs,
+            )
     return {"target": target, "baseline": baseline, "methods": methods}
