@@ -116,8 +116,9 @@ def pretrain_and_prune(
     log["server_flops"] = pre.get("flops", 0) + log.get("prune", {}).get("retrain_flops", 0)
     log["server_wall_s"] = pre.get("wall_s", 0.0) + log.get("prune", {}).get("wall_s", 0.0)
     trained = _state(model)
-    save_states(prune_file, {"trained": trained, "mask": dict(mask)})
+    # the .json first: the .npz is the stage's completion marker
     atomic_write_json(prune_file.with_suffix(".json"), log)
+    save_states(prune_file, {"trained": trained, "mask": dict(mask)})
     return ServerStages(init, trained, mask, names, log)
 
 
@@ -154,8 +155,8 @@ def _pretrain(
         pre["clean_reconstruction_loss"] = {
             "before": before, "after": trainer.reconstruction_loss(probe)
         }
-    save_states(cache, {"net": _state(trainer.net)})
     atomic_write_json(cache.with_suffix(".json"), pre)
+    save_states(cache, {"net": _state(trainer.net)})
     log["pretrain"] = pre | {"cached": False}
     return trainer
 
