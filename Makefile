@@ -6,9 +6,10 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 OUT ?= runs/quick
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup setup-dev data demo test clean
 
 setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
 
 # The pinned CPU build of torch goes in first, so the project's torch range is
 # already satisfied and pip never reaches for a multi-GB CUDA build.
@@ -16,6 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# Test tools, and flwr-datasets whose partitioners the tests compare ours with.
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -26,7 +32,7 @@ demo: setup data
 	$(BIN)/fedticket run configs/quick.toml --out $(OUT)
 	$(BIN)/fedticket compare $(OUT)
 
-test: setup data
+test: setup-dev data
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src

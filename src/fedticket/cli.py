@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from fedticket.errors import FedticketError
@@ -42,18 +43,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from fedticket.runner import run_many
-    from fedticket.spec import load_config, parse_set
+    from fedticket.spec import METHODS, load_config, parse_set
 
     config = load_config(args.config)
     if args.seed:
-        config = type(config)(config.base, config.methods, tuple(dict.fromkeys(args.seed)))
+        config = replace(config, seeds=tuple(dict.fromkeys(args.seed)))
     if args.method:
-        from fedticket.spec import METHODS
-
         for m in args.method:
             if m not in METHODS:
                 raise FedticketError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
-        config = type(config)(config.base, tuple(dict.fromkeys(args.method)), config.seeds)
+        config = replace(config, methods=tuple(dict.fromkeys(args.method)))
     specs = config.specs(parse_set(args.set))
     stream = None if args.quiet else sys.stderr
     out = Path(args.out)

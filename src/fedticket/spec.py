@@ -230,13 +230,12 @@ class ExperimentSpec:
 
     def nondefault(self) -> dict[str, Any]:
         """The fields that differ from their defaults, as ``{"section.key": value}``."""
-        default = ExperimentSpec().to_dict()
-        mine = self.to_dict()
-        out: dict[str, Any] = {}
-        for key, value in _flatten(mine).items():
-            if _flatten(default).get(key, _MISSING) != value:
-                out[key] = value
-        return out
+        default = _flatten(ExperimentSpec().to_dict())
+        return {
+            key: value
+            for key, value in _flatten(self.to_dict()).items()
+            if default.get(key, _MISSING) != value
+        }
 
     def hash(self) -> str:
         """Hex digest naming the run; depends on non-default fields only."""
