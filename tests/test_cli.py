@@ -241,3 +241,29 @@ def test_other_models_partitions_and_pools_run_end_to_end(tmp_path):
         summary = read(folder, "summary.json")
         assert summary["seed"] == 1 and summary["rounds"] == 1
         assert abs(summary["prunable_density"] - 0.5) < 0.01, name
+
+
+def test_interrupted_run_leaves_nothing_and_rerun_gives_the_uninterrupted_result(
+    finished, tmp_path, monkeypatch, capsys
+):
+    cfg, out = finished
+    from fedticket import runner
+
+    original = runner.Progress.on_round
+
+    def interrupt_at_round_2(self, log):
+        if log.round == 2:
+            raise KeyboardInterrupt
+        original(self, log)
+
+    monkeypatch.setattr(runner.Progress, "on_round", interrupt_at_round_2)
+    fresh = tmp_path / "runs"
+    assert main(["run", str(cfg), "--out", str(fresh), "--method", "dae-ticket"]) == 130
+    assert [p.name for p in fresh.iterdir() if not p.name.startswith("_")] == []
+    monkeypatch.setattr(runner.Progress, "on_round", original)
+    assert main(["run", str(cfg), "--out", str(fresh), "--method", "dae-ticket",
+                 "--quiet"]) == 0
+    again = read(run_folders(fresh)["dae-ticket"], "metrics.jsonl")
+    first = read(run_folders(out)["dae-ticket"], "metrics.jsonl")
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in first]
+    assert [r["cum_up_bytes"] for r in again] == [r["cum_up_bytes"] for r in first]
