@@ -267,3 +267,21 @@ def test_interrupted_run_leaves_nothing_and_rerun_gives_the_uninterrupted_result
     first = read(run_folders(out)["dae-ticket"], "metrics.jsonl")
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in first]
     assert [r["cum_up_bytes"] for r in again] == [r["cum_up_bytes"] for r in first]
+
+
+def test_compare_prints_kept_weights_and_flops_per_layer(finished, capsys):
+    _, out = finished
+    capsys.readouterr()
+    assert main(["compare", str(out), "--no-plots", "--target", "0.3"]) == 0
+    text = capsys.readouterr().out
+    layers = text.split("kept fraction per layer")[1].splitlines()
+    header = layers[1].split()
+    assert header == ["method", "body.conv1", "body.conv2", "body.fc1", "head", "all"]
+    rows = {line.split()[0]: line.split()[1:] for line in layers[3:] if line.strip()}
+    assert rows["fedavg"] == ["1.000/1.000"] * 5
+    report = read(run_folders(out)["dae-ticket"], "mask_report.json")
+    flops = report["flops"]
+    whole = f"{report['density']:.3f}/" + (
+        f"{flops['sparse_train_flops_per_sample'] / flops['dense_train_flops_per_sample']:.3f}")
+    assert rows["dae-ticket"][-1] == whole
+    assert rows["dae-ticket"][3] == "1.000/1.000"  # the head is not prunable by default

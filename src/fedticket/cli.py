@@ -63,7 +63,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from fedticket.report import compare, format_table, load_runs, plot, to_markdown
+    from fedticket.report import (
+        compare,
+        format_layers,
+        format_table,
+        layers_markdown,
+        load_runs,
+        plot,
+        to_markdown,
+    )
 
     if args.target is not None and not 0.0 < args.target <= 1.0:
         raise FedticketError(f"--target is an accuracy in (0, 1], got {args.target}")
@@ -78,6 +86,8 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps(result, allow_nan=False))
     else:
         print(to_markdown(result) if args.markdown else format_table(result))
+        print()
+        print(layers_markdown(runs) if args.markdown else format_layers(runs))
         for p in written:
             print(f"plot: {p}")
     return 0

@@ -285,7 +285,10 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     mask_report["flops"] = {
         "dense_train_flops_per_sample": train_flops_per_sample(dense_costs),
         "sparse_train_flops_per_sample": train_flops_per_sample(sparse_costs),
-        "layers": costs_report(sparse_costs),
+        "layers": [
+            layer | {"dense_train_flops": dense.train_flops}
+            for layer, dense in zip(costs_report(sparse_costs), dense_costs, strict=True)
+        ],
     }
     codec = Codec(mask)
     state = starting_weights(spec, splits, stages)

@@ -66,6 +66,7 @@ class Run:
     summary: dict[str, Any] = field(repr=False)
     spec: dict[str, Any] = field(repr=False)
     density: float | None = None
+    layers: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def method_order(methods: set[str] | list[str]) -> list[str]:
@@ -131,7 +132,8 @@ def load_run(path: Path) -> Run:
             raise FedticketError(f"{path / SUMMARY_FILE} lacks '{key}'; rerun that run")
     spec = _read_json(path / SPEC_FILE)
     mask_path = path / MASK_REPORT_FILE
-    density = _read_json(mask_path).get("density") if mask_path.exists() else None
+    mask_report = _read_json(mask_path) if mask_path.exists() else {}
+    density = mask_report.get("density")
     return Run(
         name=path.name,
         method=str(summary["method"]),
@@ -141,7 +143,29 @@ def load_run(path: Path) -> Run:
         summary=summary,
         spec=spec,
         density=None if density is None else float(density),
+        layers=layer_fractions(mask_report),
     )
+
+
+def layer_fractions(mask_report: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Per conv / linear layer: (kept fraction of its weights, of its training FLOPs),
+    and under ``"all"`` the same for the whole model (all parameters, all FLOPs).
+
+    Read from ``mask_report.json``; empty when the report has no per-layer FLOPs.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for layer in mask_report.get("flops", {}).get("layers", []):
+        if "dense_train_flops" not in layer or not layer.get("weights"):
+            continue
+        flops = layer["train_flops"] / layer["dense_train_flops"]
+        out[layer["name"]] = (layer["nnz_weights"] / layer["weights"], flops)
+    flops = mask_report.get("flops", {})
+    if out and flops.get("dense_train_flops_per_sample"):
+        out["all"] = (
+            float(mask_report["density"]),
+            flops["sparse_train_flops_per_sample"] / flops["dense_train_flops_per_sample"],
+        )
+    return out
 
 
 def load_runs(root: str | Path) -> list[Run]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fedticket.report.runs import Run
 
 NULL = "—"
 
@@ -57,9 +62,7 @@ def _title(result: dict[str, Any]) -> str:
     )
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """A fixed-width text table, one row per method, after a line naming the target."""
-    header, rows = table_rows(result)
+def _fixed_width(title: str, header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -67,12 +70,58 @@ def format_table(result: dict[str, Any]) -> str:
         return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)])
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([_title(result), line(header), rule, *map(line, rows)])
+    return "\n".join([title, line(header), rule, *map(line, rows)])
+
+
+def _markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
+    align = [":--"] + ["--:"] * (len(header) - 1)
+    lines = [f"| {' | '.join(cells)} |" for cells in [header, align, *rows]]
+    return "\n".join([title, "", *lines])
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A fixed-width text table, one row per method, after a line naming the target."""
+    return _fixed_width(_title(result), *table_rows(result))
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     """The same table as GitHub markdown, after a line naming the target."""
-    header, rows = table_rows(result)
-    align = [":--"] + ["--:"] * (len(header) - 1)
-    lines = [f"| {' | '.join(cells)} |" for cells in [header, align, *rows]]
-    return "\n".join([_title(result), "", *lines])
+    return _markdown(_title(result), *table_rows(result))
+
+
+def layer_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Per method and layer, ``weights/FLOPs``: the kept fraction of the layer's weights
+    and of its training FLOPs, each the mean over seeds. Layers in model order; ``all``
+    is the whole model."""
+    methods: dict[str, list[Run]] = {}
+    names: list[str] = []
+    for run in runs:
+        methods.setdefault(run.method, []).append(run)
+        names += [n for n in run.layers if n not in names]
+    names = [n for n in names if n != "all"] + (["all"] if "all" in names else [])
+    rows = []
+    for method, group in methods.items():
+        cells = [method]
+        for name in names:
+            pairs = [r.layers[name] for r in group if name in r.layers]
+            if not pairs:
+                cells.append(NULL)
+                continue
+            w, f = np.mean(pairs, axis=0)
+            cells.append(f"{w:.3f}/{f:.3f}")
+        rows.append(cells)
+    return ["method", *names], rows
+
+
+def _layers_title() -> str:
+    return "kept fraction per layer, weights/training FLOPs (mean over seeds)"
+
+
+def format_layers(runs: list[Run]) -> str:
+    """:func:`layer_rows` as a fixed-width text table."""
+    return _fixed_width(_layers_title(), *layer_rows(runs))
+
+
+def layers_markdown(runs: list[Run]) -> str:
+    """:func:`layer_rows` as a GitHub markdown table."""
+    return _markdown(_layers_title(), *layer_rows(runs))
