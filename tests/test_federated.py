@@ -118,3 +118,17 @@ def test_divergence_raises():
     trainer = LocalTrainer(m, mask, FederateSpec(lr=1e30, batch_size=4), (1, 8, 8))
     with pytest.raises(DivergenceError, match="lower federate.lr"):
         trainer.update(m.state_dict(), clients[0], torch.Generator().manual_seed(0))
+
+
+def test_evaluation_every_r_rounds_and_at_the_end():
+    m, mask, clients, test = tiny_setup()
+    spec = FederateSpec(rounds=5, client_fraction=0.5, local_epochs=1, batch_size=8,
+                        eval_every=2)
+    rec = Recorder()
+    run_fedavg(LocalTrainer(m, mask, spec, (1, 8, 8)), Codec(mask), m.state_dict(), clients,
+               test, spec, seed=0, callbacks=[rec])
+    assert [log.round for log in rec.logs] == [0, 1, 2, 3, 4, 5]
+    assert [log.round for log in rec.logs if log.test_accuracy is not None] == [0, 2, 4, 5]
+    # totals are snapshots: each log keeps the costs of its own round
+    ups = [log.totals.up_bytes for log in rec.logs]
+    assert ups == [i * 2 * 4 * mask.nnz for i in range(6)]

@@ -10,7 +10,7 @@ printing progress) comes in through callbacks.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -66,7 +66,6 @@ class RoundLog:
     test_accuracy: float | None
     test_loss: float | None
     train_loss: float | None = None
-    extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict:
         """The row of ``metrics.jsonl`` for an evaluated round."""
@@ -108,14 +107,16 @@ def run_fedavg(
     has_mask: set[int] = set()
     global_state = codec.decode(codec.encode(state))
 
-    def report(r: int, records: list[ClientRecord], train_loss: float | None) -> None:
-        trainer.model.load_state_dict(global_state)
-        acc, loss = evaluate(trainer.model, test)
-        log = RoundLog(r, records, totals, acc, loss, train_loss)
+    def emit(r: int, records: list[ClientRecord], train_loss: float | None) -> None:
+        acc = loss = None
+        if r % spec.eval_every == 0 or r == spec.rounds:
+            trainer.model.load_state_dict(global_state)
+            acc, loss = evaluate(trainer.model, test)
+        log = RoundLog(r, records, replace(totals), acc, loss, train_loss)
         for cb in callbacks:
             cb.on_round(log)
 
-    report(0, [], None)
+    emit(0, [], None)
     for r in range(1, spec.rounds + 1):
         ids = sample_clients(len(clients), spec.client_fraction, rng)
         down = codec.encode(global_state)
@@ -138,10 +139,5 @@ def run_fedavg(
         global_state = fedavg(updates)
         n = sum(rec.num_examples for rec in records)
         train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
-        if r % spec.eval_every == 0 or r == spec.rounds:
-            report(r, records, train_loss)
-        else:
-            log = RoundLog(r, records, totals, None, None, train_loss)
-            for cb in callbacks:
-                cb.on_round(log)
+        emit(r, records, train_loss)
     return global_state
