@@ -86,8 +86,9 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps(result, allow_nan=False))
     else:
         print(to_markdown(result) if args.markdown else format_table(result))
-        print()
-        print(layers_markdown(runs) if args.markdown else format_layers(runs))
+        if any(r.layers for r in runs):
+            print()
+            print(layers_markdown(runs) if args.markdown else format_layers(runs))
         for p in written:
             print(f"plot: {p}")
     return 0
