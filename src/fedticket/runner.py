@@ -33,7 +33,6 @@ from fedticket.io import atomic_write_json, git_commit, load_states, save_states
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.pretrain.server import ServerTrainer
 from fedticket.pruning import STRATEGIES, Mask, level_fraction, prune_lowest
-from fedticket.pruning.masked import apply_mask
 from fedticket.spec import ExperimentSpec
 
 State = dict[str, torch.Tensor]
@@ -279,15 +278,15 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     mask = stages.mask
     mask.save(folder / paths.MASK)
     model = fresh_model(spec, splits, "init")
+    trainer = LocalTrainer(model, mask, spec.federate, splits.input_shape)
     mask_report = mask.report(stages.prunable)
     dense_costs = layer_costs(model, splits.input_shape, None)
-    sparse_costs = layer_costs(model, splits.input_shape, mask)
     mask_report["flops"] = {
         "dense_train_flops_per_sample": train_flops_per_sample(dense_costs),
-        "sparse_train_flops_per_sample": train_flops_per_sample(sparse_costs),
+        "sparse_train_flops_per_sample": trainer.flops_per_sample,
         "layers": [
             layer | {"dense_train_flops": dense.train_flops}
-            for layer, dense in zip(costs_report(sparse_costs), dense_costs, strict=True)
+            for layer, dense in zip(costs_report(trainer.costs), dense_costs, strict=True)
         ],
     }
     codec = Codec(mask)
@@ -299,8 +298,6 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     }
     atomic_write_json(folder / paths.MASK_REPORT, mask_report)
 
-    apply_mask(model, mask)
-    trainer = LocalTrainer(model, mask, spec.federate, splits.input_shape)
     trainer.warm_up(state, splits.clients[0])
     writer = MetricsWriter(folder)
     try:
