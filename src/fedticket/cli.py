@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -103,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except FedticketError as e:
         print(f"fedticket: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) went away: stop quietly, as other CLI tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("fedticket: interrupted; finished run folders are kept, the unfinished one "
               "was removed", file=sys.stderr)
