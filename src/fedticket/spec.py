@@ -478,6 +478,6 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 def spec_from_dict(d: dict[str, Any]) -> ExperimentSpec:
     """Rebuild a spec from :meth:`ExperimentSpec.to_dict` output (e.g. a spec.json)."""
-    flat = {k: v for k, v in _flatten({s: d[s] for s in SECTIONS if s in d}).items()}
+    flat = _flatten({s: d[s] for s in SECTIONS if s in d})
     spec = apply_overrides(ExperimentSpec(), flat)
     return replace(spec, method=d.get("method", spec.method), seed=d.get("seed", spec.seed))

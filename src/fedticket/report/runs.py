@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from fedticket.errors import FedticketError
-
-SPEC_FILE = "spec.json"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-MASK_REPORT_FILE = "mask_report.json"
+from fedticket.paths import MASK_REPORT as MASK_REPORT_FILE
+from fedticket.paths import METRICS as METRICS_FILE
+from fedticket.paths import SPEC as SPEC_FILE
+from fedticket.paths import SUMMARY as SUMMARY_FILE
 
 METRIC_KEYS = (
     "round",
