@@ -1,10 +1,21 @@
-"""Federated averaging on a fixed subnetwork: client update, aggregation, round loop."""
+"""Federated averaging on a fixed subnetwork: client update, aggregation, strategy, engines."""
 
 from fedticket.federated.aggregate import client_seed, fedavg, sample_clients
 from fedticket.federated.client import ClientUpdate, LocalTrainer, evaluate
-from fedticket.federated.loop import ClientRecord, RoundLog, Totals, run_fedavg
+from fedticket.federated.simulate import LocalEngine, run_fedavg
+from fedticket.federated.strategy import (
+    ClientRecord,
+    Failure,
+    Instruction,
+    Reply,
+    RoundLog,
+    TicketStrategy,
+    Totals,
+    client_train,
+)
 
 __all__ = [
-    "ClientRecord", "ClientUpdate", "LocalTrainer", "RoundLog", "Totals",
-    "client_seed", "evaluate", "fedavg", "run_fedavg", "sample_clients",
+    "ClientRecord", "ClientUpdate", "Failure", "Instruction", "LocalEngine", "LocalTrainer",
+    "Reply", "RoundLog", "TicketStrategy", "Totals", "client_seed", "client_train",
+    "evaluate", "fedavg", "run_fedavg", "sample_clients",
 ]

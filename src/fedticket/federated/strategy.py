@@ -1,0 +1,308 @@
+"""The FedAvg-on-a-subnetwork algorithm with no engine in it.
+
+Shaped like Flower's message-API ``Strategy``: :meth:`TicketStrategy.configure_round`
+says which clients train and what bytes each one receives, :meth:`aggregate_round`
+turns their replies into the next global model and the cost ledger, and
+:meth:`evaluate` scores the global model on the server's test set.
+:meth:`TicketStrategy.start` owns the one round loop; an :class:`Engine` carries
+the instructions to clients and brings back their replies. The in-process simulator
+(:mod:`fedticket.federated.simulate`) and the Flower ServerApp
+(:mod:`fedticket.flower.server_app`) are two such engines driving the same object.
+
+Everything that crosses the network is the run's :class:`~fedticket.accounting.wire.Codec`
+payload, so the bytes counted are the same whichever engine carries them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fedticket.accounting.wire import Codec
+from fedticket.data import Labeled
+from fedticket.errors import FedticketError
+from fedticket.federated.aggregate import client_seed, fedavg, sample_clients
+from fedticket.federated.client import LocalTrainer
+from fedticket.spec import FederateSpec
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """What one sampled client receives in one round."""
+
+    round: int
+    client: int
+    payload: bytes
+    """The encoded global model (the same bytes for every client of a round)."""
+    mask: bytes
+    """The mask message, or ``b""`` when the client already holds the mask."""
+    seed: int
+    """Seed of the client's batch order (:func:`client_seed`)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one client sends back: its encoded model and what producing it cost."""
+
+    client: int
+    payload: bytes
+    num_examples: int
+    train_loss: float
+    flops: int
+    wall_s: float
+    framework_down_bytes: int | None = None
+    """Bytes the engine itself moved for the download (Flower's message objects)."""
+    framework_up_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A sampled client whose reply never came or could not be used."""
+
+    round: int
+    client: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """One client's part in one round (a row of ``clients.jsonl``)."""
+
+    round: int
+    client: int
+    num_examples: int
+    down_bytes: int
+    """The model payload only; the mask message is ``mask_bytes``."""
+    mask_bytes: int
+    up_bytes: int
+    flops: int
+    wall_s: float
+    train_loss: float
+    framework_down_bytes: int | None = None
+    framework_up_bytes: int | None = None
+
+    def row(self) -> dict:
+        row = dict(self.__dict__)
+        if self.framework_down_bytes is None:
+            del row["framework_down_bytes"], row["framework_up_bytes"]
+        return row
+
+
+@dataclass
+class Totals:
+    """Cumulative client-side costs since round 0.
+
+    ``down_bytes`` counts model payloads *and* mask messages (everything a client
+    downloads); ``mask_bytes`` is the mask part of it.
+    """
+
+    down_bytes: int = 0
+    up_bytes: int = 0
+    mask_bytes: int = 0
+    client_flops: int = 0
+    client_wall_s: float = 0.0
+    framework_bytes: int | None = None
+    failures: int = 0
+
+    def add(self, rec: ClientRecord) -> None:
+        self.down_bytes += rec.down_bytes + rec.mask_bytes
+        self.mask_bytes += rec.mask_bytes
+        self.up_bytes += rec.up_bytes
+        self.client_flops += rec.flops
+        self.client_wall_s += rec.wall_s
+        if rec.framework_down_bytes is not None and rec.framework_up_bytes is not None:
+            self.framework_bytes = (
+                (self.framework_bytes or 0) + rec.framework_down_bytes + rec.framework_up_bytes
+            )
+
+
+@dataclass(frozen=True)
+class RoundLog:
+    """What a round did; ``test_*`` are None on rounds that are not evaluated."""
+
+    round: int
+    clients: Sequence[ClientRecord]
+    totals: Totals
+    test_accuracy: float | None
+    test_loss: float | None
+    train_loss: float | None = None
+    failures: Sequence[Failure] = field(default_factory=tuple)
+
+    def metrics(self) -> dict:
+        """The row of ``metrics.jsonl`` for an evaluated round."""
+        row = {
+            "round": self.round,
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "train_loss": self.train_loss,
+            "clients": len(self.clients),
+            "cum_down_bytes": self.totals.down_bytes,
+            "cum_up_bytes": self.totals.up_bytes,
+            "cum_mask_bytes": self.totals.mask_bytes,
+            "cum_client_flops": self.totals.client_flops,
+            "cum_client_wall_s": round(self.totals.client_wall_s, 6),
+        }
+        if self.totals.framework_bytes is not None:
+            row["cum_framework_bytes"] = self.totals.framework_bytes
+        if self.totals.failures:
+            row["cum_failures"] = self.totals.failures
+        return row
+
+
+class Callback(Protocol):
+    def on_round(self, log: RoundLog) -> None: ...
+
+
+class Engine(Protocol):
+    """Carries a round's instructions to the clients and returns what came back."""
+
+    name: str
+
+    def train_round(
+        self, instructions: Sequence[Instruction]
+    ) -> tuple[list[Reply], list[Failure]]: ...
+
+
+def client_train(
+    trainer: LocalTrainer, codec: Codec, received: Mapping[str, torch.Tensor], data: Labeled,
+    instruction: Instruction,
+) -> Reply:
+    """The client's side of a round, the same in every engine: train from the decoded
+    download ``received`` on ``data`` and encode the result."""
+    g = torch.Generator().manual_seed(instruction.seed)
+    upd = trainer.update(received, data, g)
+    return Reply(
+        instruction.client, codec.encode(upd.state), upd.num_examples, upd.train_loss,
+        upd.flops, upd.wall_s,
+    )
+
+
+class TicketStrategy:
+    """FedAvg on a fixed subnetwork, with the state the round loop needs.
+
+    Parameters
+    ----------
+    codec : Codec
+        The run's wire format (it holds the mask).
+    state : mapping of tensors
+        The starting global model; pruned entries must be zero.
+    spec : FederateSpec
+        Rounds, client fraction, evaluation schedule.
+    seed : int
+        Run seed: fixes the sampling sequence and every client's batch order.
+    num_clients : int
+        Client (partition) ids are ``0 .. num_clients - 1``.
+    evaluate_fn : callable
+        ``state -> (accuracy, loss)`` on the server's test set.
+    min_replies : int
+        A round with fewer usable replies than this stops the run.
+    """
+
+    def __init__(
+        self,
+        codec: Codec,
+        state: Mapping[str, torch.Tensor],
+        spec: FederateSpec,
+        seed: int,
+        num_clients: int,
+        evaluate_fn: Callable[[State], tuple[float, float]],
+        min_replies: int = 1,
+    ):
+        self.codec, self.spec, self.seed = codec, spec, seed
+        self.num_clients = num_clients
+        self.evaluate_fn = evaluate_fn
+        self.min_replies = min_replies
+        self.rng = np.random.default_rng([seed, 0xFED])
+        self.has_mask: set[int] = set()
+        self.totals = Totals()
+        self.mask_msg = codec.encode_mask()
+        self.global_state = codec.decode(codec.encode(state))
+
+    # ------------------------------------------------------------------ hooks
+    def configure_round(self, round_: int) -> list[Instruction]:
+        """Sample this round's clients; each gets the global payload and, on its first
+        round only, the mask message."""
+        ids = sample_clients(self.num_clients, self.spec.client_fraction, self.rng)
+        down = self.codec.encode(self.global_state)
+        out = []
+        for cid in ids:
+            mask = self.mask_msg if cid not in self.has_mask else b""
+            out.append(Instruction(round_, cid, down, mask, client_seed(self.seed, round_, cid)))
+        return out
+
+    def aggregate_round(
+        self, round_: int, instructions: Sequence[Instruction], replies: Sequence[Reply],
+        failures: Sequence[Failure] = (),
+    ) -> RoundLog:
+        """Decode the replies, average them into the new global model, book the costs.
+
+        A client that failed is charged its download (it was sent) but not an upload,
+        and it is not marked as holding the mask.
+        """
+        sent = {i.client: i for i in instructions}
+        failed = list(failures)
+        usable: list[tuple[Reply, State]] = []
+        for rep in replies:
+            if rep.client not in sent:
+                failed.append(Failure(round_, rep.client, "reply from a client not sampled"))
+                continue
+            try:
+                usable.append((rep, self.codec.decode(rep.payload)))
+            except FedticketError as e:
+                failed.append(Failure(round_, rep.client, str(e)))
+        records = []
+        for rep, _ in usable:
+            ins = sent[rep.client]
+            self.has_mask.add(rep.client)
+            records.append(ClientRecord(
+                round_, rep.client, rep.num_examples, len(ins.payload), len(ins.mask),
+                len(rep.payload), rep.flops, rep.wall_s, rep.train_loss,
+                rep.framework_down_bytes, rep.framework_up_bytes,
+            ))
+        for f in failed:
+            ins = sent.get(f.client)
+            if ins is not None:
+                self.totals.down_bytes += len(ins.payload) + len(ins.mask)
+                self.totals.mask_bytes += len(ins.mask)
+        self.totals.failures += len(failed)
+        if len(usable) < self.min_replies:
+            raise FedticketError(
+                f"round {round_}: {len(usable)} usable replies, fewer than the minimum "
+                f"{self.min_replies} ({'; '.join(f.reason for f in failed) or 'none came'})"
+            )
+        for rec in records:
+            self.totals.add(rec)
+        self.global_state = fedavg([(s, rep.num_examples) for rep, s in usable])
+        n = sum(rec.num_examples for rec in records)
+        train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
+        return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
+
+    def evaluate(self, round_: int) -> tuple[float, float] | None:
+        """Score the global model on the schedule ``eval_every`` (and the last round)."""
+        if round_ % self.spec.eval_every and round_ != self.spec.rounds:
+            return None
+        return self.evaluate_fn(self.global_state)
+
+    # ------------------------------------------------------------------- loop
+    def start(self, engine: Engine, callbacks: Sequence[Callback] = ()) -> State:
+        """Round 0 (the starting model, all costs zero), then ``spec.rounds`` rounds."""
+
+        def emit(log: RoundLog) -> None:
+            scores = self.evaluate(log.round)
+            if scores is not None:
+                log = replace(log, test_accuracy=scores[0], test_loss=scores[1])
+            for cb in callbacks:
+                cb.on_round(log)
+
+        emit(RoundLog(0, [], replace(self.totals), None, None))
+        for r in range(1, self.spec.rounds + 1):
+            instructions = self.configure_round(r)
+            replies, failures = engine.train_round(instructions)
+            emit(self.aggregate_round(r, instructions, replies, failures))
+        return self.global_state

@@ -1,0 +1,164 @@
+"""Server-side stages: pretrain, prune, and the weights federated training starts from.
+
+The pretrain and prune stages are cached under ``OUT/_cache`` by the hash of the spec
+sections they depend on, so methods that share them (``fedavg-dae``, ``dae-ticket``,
+``dae-ticket-rewind``) pretrain once, whichever engine runs the federation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+
+from fedticket import paths
+from fedticket.data import Splits
+from fedticket.io import atomic_write_json, load_states, save_states
+from fedticket.models import Classifier, build, prunable_names
+from fedticket.pretrain.server import ServerTrainer
+from fedticket.pruning import STRATEGIES, Mask, level_fraction, prune_lowest
+from fedticket.spec import ExperimentSpec
+
+State = dict[str, torch.Tensor]
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A seed for one purpose (``"init"``, ``"pretrain"``, ...) derived from the run seed."""
+    words = [seed, *purpose.encode()]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def fresh_model(spec: ExperimentSpec, splits: Splits, purpose: str) -> Classifier:
+    """The classifier with the random init drawn for ``purpose`` (same seed, same weights)."""
+    torch.manual_seed(derived_seed(spec.seed, purpose))
+    return build(spec.model, splits.input_shape, splits.num_classes)
+
+
+def _state(model: torch.nn.Module) -> State:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------- stages
+@dataclass
+class ServerStages:
+    """Output of pretrain + prune: the starting weights' sources and the mask."""
+
+    init: State
+    trained: State
+    mask: Mask
+    prunable: list[str]
+    log: dict
+
+
+def pretrain_and_prune(
+    spec: ExperimentSpec, splits: Splits, out: Path, stream: TextIO | None = None
+) -> ServerStages:
+    """Run (or load from the cache) server pretraining and pruning for ``spec``."""
+    model = fresh_model(spec, splits, "init")
+    init = _state(model)
+    names = prunable_names(
+        model, include_head=spec.prune.include_head, include_biases=spec.prune.include_biases
+    )
+    kind, strategy = spec.pretrain.kind, spec.prune.strategy
+    if kind == "none" and strategy == "none":
+        return ServerStages(init, init, Mask.full(model), names, {"pretrain_kind": "none"})
+
+    prune_file = paths.prune_cache(out, spec.stage_hash("data", "model", "pretrain", "prune"))
+    if prune_file.is_file():
+        cached = load_states(prune_file)
+        cached_log = json.loads(prune_file.with_suffix(".json").read_text()) | {"cached": True}
+        return ServerStages(init, cached["trained"], Mask(cached["mask"]), names, cached_log)
+
+    log: dict = {"pretrain_kind": kind, "prune_strategy": strategy, "cached": False}
+    trainer = _pretrain(spec, splits, model, out, log, stream) if kind != "none" else None
+
+    mask = Mask.full(model)
+    if strategy != "none":
+        start = time.perf_counter()
+        retrain_s, retrain_flops = (trainer.log.wall_s, trainer.log.flops) if trainer else (0, 0)
+        g = torch.Generator().manual_seed(derived_seed(spec.seed, "prune"))
+        fraction = level_fraction(spec.prune.sparsity, spec.prune.levels)
+        levels = []
+        for level in range(1, spec.prune.levels + 1):
+            losses: list[float] = []
+            if level > 1 and trainer is not None:
+                losses = trainer.train(spec.prune.retrain_epochs, mask)
+            scores = STRATEGIES[strategy](dict(model.named_parameters()), names, g)
+            mask = prune_lowest(scores, mask, names, fraction, spec.prune.scope)
+            levels.append({"level": level, "density": mask.density, "retrain_losses": losses})
+        if trainer:
+            retrain_s, retrain_flops = (trainer.log.wall_s - retrain_s,
+                                        trainer.log.flops - retrain_flops)
+        log["prune"] = {
+            "levels": levels,
+            "wall_s": time.perf_counter() - start,
+            "retrain_wall_s": retrain_s,
+            "retrain_flops": retrain_flops,
+        }
+    pre = log.get("pretrain", {})
+    log["server_flops"] = pre.get("flops", 0) + log.get("prune", {}).get("retrain_flops", 0)
+    log["server_wall_s"] = pre.get("wall_s", 0.0) + log.get("prune", {}).get("wall_s", 0.0)
+    trained = _state(model)
+    # the .json first: the .npz is the stage's completion marker
+    atomic_write_json(prune_file.with_suffix(".json"), log)
+    save_states(prune_file, {"trained": trained, "mask": dict(mask)})
+    return ServerStages(init, trained, mask, names, log)
+
+
+def _pretrain(
+    spec: ExperimentSpec, splits: Splits, model: Classifier, out: Path, log: dict,
+    stream: TextIO | None,
+) -> ServerTrainer:
+    """Pretrain ``model`` in place (or load the cached result); record the cost in ``log``."""
+    kind = spec.pretrain.kind
+    pool_y = splits.pool_labels if kind == "supervised" else None
+    g = torch.Generator().manual_seed(derived_seed(spec.seed, "pretrain"))
+    trainer = ServerTrainer(model, spec.pretrain, splits.pool.x, pool_y, g)
+    if stream is not None:
+        trainer.on_epoch = lambda epoch, loss: print(
+            f"  server {kind} epoch {epoch}: loss {loss:.4f}", file=stream, flush=True
+        )
+    cache = paths.pretrain_cache(out, spec.stage_hash("data", "model", "pretrain"))
+    if cache.is_file():
+        # the whole trained net (a DAE keeps its decoder for retraining between levels)
+        trainer.net.load_state_dict(load_states(cache)["net"])
+        log["pretrain"] = json.loads(cache.with_suffix(".json").read_text()) | {"cached": True}
+        return trainer
+    probe = splits.pool.x[:512]
+    before = trainer.reconstruction_loss(probe) if kind == "dae" else None
+    trainer.train(spec.pretrain.epochs)
+    pre = {
+        "epoch_losses": trainer.log.epoch_losses,
+        "wall_s": trainer.log.wall_s,
+        "flops": trainer.log.flops,
+        "samples": trainer.log.samples,
+        "pool_size": len(splits.pool),
+    }
+    if kind == "dae":
+        pre["clean_reconstruction_loss"] = {
+            "before": before, "after": trainer.reconstruction_loss(probe)
+        }
+    atomic_write_json(cache.with_suffix(".json"), pre)
+    save_states(cache, {"net": _state(trainer.net)})
+    log["pretrain"] = pre | {"cached": False}
+    return trainer
+
+
+def starting_weights(
+    spec: ExperimentSpec, splits: Splits, stages: ServerStages
+) -> State:
+    """The subnetwork federated training starts from (pruned entries exactly zero)."""
+    if spec.weights.init == "pretrained":
+        state = stages.trained
+    elif spec.weights.init == "rewind":
+        state = stages.init
+    else:
+        state = _state(fresh_model(spec, splits, "reinit"))
+    return {k: v * stages.mask.float(k) for k, v in state.items()}
+
+
