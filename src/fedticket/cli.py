@@ -1,4 +1,4 @@
-"""Command line: ``fedticket run`` and ``fedticket compare``."""
+"""Command line: ``fedticket run``, ``fedticket deploy`` and ``fedticket compare``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,29 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set federate.rounds=5 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="print no progress")
+    r.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: torch's own); results can differ in the last "
+                        "digits between thread counts")
+
+    d = sub.add_parser("deploy", help="run the config's methods on a local Flower deployment "
+                                      "(one SuperLink, one SuperNode per client partition)")
+    d.add_argument("config", help="experiment TOML file (see configs/)")
+    d.add_argument("--out", default="runs", help="results directory (default: runs/)")
+    d.add_argument("--nodes", type=int,
+                   help="number of SuperNodes (must equal data.num_clients; default: that)")
+    d.add_argument("--seed", type=int, action="append", help="run this seed (repeatable)")
+    d.add_argument("--method", action="append", help="run this method (repeatable)")
+    d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    d.add_argument("--tls", action="store_true",
+                   help="TLS with a throwaway CA, and SuperNode authentication")
+    d.add_argument("--threads", type=int, default=0,
+                   help="torch threads per Flower process (default: cores / nodes, at least 1)")
+    d.add_argument("--min-replies", type=int, default=1,
+                   help="a round with fewer usable replies stops the run (default: 1)")
+    d.add_argument("--round-timeout", type=float, default=600.0,
+                   help="seconds to wait for a round's replies (default: 600)")
+    d.add_argument("--quiet", action="store_true", help="print no progress")
 
     c = sub.add_parser("compare", help="compare the finished runs in a results directory")
     c.add_argument("dir", help="results directory written by `fedticket run`")
@@ -42,8 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
-    from fedticket.runner import run_many
+def _specs(args: argparse.Namespace) -> list:
     from fedticket.spec import METHODS, load_config, parse_set
 
     config = load_config(args.config)
@@ -54,10 +76,49 @@ def _run(args: argparse.Namespace) -> int:
             if m not in METHODS:
                 raise FedticketError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
         config = replace(config, methods=tuple(dict.fromkeys(args.method)))
-    specs = config.specs(parse_set(args.set))
+    return config.specs(parse_set(args.set))
+
+
+def _set_threads(n: int) -> None:
+    if n < 0:
+        raise FedticketError(f"--threads must be >= 0, got {n}")
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedticket.runner import run_many
+
+    _set_threads(args.threads)
+    specs = _specs(args)
     stream = None if args.quiet else sys.stderr
     out = Path(args.out)
     folders = run_many(specs, out, stream)
+    for f in folders:
+        print(f)
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    try:
+        from fedticket.flower.deploy import deploy
+    except ImportError as e:
+        raise FedticketError(f"fedticket deploy needs Flower ({e.name} is missing); "
+                             "install it with: pip install 'fedticket[flower]'") from e
+    if args.nodes is not None and args.nodes < 1:
+        raise FedticketError(f"--nodes must be >= 1, got {args.nodes}")
+    if args.min_replies < 1:
+        raise FedticketError(f"--min-replies must be >= 1, got {args.min_replies}")
+    if not args.round_timeout > 0:
+        raise FedticketError(f"--round-timeout must be > 0, got {args.round_timeout}")
+    _set_threads(args.threads)
+    specs = _specs(args)
+    stream = None if args.quiet else sys.stderr
+    folders = deploy(specs, Path(args.out), nodes=args.nodes, tls=args.tls,
+                     threads=args.threads or None, stream=stream, min_replies=args.min_replies,
+                     round_timeout_s=args.round_timeout)
     for f in folders:
         print(f)
     return 0
@@ -100,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "deploy":
+            return _deploy(args)
         return _compare(args)
     except FedticketError as e:
         print(f"fedticket: error: {e}", file=sys.stderr)

@@ -266,10 +266,10 @@ class TicketStrategy:
                 rep.framework_down_bytes, rep.framework_up_bytes,
             ))
         for f in failed:
-            ins = sent.get(f.client)
-            if ins is not None:
-                self.totals.down_bytes += len(ins.payload) + len(ins.mask)
-                self.totals.mask_bytes += len(ins.mask)
+            lost = sent.get(f.client)
+            if lost is not None:
+                self.totals.down_bytes += len(lost.payload) + len(lost.mask)
+                self.totals.mask_bytes += len(lost.mask)
         self.totals.failures += len(failed)
         if len(usable) < self.min_replies:
             raise FedticketError(

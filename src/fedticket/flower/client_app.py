@@ -1,0 +1,111 @@
+"""The fedticket ClientApp: one SuperNode holds one client partition.
+
+Node config: ``partition-id`` and ``num-partitions`` (required), ``data-path``
+(optional: where this node keeps the dataset files) and ``threads`` (optional).
+The mask arrives with the node's first training message and is kept in
+``context.state``; later messages carry only the surviving weights. The training step
+is the simulator's: :func:`fedticket.federated.client_train` on a
+:class:`~fedticket.federated.LocalTrainer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedticket.accounting.wire import Codec
+from fedticket.data import Labeled, load_splits
+from fedticket.errors import FedticketError
+from fedticket.federated.client import LocalTrainer
+from fedticket.federated.strategy import Instruction, client_train
+from fedticket.flower.common import RECORD, get, set_threads, spec_from_run_config
+from fedticket.models import Classifier
+from fedticket.pruning.mask import Mask
+from fedticket.spec import ExperimentSpec
+from fedticket.stages import fresh_model
+
+app = ClientApp()
+
+STATE_KEY = "fedticket-mask"
+
+
+def _partition(context: Context, spec: ExperimentSpec) -> int:
+    cfg = context.node_config
+    if "partition-id" not in cfg:
+        raise FedticketError("this SuperNode has no partition-id in its --node-config")
+    pid, n = int(cfg["partition-id"]), int(cfg.get("num-partitions", spec.data.num_clients))
+    if n != spec.data.num_clients or not 0 <= pid < n:
+        raise FedticketError(
+            f"node partition {pid} of {n} does not fit data.num_clients="
+            f"{spec.data.num_clients}; start one SuperNode per client partition"
+        )
+    return pid
+
+
+def _spec(context: Context) -> ExperimentSpec:
+    spec = spec_from_run_config(dict(context.run_config))
+    path = context.node_config.get("data-path")
+    if path:
+        spec = replace(spec, data=replace(spec.data, path=str(path)))
+    return spec
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which client partition this node holds."""
+    spec = _spec(context)
+    pid = _partition(context, spec)
+    reply = ConfigRecord({"partition-id": pid, "num-partitions": spec.data.num_clients})
+    return Message(RecordDict({RECORD: reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Decode the global subnetwork, train it on this node's partition, send it back."""
+    set_threads(dict(context.node_config), dict(context.run_config))
+    spec = _spec(context)
+    pid = _partition(context, spec)
+    rec = msg.content.config_records[RECORD]
+    ins = Instruction(
+        round=get(rec, "round", int), client=get(rec, "client", int),
+        payload=get(rec, "payload", bytes), mask=get(rec, "mask", bytes),
+        seed=get(rec, "seed", int),
+    )
+    if ins.client != pid:
+        raise FedticketError(f"instruction for client {ins.client} sent to partition {pid}")
+    splits = load_splits(spec.data, spec.seed)
+    model = fresh_model(spec, splits, "init")
+    mask = _mask(context, model, ins.mask)
+    codec = Codec(mask)
+    trainer = LocalTrainer(model, mask, spec.federate, splits.input_shape)
+    data = splits.clients[pid]
+    received = codec.decode(ins.payload)
+    # one untimed update first: this is a fresh process, so the timed update would
+    # otherwise pay torch's one-off start-up costs (thread pool, allocator growth)
+    warm = min(len(data), spec.federate.batch_size)
+    trainer.warm_up(received, Labeled(data.x[:warm], data.y[:warm]))
+    rep = client_train(trainer, codec, received, data, ins)
+    out = ConfigRecord({
+        "client": rep.client,
+        "payload": rep.payload,
+        "num-examples": rep.num_examples,
+        "train-loss": rep.train_loss,
+        "flops": rep.flops,
+        "wall-s": rep.wall_s,
+    })
+    return Message(RecordDict({RECORD: out}), reply_to=msg)
+
+
+def _mask(context: Context, model: Classifier, message: bytes) -> Mask:
+    """The run's mask: from this message (and kept), from ``context.state``, or full when
+    the run is dense (a dense run never sends one)."""
+    full = Mask.full(model)
+    if message:
+        context.state[STATE_KEY] = ConfigRecord({"mask": message})
+    elif STATE_KEY in context.state:
+        message = get(context.state.config_records[STATE_KEY], "mask", bytes)
+    if not message:
+        return full
+    return Codec(full).decode_mask(message)

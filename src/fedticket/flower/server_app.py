@@ -1,0 +1,166 @@
+"""The fedticket ServerApp: the same run as ``fedticket run``, with a Flower Grid as engine.
+
+Before round 1 the server pretrains the DAE and prunes on its own unlabeled pool (the
+cached stages of :mod:`fedticket.stages`), asks every SuperNode once which client
+partition it holds, then drives :class:`~fedticket.federated.TicketStrategy` over the
+grid. The run folder it writes (under the run config's ``out``) has the format of the
+simulator's, named ``..._flower``, plus Flower's own byte counts per message.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from logging import INFO, WARNING
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedticket.accounting.wire import Codec
+from fedticket.data import Splits
+from fedticket.errors import FedticketError
+from fedticket.federated.client import LocalTrainer
+from fedticket.federated.strategy import Failure, Instruction, Reply
+from fedticket.flower.common import (
+    RECORD,
+    RUN_CONFIG_DEFAULTS,
+    framework_bytes,
+    get,
+    set_threads,
+    spec_from_run_config,
+)
+from fedticket.runner import run_one
+
+app = ServerApp()
+
+POLL_S = 0.5
+
+
+def partition_map(grid: Grid, num_partitions: int, wait_s: float) -> dict[int, int]:
+    """``partition id -> node id``, asking each connected node once (a QUERY message).
+
+    Waits up to ``wait_s`` seconds for a node per partition; a partition held by two
+    nodes, or one that no node holds in time, is an error.
+    """
+    found: dict[int, int] = {}
+    asked: set[int] = set()
+    deadline = time.monotonic() + wait_s
+    while len(found) < num_partitions:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        if new:
+            msgs = [Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
+                            message_type=MessageType.QUERY) for n in new]
+            asked.update(new)
+            for rep in grid.send_and_receive(msgs, timeout=max(deadline - time.monotonic(), 1)):
+                if rep.has_error():
+                    log(WARNING, "node %s did not say its partition: %s",
+                        rep.metadata.src_node_id, rep.error.reason)
+                    continue
+                pid = get(rep.content.config_records[RECORD], "partition-id", int)
+                node = rep.metadata.src_node_id
+                if pid in found and found[pid] != node:
+                    raise FedticketError(f"partition {pid} is held by nodes {found[pid]} "
+                                         f"and {node}; give each SuperNode its own partition-id")
+                found[pid] = node
+        if len(found) < num_partitions:
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(num_partitions)) - set(found))
+                raise FedticketError(f"no SuperNode holds partitions {missing} after "
+                                     f"{wait_s:.0f} s; start one per partition")
+            time.sleep(1.0)
+    return found
+
+
+class GridEngine:
+    """Carries each round's instructions as Flower TRAIN messages, one per node."""
+
+    name = "flower"
+
+    def __init__(self, grid: Grid, nodes: dict[int, int], timeout_s: float):
+        self.grid, self.nodes, self.timeout_s = grid, nodes, timeout_s
+
+    def train_round(
+        self, instructions: Sequence[Instruction]
+    ) -> tuple[list[Reply], list[Failure]]:
+        msgs, down_fw = [], {}
+        for ins in instructions:
+            rec = ConfigRecord({
+                "round": ins.round, "client": ins.client, "payload": ins.payload,
+                "mask": ins.mask, "seed": ins.seed,
+            })
+            msg = Message(RecordDict({RECORD: rec}), dst_node_id=self.nodes[ins.client],
+                          message_type=MessageType.TRAIN)
+            down_fw[ins.client] = framework_bytes(msg)
+            msgs.append(msg)
+        ids = list(self.grid.push_messages(msgs))
+        client_of = dict(zip(ids, (i.client for i in instructions), strict=True))
+        pending = set(ids)
+        replies: list[Reply] = []
+        failures: list[Failure] = []
+        r = instructions[0].round if instructions else 0
+        deadline = time.monotonic() + self.timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in self.grid.pull_messages(list(pending)):
+                mid = msg.metadata.reply_to_message_id
+                if mid not in pending:
+                    continue
+                pending.discard(mid)
+                cid = client_of[mid]
+                if msg.has_error():
+                    failures.append(Failure(r, cid, f"node error {msg.error.code}: "
+                                                    f"{msg.error.reason}"))
+                    continue
+                try:
+                    replies.append(_reply(msg, cid, down_fw[cid]))
+                except (KeyError, TypeError, ValueError) as e:
+                    failures.append(Failure(r, cid, f"malformed reply: {e!r}"))
+            if pending:
+                time.sleep(POLL_S)
+        for mid in pending:
+            failures.append(Failure(r, client_of[mid], f"no reply in {self.timeout_s:.0f} s"))
+        for f in failures:
+            log(WARNING, "round %s: client %s lost: %s", f.round, f.client, f.reason)
+        log(INFO, "round %s: %s replies, %s failures", r, len(replies), len(failures))
+        return replies, failures
+
+
+def _reply(msg: Message, client: int, down_fw: int) -> Reply:
+    rec = msg.content.config_records[RECORD]
+    if get(rec, "client", int) != client:
+        raise ValueError(f"reply says client {rec['client']!r}")
+    return Reply(
+        client=client, payload=get(rec, "payload", bytes),
+        num_examples=get(rec, "num-examples", int), train_loss=get(rec, "train-loss", float),
+        flops=get(rec, "flops", int), wall_s=get(rec, "wall-s", float),
+        framework_down_bytes=down_fw, framework_up_bytes=framework_bytes(msg),
+    )
+
+
+class FlowerEngine:
+    """Engine factory for :func:`fedticket.runner.run_one`: maps partitions to nodes
+    once the data is known, then hands out a :class:`GridEngine`."""
+
+    name = "flower"
+
+    def __init__(self, grid: Grid, min_replies: int, timeout_s: float, node_wait_s: float):
+        self.grid, self.min_replies = grid, min_replies
+        self.timeout_s, self.node_wait_s = timeout_s, node_wait_s
+
+    def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> GridEngine:
+        nodes = partition_map(self.grid, len(splits.clients), self.node_wait_s)
+        log(INFO, "partitions -> nodes: %s", nodes)
+        return GridEngine(self.grid, nodes, self.timeout_s)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RUN_CONFIG_DEFAULTS | dict(context.run_config)
+    set_threads(cfg)
+    spec = spec_from_run_config(cfg)
+    engine = FlowerEngine(grid, int(cfg["min-replies"]), float(cfg["round-timeout"]),
+                          float(cfg["node-wait"]))
+    folder = run_one(spec, Path(str(cfg["out"])), sys.stderr, "", engine)
+    log(INFO, "fedticket run folder: %s", folder)
