@@ -66,13 +66,20 @@ class MetricsWriter:
     ``clients.jsonl``."""
 
     def __init__(self, folder: Path):
+        self.folder = folder
         self.metrics = open(folder / paths.METRICS, "w")
         self.clients = open(folder / paths.CLIENTS, "w")
+        self.failures: TextIO | None = None
         self.rows: list[dict] = []
 
     def on_round(self, log: RoundLog) -> None:
         for rec in log.clients:
             self.clients.write(json.dumps(rec.row()) + "\n")
+        for f in log.failures:
+            if self.failures is None:
+                self.failures = open(self.folder / paths.FAILURES, "w")
+            self.failures.write(json.dumps(f.__dict__) + "\n")
+            self.failures.flush()
         if log.test_accuracy is not None:
             row = log.metrics()
             self.rows.append(row)
@@ -82,6 +89,8 @@ class MetricsWriter:
     def close(self) -> None:
         self.metrics.close()
         self.clients.close()
+        if self.failures is not None:
+            self.failures.close()
 
 
 class Progress:
@@ -91,7 +100,12 @@ class Progress:
         self.label, self.rounds, self.stream = label, rounds, stream
 
     def on_round(self, log: RoundLog) -> None:
-        if self.stream is None or log.test_accuracy is None:
+        if self.stream is None:
+            return
+        for f in log.failures:
+            print(f"  {self.label} round {f.round:>3}: client {f.client} lost: {f.reason}",
+                  file=self.stream, flush=True)
+        if log.test_accuracy is None:
             return
         t = log.totals
         print(

@@ -68,11 +68,22 @@ class Run:
     layers: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
+def method_label(method: str, engine: str) -> str:
+    """The row name of a method: ``dae-ticket`` in the simulator, ``dae-ticket@flower`` on
+    Flower, so that runs of both engines in one folder stay apart in every table."""
+    return method if engine == "simulator" else f"{method}@{engine}"
+
+
 def method_order(methods: set[str] | list[str]) -> list[str]:
     """Canonical methods in their fixed order, then any others alphabetically."""
     present = set(methods)
-    known = [m for m in CANONICAL_METHODS if m in present]
-    return known + sorted(present - set(CANONICAL_METHODS))
+    rank = {m: i for i, m in enumerate(CANONICAL_METHODS)}
+
+    def key(label: str) -> tuple[int, str, str]:
+        base, _, engine = label.partition("@")
+        return (rank.get(base, len(rank)), base, engine)
+
+    return sorted(present, key=key)
 
 
 def group_by_method(runs: list[Run]) -> dict[str, list[Run]]:
@@ -135,7 +146,7 @@ def load_run(path: Path) -> Run:
     density = mask_report.get("density")
     return Run(
         name=path.name,
-        method=str(summary["method"]),
+        method=method_label(str(summary["method"]), str(summary.get("engine", "simulator"))),
         seed=int(summary["seed"]),
         path=path,
         metrics=_read_metrics(path / METRICS_FILE),
