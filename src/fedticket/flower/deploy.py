@@ -246,7 +246,11 @@ class LocalDeployment:
         return res.stdout
 
     def register_node(self, public_key: Path) -> None:
-        self.flwr("supernode", "register", str(public_key), CONNECTION)
+        data = _json_in(self.flwr("supernode", "register", str(public_key), CONNECTION,
+                                  "--format", "json"))
+        if not data.get("success", True):  # flwr exits 0 on failure: read the JSON
+            raise FedticketError(f"registering {public_key.name} failed: "
+                                 f"{data.get('error-message', data)}")
 
     def submit(self, app: Path, run_config: Path) -> int:
         """``flwr run`` the app; return the run id (the command returns at once)."""
@@ -259,6 +263,8 @@ class LocalDeployment:
 
     def status(self, run_id: int) -> dict[str, Any]:
         data = _json_in(self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json"))
+        if not data.get("success", True):
+            raise FedticketError(f"flwr ls failed: {data.get('error-message', data)}")
         runs = data.get("runs") or []
         if not runs:
             raise FedticketError(f"flwr ls knows no run {run_id}")

@@ -1,0 +1,189 @@
+"""Real local Flower deployments (loopback, free ports, every process stopped by PID).
+
+Each test starts a SuperLink and SuperNodes with fedticket's LocalDeployment; a round
+costs about 10 s of Flower's fixed overhead, so the runs are two rounds long.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="Flower is not installed: pip install -e '.[flower]'")
+
+from fedticket.flower.deploy import (  # noqa: E402
+    FLOWER_FILE,
+    LocalDeployment,
+    run_config_file,
+    write_app,
+)
+from fedticket.flower.tls import node_key  # noqa: E402
+from fedticket.spec import load_config, parse_set  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+CONFIG = """
+methods = ["dae-ticket"]
+seeds = [0]
+[data]
+dataset = "digits"
+pool_size = 400
+num_clients = 3
+[model]
+name = "cnn-digits"
+[pretrain]
+epochs = 2
+batch_size = 32
+[prune]
+sparsity = 0.5
+[federate]
+rounds = 2
+client_fraction = 0.67
+local_epochs = 2
+batch_size = 16
+lr = 0.1
+"""
+
+
+def rows(folder: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
+
+
+def only(folder: Path, suffix: str = "") -> Path:
+    [run] = [p for p in folder.iterdir() if p.name.startswith("dae-ticket_s0_")
+             and p.name.endswith(suffix)]
+    return run
+
+
+def test_deploy_matches_the_simulator_round_for_round(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(CONFIG)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    sim = subprocess.run([str(BIN / "fedticket"), "run", str(cfg), "--out", str(tmp_path / "sim"),
+                          "--threads", "1", "--quiet"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    dep = subprocess.run([str(BIN / "fedticket"), "deploy", str(cfg), "--out",
+                          str(tmp_path / "dep"), "--nodes", "3"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert dep.returncode == 0, dep.stderr
+    assert "3 SuperNodes, 1 torch thread(s) each" in dep.stderr  # 2 cores / 3 nodes
+    a, b = only(tmp_path / "sim"), only(tmp_path / "dep", "_flower")
+    ma, mb = rows(a, "metrics.jsonl"), rows(b, "metrics.jsonl")
+    assert [r["round"] for r in ma] == [r["round"] for r in mb] == [0, 1, 2]
+    for ra, rb in zip(ma, mb, strict=True):
+        assert abs(ra["test_accuracy"] - rb["test_accuracy"]) <= 1e-4
+        for key in ("cum_down_bytes", "cum_up_bytes", "cum_mask_bytes", "cum_client_flops"):
+            assert ra[key] == rb[key], key
+    assert ma[-1]["test_accuracy"] > ma[0]["test_accuracy"]  # it learned something
+    # the same clients, in the same order, each round
+    ca, cb = rows(a, "clients.jsonl"), rows(b, "clients.jsonl")
+    assert sorted((r["round"], r["client"]) for r in ca) == \
+        sorted((r["round"], r["client"]) for r in cb)
+    # Flower's own counts: every message object, and the SuperLink's network total
+    framework = mb[-1]["cum_framework_bytes"]
+    payload = mb[-1]["cum_down_bytes"] + mb[-1]["cum_up_bytes"]
+    assert payload < framework < 1.1 * payload
+    flower = json.loads((b / FLOWER_FILE).read_text())
+    assert flower["status"] == "finished:completed"
+    assert framework <= flower["network_traffic"]["network-traffic"]["total-bytes"]
+    summary = json.loads((b / "summary.json").read_text())
+    assert summary["engine"] == "flower" and summary["threads"] == 1
+    # compare reads both engines' folders side by side, marking the engine in each row
+    both = tmp_path / "both"
+    both.mkdir()
+    for run in (a, b):
+        os.symlink(run, both / run.name)
+    out = subprocess.run([str(BIN / "fedticket"), "compare", str(both), "--json",
+                          "--baseline", "dae-ticket"], capture_output=True, text=True)
+    assert set(json.loads(out.stdout)["methods"]) == {"dae-ticket", "dae-ticket@flower"}
+
+
+def _spec(tmp_path, **federate):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG)
+    [spec] = load_config(cfg).specs(parse_set([f"federate.{k}={v}" for k, v in federate.items()]))
+    return spec
+
+
+def test_tls_run_completes_and_strangers_are_refused(tmp_path):
+    spec = _spec(tmp_path, rounds=1)
+    app = write_app(tmp_path / "app")
+    nodes = [{"partition-id": i, "num-partitions": 3, "threads": 1} for i in range(3)]
+    with LocalDeployment(tmp_path / "work", nodes, tls=True) as dep:
+        # plain text to the TLS port gets no answer
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{dep.address}/health", timeout=5)
+        # a SuperNode whose key was never registered is refused and exits
+        stranger = node_key(dep.certs["ca"].parent, "stranger")["stranger"]
+        proc = dep.start_node(0, key=stranger)
+        assert proc.popen.wait(timeout=60) != 0
+        assert "Failed to activate SuperNode" in proc.log.read_text()
+        run_id = dep.submit(app, run_config_file(tmp_path / "r.toml", spec, tmp_path / "out", 1))
+        status = dep.wait(run_id, 400)
+        pids = [p.popen.pid for p in dep.procs]
+    assert status["status"] == "finished:completed"
+    metrics = rows(only(tmp_path / "out", "_flower"), "metrics.jsonl")
+    assert [r["round"] for r in metrics] == [0, 1]
+    for pid in pids:  # every process it started is gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_killed_supernode_is_logged_and_the_round_goes_on(tmp_path):
+    spec = _spec(tmp_path, client_fraction=1.0)
+    app = write_app(tmp_path / "app")
+    out = tmp_path / "out"
+    nodes = [{"partition-id": i, "num-partitions": 3, "threads": 1} for i in range(3)]
+    with LocalDeployment(tmp_path / "work", nodes) as dep:
+        cfg = run_config_file(tmp_path / "r.toml", spec, out, 1, min_replies=2,
+                              round_timeout=60.0)
+        run_id = dep.submit(app, cfg)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # wait for round 1 in the run's temporary folder
+            done = [r for m in out.glob(".tmp-*/metrics.jsonl") for r in rows(m.parent,
+                                                                              m.name)]
+            if any(r["round"] == 1 for r in done):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("round 1 never finished")
+        dep.kill_node(2)
+        status = dep.wait(run_id, 400)
+        log = dep.server_log(run_id)
+    assert status["status"] == "finished:completed"
+    run = only(out, "_flower")
+    metrics = rows(run, "metrics.jsonl")
+    assert [(r["round"], r["clients"]) for r in metrics] == [(0, 0), (1, 3), (2, 2)]
+    [lost] = rows(run, "failures.jsonl")
+    assert (lost["round"], lost["client"]) == (2, 2)
+    assert json.loads((run / "summary.json").read_text())["failed_client_rounds"] == 1
+    assert "client 2 lost" in log
+
+
+def test_sparse_mod_example_sends_fewer_bytes_and_keeps_pruned_weights_zero(tmp_path):
+    app = ROOT / "examples" / "sparse-mod"
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    traffic, final = {}, {}
+    with LocalDeployment(tmp_path / "work", nodes) as dep:
+        for sparse in (True, False):
+            out = tmp_path / f"final-{sparse}.npz"
+            cfg = tmp_path / f"run-{sparse}.toml"
+            cfg.write_text(f'sparse = {str(sparse).lower()}\nout = "{out}"\nnum-rounds = 2\n')
+            status = dep.wait(dep.submit(app, cfg), 300)
+            assert status["status"] == "finished:completed"
+            traffic[sparse] = status["network-traffic"]["total-bytes"]
+            final[sparse] = np.load(out)
+    # 80% of the weight matrices pruned: the model payload is about a quarter
+    assert traffic[True] < 0.4 * traffic[False]
+    w = final[True]["0.weight"]
+    assert (w == 0).mean() == pytest.approx(0.8, abs=1e-3) and (w != 0).sum() > 1000
+    for k in final[True].files:  # the same training either way: the mod only drops zeros
+        np.testing.assert_allclose(final[True][k], final[False][k], atol=1e-6)
