@@ -34,7 +34,7 @@ demo: setup data
 
 test: setup-dev data
 	$(BIN)/python -m pytest
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy src
 
 clean:

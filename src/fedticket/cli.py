@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds to wait for a round's replies (default: 600)")
     d.add_argument("--quiet", action="store_true", help="print no progress")
 
+    a = sub.add_parser("flower-app", help="write a Flower app folder and one run config per "
+                                          "method and seed, for `flwr run` on any federation")
+    a.add_argument("config", help="experiment TOML file (see configs/)")
+    a.add_argument("--dir", required=True, help="folder to write (pyproject.toml, run-*.toml)")
+    a.add_argument("--out", default="runs",
+                   help="results directory on the SuperLink's machine (default: runs/)")
+    a.add_argument("--seed", type=int, action="append", help="this seed only (repeatable)")
+    a.add_argument("--method", action="append", help="this method only (repeatable)")
+    a.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    a.add_argument("--threads", type=int, default=0,
+                   help="torch threads in the ServerApp and ClientApps (default: torch's own; "
+                        "a node's --node-config threads=N wins)")
+
     c = sub.add_parser("compare", help="compare the finished runs in a results directory")
     c.add_argument("dir", help="results directory written by `fedticket run`")
     c.add_argument("--target", type=float,
@@ -124,6 +138,23 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flower_app(args: argparse.Namespace) -> int:
+    try:
+        from fedticket.flower.deploy import run_config_file, write_app
+    except ImportError as e:
+        raise FedticketError(f"fedticket flower-app needs Flower ({e.name} is missing); "
+                             "install it with: pip install 'fedticket[flower]'") from e
+    if args.threads < 0:
+        raise FedticketError(f"--threads must be >= 0, got {args.threads}")
+    specs = _specs(args)
+    folder = write_app(Path(args.dir))
+    print(folder / "pyproject.toml")
+    for spec in specs:
+        print(run_config_file(folder / f"run-{spec.method}-s{spec.seed}.toml", spec,
+                              Path(args.out), args.threads, resolve=False))
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from fedticket.report import (
         compare,
@@ -163,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "deploy":
             return _deploy(args)
+        if args.command == "flower-app":
+            return _flower_app(args)
         return _compare(args)
     except FedticketError as e:
         print(f"fedticket: error: {e}", file=sys.stderr)

@@ -4,7 +4,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedticket.flower.mods import mask_gradients, mask_from_arrays, sparse_update_mod
+from fedticket.flower.mods import mask_from_arrays, mask_gradients, sparse_update_mod
 from sparse_example import task
 
 app = ClientApp(mods=[sparse_update_mod])  # <- the one line

@@ -15,6 +15,7 @@ payload, so the bytes counted are the same whichever engine carries them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -133,6 +134,8 @@ class RoundLog:
     test_loss: float | None
     train_loss: float | None = None
     failures: Sequence[Failure] = field(default_factory=tuple)
+    wall_s: float | None = None
+    """Wall time of the whole round on the server: configure, carry, aggregate, evaluate."""
 
     def metrics(self) -> dict:
         """The row of ``metrics.jsonl`` for an evaluated round."""
@@ -152,6 +155,8 @@ class RoundLog:
             row["cum_framework_bytes"] = self.totals.framework_bytes
         if self.totals.failures:
             row["cum_failures"] = self.totals.failures
+        if self.wall_s is not None:
+            row["round_wall_s"] = round(self.wall_s, 6)
         return row
 
 
@@ -293,16 +298,18 @@ class TicketStrategy:
     def start(self, engine: Engine, callbacks: Sequence[Callback] = ()) -> State:
         """Round 0 (the starting model, all costs zero), then ``spec.rounds`` rounds."""
 
-        def emit(log: RoundLog) -> None:
+        def emit(log: RoundLog, started: float) -> None:
             scores = self.evaluate(log.round)
             if scores is not None:
                 log = replace(log, test_accuracy=scores[0], test_loss=scores[1])
+            log = replace(log, wall_s=time.perf_counter() - started)
             for cb in callbacks:
                 cb.on_round(log)
 
-        emit(RoundLog(0, [], replace(self.totals), None, None))
+        emit(RoundLog(0, [], replace(self.totals), None, None), time.perf_counter())
         for r in range(1, self.spec.rounds + 1):
+            started = time.perf_counter()
             instructions = self.configure_round(r)
             replies, failures = engine.train_round(instructions)
-            emit(self.aggregate_round(r, instructions, replies, failures))
+            emit(self.aggregate_round(r, instructions, replies, failures), started)
         return self.global_state

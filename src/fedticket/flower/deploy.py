@@ -322,9 +322,11 @@ def _json_in(text: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------- fedticket
 def run_config_file(path: Path, spec: ExperimentSpec, out: Path, threads: int,
-                    **extra: Any) -> Path:
-    """The ``--run-config`` TOML of one run: the spec as JSON and where to write results."""
-    cfg = {"spec": json.dumps(spec.to_dict()), "out": str(out.resolve()), "threads": threads}
+                    resolve: bool = True, **extra: Any) -> Path:
+    """The ``--run-config`` TOML of one run: the spec as JSON and where to write results
+    (made absolute when ``resolve``: the ServerApp does not run in this directory)."""
+    cfg = {"spec": json.dumps(spec.to_dict()), "out": str(out.resolve() if resolve else out),
+           "threads": threads}
     cfg.update({k.replace("_", "-"): v for k, v in extra.items()})
     path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in cfg.items()))
     return path

@@ -1,0 +1,1 @@
+"""A minimal Flower PyTorch app, the yardstick of fedticket's Flower round time."""
