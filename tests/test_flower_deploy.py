@@ -29,27 +29,7 @@ from fedticket.spec import load_config, parse_set  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-CONFIG = """
-methods = ["dae-ticket"]
-seeds = [0]
-[data]
-dataset = "digits"
-pool_size = 400
-num_clients = 3
-[model]
-name = "cnn-digits"
-[pretrain]
-epochs = 2
-batch_size = 32
-[prune]
-sparsity = 0.5
-[federate]
-rounds = 2
-client_fraction = 0.67
-local_epochs = 2
-batch_size = 16
-lr = 0.1
-"""
+CONFIG = (ROOT / "configs" / "flower-tiny.toml").read_text()
 
 
 def rows(folder: Path, name: str) -> list[dict]:
