@@ -167,3 +167,45 @@ def test_sparse_mod_example_sends_fewer_bytes_and_keeps_pruned_weights_zero(tmp_
     assert (w == 0).mean() == pytest.approx(0.8, abs=1e-3) and (w != 0).sum() > 1000
     for k in final[True].files:  # the same training either way: the mod only drops zeros
         np.testing.assert_allclose(final[True][k], final[False][k], atol=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nodes", "4"], "--nodes 4 but data.num_clients is 3"),
+    (["--nodes", "0"], "--nodes must be >= 1"),
+    (["--round-timeout", "nan"], "--round-timeout must be a number of seconds > 0"),
+    (["--min-replies", "0"], "--min-replies must be >= 1"),
+    (["--method", "nope"], "unknown method 'nope'"),
+])
+def test_deploy_refuses_bad_input_before_starting_anything(tmp_path, capsys, args, message):
+    from fedticket.cli import main
+
+    out = tmp_path / "out"
+    code = main(["deploy", str(ROOT / "configs" / "flower-tiny.toml"), "--out", str(out), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_flower_app_writes_an_app_and_run_configs_that_carry_the_spec(tmp_path, capsys):
+    import tomllib
+
+    from fedticket.cli import main
+    from fedticket.flower.common import spec_from_run_config
+
+    app = tmp_path / "app"
+    assert main(["flower-app", str(ROOT / "configs" / "quick.toml"), "--dir", str(app),
+                 "--method", "dae-ticket", "--method", "fedavg", "--seed", "3",
+                 "--out", "/srv/runs"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert [Path(p).name for p in printed] == ["pyproject.toml", "run-dae-ticket-s3.toml",
+                                               "run-fedavg-s3.toml"]
+    project = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert project["components"] == {"serverapp": "fedticket.flower.server_app:app",
+                                     "clientapp": "fedticket.flower.client_app:app"}
+    run = tomllib.loads((app / "run-dae-ticket-s3.toml").read_text())
+    assert set(run) <= set(project["config"])  # flwr refuses keys the app does not declare
+    expected = next(s for s in load_config(ROOT / "configs" / "quick.toml").specs()
+                    if s.method == "dae-ticket")
+    spec = spec_from_run_config(run)
+    assert (spec.method, spec.seed, run["out"]) == ("dae-ticket", 3, "/srv/runs")
+    assert spec.data == expected.data and spec.federate == expected.federate

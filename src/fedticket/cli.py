@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 from fedticket.errors import FedticketError
 
@@ -19,15 +21,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
+    def experiment(cmd: argparse.ArgumentParser, out_help: str) -> None:
+        cmd.add_argument("config", help="experiment TOML file (see configs/)")
+        cmd.add_argument("--out", default="runs", help=out_help)
+        cmd.add_argument("--seed", type=int, action="append",
+                         help="run this seed instead of the config's seeds (repeatable)")
+        cmd.add_argument("--method", action="append",
+                         help="run this method instead of the config's methods (repeatable)")
+        cmd.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override a config value, e.g. --set federate.rounds=5 "
+                              "(repeatable)")
+
     r = sub.add_parser("run", help="run every method and seed of one experiment config")
-    r.add_argument("config", help="experiment TOML file (see configs/)")
-    r.add_argument("--out", default="runs", help="results directory (default: runs/)")
-    r.add_argument("--seed", type=int, action="append",
-                   help="run this seed instead of the config's seeds (repeatable)")
-    r.add_argument("--method", action="append",
-                   help="run this method instead of the config's methods (repeatable)")
-    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. --set federate.rounds=5 (repeatable)")
+    experiment(r, "results directory (default: runs/)")
     r.add_argument("--quiet", action="store_true", help="print no progress")
     r.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: torch's own); results can differ in the last "
@@ -35,14 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("deploy", help="run the config's methods on a local Flower deployment "
                                       "(one SuperLink, one SuperNode per client partition)")
-    d.add_argument("config", help="experiment TOML file (see configs/)")
-    d.add_argument("--out", default="runs", help="results directory (default: runs/)")
+    experiment(d, "results directory (default: runs/)")
     d.add_argument("--nodes", type=int,
                    help="number of SuperNodes (must equal data.num_clients; default: that)")
-    d.add_argument("--seed", type=int, action="append", help="run this seed (repeatable)")
-    d.add_argument("--method", action="append", help="run this method (repeatable)")
-    d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (repeatable)")
     d.add_argument("--tls", action="store_true",
                    help="TLS with a throwaway CA, and SuperNode authentication")
     d.add_argument("--threads", type=int, default=0,
@@ -55,14 +56,9 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("flower-app", help="write a Flower app folder and one run config per "
                                           "method and seed, for `flwr run` on any federation")
-    a.add_argument("config", help="experiment TOML file (see configs/)")
+    experiment(a, "results directory on the SuperLink's machine; give an absolute path "
+                  "(default: runs/)")
     a.add_argument("--dir", required=True, help="folder to write (pyproject.toml, run-*.toml)")
-    a.add_argument("--out", default="runs",
-                   help="results directory on the SuperLink's machine (default: runs/)")
-    a.add_argument("--seed", type=int, action="append", help="this seed only (repeatable)")
-    a.add_argument("--method", action="append", help="this method only (repeatable)")
-    a.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (repeatable)")
     a.add_argument("--threads", type=int, default=0,
                    help="torch threads in the ServerApp and ClientApps (default: torch's own; "
                         "a node's --node-config threads=N wins)")
@@ -115,22 +111,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deploy(args: argparse.Namespace) -> int:
+def _flower(command: str) -> ModuleType:
+    """``fedticket.flower.deploy``, or a one-line error when Flower is not installed."""
     try:
-        from fedticket.flower.deploy import deploy
+        from fedticket.flower import deploy
     except ImportError as e:
-        raise FedticketError(f"fedticket deploy needs Flower ({e.name} is missing); "
+        raise FedticketError(f"fedticket {command} needs Flower ({e.name} is missing); "
                              "install it with: pip install 'fedticket[flower]'") from e
+    return deploy
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    flower = _flower("deploy")
     if args.nodes is not None and args.nodes < 1:
         raise FedticketError(f"--nodes must be >= 1, got {args.nodes}")
     if args.min_replies < 1:
         raise FedticketError(f"--min-replies must be >= 1, got {args.min_replies}")
-    if not args.round_timeout > 0:
-        raise FedticketError(f"--round-timeout must be > 0, got {args.round_timeout}")
+    if not 0 < args.round_timeout < math.inf:
+        raise FedticketError(f"--round-timeout must be a number of seconds > 0, "
+                             f"got {args.round_timeout}")
     _set_threads(args.threads)
     specs = _specs(args)
     stream = None if args.quiet else sys.stderr
-    folders = deploy(specs, Path(args.out), nodes=args.nodes, tls=args.tls,
+    folders = flower.deploy(specs, Path(args.out), nodes=args.nodes, tls=args.tls,
                      threads=args.threads or None, stream=stream, min_replies=args.min_replies,
                      round_timeout_s=args.round_timeout)
     for f in folders:
@@ -139,18 +142,14 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _flower_app(args: argparse.Namespace) -> int:
-    try:
-        from fedticket.flower.deploy import run_config_file, write_app
-    except ImportError as e:
-        raise FedticketError(f"fedticket flower-app needs Flower ({e.name} is missing); "
-                             "install it with: pip install 'fedticket[flower]'") from e
+    flower = _flower("flower-app")
     if args.threads < 0:
         raise FedticketError(f"--threads must be >= 0, got {args.threads}")
     specs = _specs(args)
-    folder = write_app(Path(args.dir))
+    folder = flower.write_app(Path(args.dir))
     print(folder / "pyproject.toml")
     for spec in specs:
-        print(run_config_file(folder / f"run-{spec.method}-s{spec.seed}.toml", spec,
+        print(flower.run_config_file(folder / f"run-{spec.method}-s{spec.seed}.toml", spec,
                               Path(args.out), args.threads, resolve=False))
     return 0
 
