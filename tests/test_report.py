@@ -51,6 +51,7 @@ def write_run(
             "cum_up_bytes": t - t * 6 // 10,
             "cum_client_flops": f,
             "cum_client_wall_s": 2.0 * r,
+            "cum_client_cpu_s": 3.0 * r,
         }
         for r, a, t, f in zip(rounds, accs, traffic, flops, strict=True)
     ]
@@ -212,11 +213,15 @@ def test_result_is_strict_json(results: Path) -> None:
         "traffic_bytes_to_target",
         "client_flops_to_target",
         "client_wall_s_to_target",
+        "client_cpu_s_to_target",
         "traffic_saving_pct",
         "client_flops_saving_pct",
         "client_wall_s_saving_pct",
+        "client_cpu_s_saving_pct",
         "rounds_saving_pct",
     }
+    # fedavg reaches 0.8 at rounds 4 and 6: 3 CPU s per round
+    assert result["methods"]["fedavg"]["client_cpu_s_to_target"]["mean"] == 15.0
 
 
 def test_tables(results: Path) -> None:

@@ -25,7 +25,7 @@ def setup(fraction=1.0, min_replies=1):
 
 
 def reply(codec, cid, values, n):
-    return Reply(cid, codec.encode({"w": torch.tensor(values)}), n, 0.5, 100, 0.1)
+    return Reply(cid, codec.encode({"w": torch.tensor(values)}), n, 0.5, 100, 0.1, 0.1)
 
 
 def test_mask_goes_once_to_each_client_that_replied():
@@ -51,8 +51,8 @@ def test_bad_payloads_are_failures_and_the_rest_is_averaged():
     codec, strat, _ = setup()
     ins = strat.configure_round(1)
     good = reply(codec, 0, [4, 0, 4, 4], 2)
-    short = Reply(1, b"\x00" * 5, 1, 0.1, 1, 0.1)
-    stranger = Reply(7, good.payload, 1, 0.1, 1, 0.1)
+    short = Reply(1, b"\x00" * 5, 1, 0.1, 1, 0.1, 0.1)
+    stranger = Reply(7, good.payload, 1, 0.1, 1, 0.1, 0.1)
     log = strat.aggregate_round(1, ins, [good, short, stranger])
     assert strat.global_state["w"].tolist() == [4.0, 0.0, 4.0, 4.0]
     reasons = {f.client: f.reason for f in log.failures}

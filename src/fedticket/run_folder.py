@@ -111,7 +111,7 @@ class Progress:
         print(
             f"  {self.label} round {log.round:>3}/{self.rounds}  acc {log.test_accuracy:.4f}  "
             f"traffic {(t.down_bytes + t.up_bytes) / 1e6:8.2f} MB  "
-            f"client {t.client_flops / 1e9:8.2f} GFLOP {t.client_wall_s:7.2f} s",
+            f"client {t.client_flops / 1e9:8.2f} GFLOP {t.client_cpu_s:7.2f} CPU s",
             file=self.stream,
             flush=True,
         )

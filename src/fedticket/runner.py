@@ -157,6 +157,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         "total_traffic_bytes": last["cum_down_bytes"] + last["cum_up_bytes"],
         "total_client_flops": last["cum_client_flops"],
         "total_client_wall_s": last["cum_client_wall_s"],
+        "total_client_cpu_s": last["cum_client_cpu_s"],
         "failed_client_rounds": strategy.totals.failures,
         "server": stages.log,
         "run_wall_s": time.perf_counter() - started,

@@ -33,6 +33,9 @@ class ClientUpdate:
     steps: int
     flops: int
     wall_s: float
+    cpu_s: float
+    """CPU time of this process during the update (all its threads): unlike ``wall_s``
+    it does not grow when other programs share the machine."""
 
 
 class LocalTrainer:
@@ -54,7 +57,7 @@ class LocalTrainer:
         self, state: Mapping[str, torch.Tensor], data: Labeled, generator: torch.Generator
     ) -> ClientUpdate:
         """Train from ``state`` on ``data``; ``generator`` fixes the batch order."""
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         model, spec = self.model, self.spec
         model.load_state_dict(state, strict=True)
         model.train()
@@ -89,6 +92,7 @@ class LocalTrainer:
             steps=steps,
             flops=self.flops_per_sample * seen,
             wall_s=time.perf_counter() - start,
+            cpu_s=time.process_time() - start_cpu,
         )
 
 

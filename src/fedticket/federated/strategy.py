@@ -57,6 +57,7 @@ class Reply:
     train_loss: float
     flops: int
     wall_s: float
+    cpu_s: float
     framework_down_bytes: int | None = None
     """Bytes the engine itself moved for the download (Flower's message objects)."""
     framework_up_bytes: int | None = None
@@ -84,6 +85,7 @@ class ClientRecord:
     up_bytes: int
     flops: int
     wall_s: float
+    cpu_s: float
     train_loss: float
     framework_down_bytes: int | None = None
     framework_up_bytes: int | None = None
@@ -108,6 +110,7 @@ class Totals:
     mask_bytes: int = 0
     client_flops: int = 0
     client_wall_s: float = 0.0
+    client_cpu_s: float = 0.0
     framework_bytes: int | None = None
     failures: int = 0
 
@@ -117,6 +120,7 @@ class Totals:
         self.up_bytes += rec.up_bytes
         self.client_flops += rec.flops
         self.client_wall_s += rec.wall_s
+        self.client_cpu_s += rec.cpu_s
         if rec.framework_down_bytes is not None and rec.framework_up_bytes is not None:
             self.framework_bytes = (
                 (self.framework_bytes or 0) + rec.framework_down_bytes + rec.framework_up_bytes
@@ -150,6 +154,7 @@ class RoundLog:
             "cum_mask_bytes": self.totals.mask_bytes,
             "cum_client_flops": self.totals.client_flops,
             "cum_client_wall_s": round(self.totals.client_wall_s, 6),
+            "cum_client_cpu_s": round(self.totals.client_cpu_s, 6),
         }
         if self.totals.framework_bytes is not None:
             row["cum_framework_bytes"] = self.totals.framework_bytes
@@ -184,7 +189,7 @@ def client_train(
     upd = trainer.update(received, data, g)
     return Reply(
         instruction.client, codec.encode(upd.state), upd.num_examples, upd.train_loss,
-        upd.flops, upd.wall_s,
+        upd.flops, upd.wall_s, upd.cpu_s,
     )
 
 
@@ -267,7 +272,7 @@ class TicketStrategy:
             self.has_mask.add(rep.client)
             records.append(ClientRecord(
                 round_, rep.client, rep.num_examples, len(ins.payload), len(ins.mask),
-                len(rep.payload), rep.flops, rep.wall_s, rep.train_loss,
+                len(rep.payload), rep.flops, rep.wall_s, rep.cpu_s, rep.train_loss,
                 rep.framework_down_bytes, rep.framework_up_bytes,
             ))
         for f in failed:

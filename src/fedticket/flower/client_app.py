@@ -94,6 +94,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-loss": rep.train_loss,
         "flops": rep.flops,
         "wall-s": rep.wall_s,
+        "cpu-s": rep.cpu_s,
     })
     return Message(RecordDict({RECORD: out}), reply_to=msg)
 

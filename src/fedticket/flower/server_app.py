@@ -135,6 +135,7 @@ def _reply(msg: Message, client: int, down_fw: int) -> Reply:
         client=client, payload=get(rec, "payload", bytes),
         num_examples=get(rec, "num-examples", int), train_loss=get(rec, "train-loss", float),
         flops=get(rec, "flops", int), wall_s=get(rec, "wall-s", float),
+        cpu_s=get(rec, "cpu-s", float),
         framework_down_bytes=down_fw, framework_up_bytes=framework_bytes(msg),
     )
 

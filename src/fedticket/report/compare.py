@@ -16,6 +16,7 @@ COST_FIELDS: dict[str, tuple[str, ...]] = {
     "traffic_bytes_to_target": ("cum_down_bytes", "cum_up_bytes"),
     "client_flops_to_target": ("cum_client_flops",),
     "client_wall_s_to_target": ("cum_client_wall_s",),
+    "client_cpu_s_to_target": ("cum_client_cpu_s",),
 }
 
 # saving field -> the *_to_target field it compares against the baseline
@@ -23,6 +24,7 @@ SAVING_FIELDS = {
     "traffic_saving_pct": "traffic_bytes_to_target",
     "client_flops_saving_pct": "client_flops_to_target",
     "client_wall_s_saving_pct": "client_wall_s_to_target",
+    "client_cpu_s_saving_pct": "client_cpu_s_to_target",
     "rounds_saving_pct": "rounds_to_target",
 }
 
@@ -84,7 +86,8 @@ def costs_to_target(run: Run, target: float) -> dict[str, float | None]:
     """Each ``*_to_target`` cost of one run; all None if it never reaches ``target``."""
     row = first_reaching(run, target)
     return {
-        name: None if row is None else float(sum(row[k] for k in keys))
+        name: None if row is None or any(k not in row for k in keys)
+        else float(sum(row[k] for k in keys))
         for name, keys in COST_FIELDS.items()
     }
 

@@ -19,10 +19,10 @@ COLUMNS: tuple[tuple[str, str, float, str], ...] = (
     ("rounds→target", "rounds_to_target", 1.0, ".1f"),
     ("traffic MB→target", "traffic_bytes_to_target", 1e-6, ".3f"),
     ("GFLOPs→target", "client_flops_to_target", 1e-9, ".3f"),
-    ("wall s→target", "client_wall_s_to_target", 1.0, ".2f"),
+    ("CPU s→target", "client_cpu_s_to_target", 1.0, ".2f"),
     ("traffic save %", "traffic_saving_pct", 1.0, ".1f"),
     ("GFLOPs save %", "client_flops_saving_pct", 1.0, ".1f"),
-    ("wall save %", "client_wall_s_saving_pct", 1.0, ".1f"),
+    ("CPU save %", "client_cpu_s_saving_pct", 1.0, ".1f"),
     ("rounds save %", "rounds_saving_pct", 1.0, ".1f"),
 )
 
