@@ -38,11 +38,13 @@ def test_run_name_has_method_seed_and_hash():
     assert spec.pretrain.kind == "none" and spec.prune.strategy == "none"
 
 
-def test_presets_cover_the_seven_methods():
+def test_presets_cover_the_methods():
     assert list(METHODS) == [
         "fedavg", "fedavg-dae", "random-mask", "magnitude-init",
-        "dae-ticket", "dae-ticket-rewind", "supervised-ticket",
+        "dae-ticket", "dae-ticket-rewind", "supervised-ticket", "dae-ticket-fast",
     ]
+    s = with_method(ExperimentSpec(), "dae-ticket-fast")
+    assert (s.pretrain.kind, s.prune.structure, s.federate.compute) == ("dae", "channels", "auto")
     s = with_method(ExperimentSpec(), "dae-ticket-rewind")
     assert (s.pretrain.kind, s.prune.strategy, s.weights.init) == ("dae", "magnitude", "rewind")
     s = with_method(ExperimentSpec(), "supervised-ticket")

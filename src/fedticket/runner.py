@@ -20,7 +20,7 @@ from fedticket import paths
 from fedticket.accounting.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.accounting.wire import Codec
 from fedticket.data import Splits, load_splits
-from fedticket.federated.client import LocalTrainer, evaluate
+from fedticket.federated.client import LocalTrainer
 from fedticket.federated.simulate import LocalEngine
 from fedticket.federated.strategy import Engine, TicketStrategy
 from fedticket.io import atomic_write_json, git_commit, versions
@@ -53,7 +53,7 @@ class Simulator:
 
     def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> Engine:
         # one untimed update first: the first timed one then pays no start-up costs
-        trainer.warm_up(trainer.model.state_dict(), splits.clients[0])
+        trainer.warm_up(trainer.from_net(trainer.net.state_dict()), splits.clients[0])
         return LocalEngine(trainer, codec, splits.clients)
 
 
@@ -119,10 +119,8 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     atomic_write_json(folder / paths.MASK_REPORT, mask_report)
 
     def evaluate_fn(s: dict[str, torch.Tensor]) -> tuple[float, float]:
-        trainer.model.load_state_dict(s)
-        return evaluate(trainer.model, splits.test)
+        return trainer.evaluate(s, splits.test)
 
-    trainer.model.load_state_dict(state)
     carrier = engine(trainer, codec, splits)
     strategy = TicketStrategy(
         codec, state, spec.federate, spec.seed, len(splits.clients), evaluate_fn,
@@ -142,6 +140,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         "run_name": spec.run_name(),
         "engine": engine.name,
         "threads": torch.get_num_threads(),
+        "compute": trainer.compute,
         "rounds": spec.federate.rounds,
         "final_accuracy": last["test_accuracy"],
         "final_loss": last["test_loss"],

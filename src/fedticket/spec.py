@@ -29,6 +29,8 @@ LOSSES = ("mse", "bce")
 OPTIMIZERS = ("adam", "sgd")
 PRUNE_STRATEGIES = ("none", "magnitude", "random")
 PRUNE_SCOPES = ("global", "layer")
+PRUNE_STRUCTURES = ("none", "channels")
+COMPUTE_PATHS = ("auto", "dense-masked", "structured")
 WEIGHT_INITS = ("pretrained", "rewind", "reinit")
 
 
@@ -141,6 +143,15 @@ class PruneSpec:
     (with the pretraining objective) between levels. By default only the conv and
     linear weights of the pretrained body are prunable; ``include_head`` and
     ``include_biases`` widen that.
+
+    ``structure = "channels"`` first removes whole units (conv channels, hidden
+    units) of every body layer but the last, FLOP-aware, until the forward
+    multiply-adds are at most ``flops_fraction`` of the dense model's, then prunes
+    the remaining weights by magnitude to ``sparsity``
+    (:mod:`fedticket.pruning.structured`). ``flops_fraction = 0`` means half the
+    kept weight fraction, ``(1 - sparsity) / 2``: dense kernels turn MACs into
+    seconds less than proportionally (a third of a small-batch update is fixed
+    cost), so compute has to fall further than the weights to halve the time.
     """
 
     strategy: str = "magnitude"
@@ -150,10 +161,18 @@ class PruneSpec:
     retrain_epochs: int = 1
     include_head: bool = False
     include_biases: bool = False
+    structure: str = "none"
+    flops_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("prune", "strategy", self.strategy, PRUNE_STRATEGIES)
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
+        _choice("prune", "structure", self.structure, PRUNE_STRUCTURES)
+        if not 0.0 <= self.flops_fraction <= 1.0:
+            raise ConfigError(f"prune.flops_fraction must be in [0, 1] (0 = (1 - sparsity) / 2), "
+                              f"got {self.flops_fraction}")
+        if self.structure != "none" and self.levels != 1:
+            raise ConfigError("prune.structure needs prune.levels = 1")
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(
                 f"prune.sparsity must be in [0, 1) (the fraction of weights removed), "
@@ -190,6 +209,11 @@ class FederateSpec:
     momentum: float = 0.0
     weight_decay: float = 0.0
     eval_every: int = 1
+    compute: str = "auto"
+    """How clients compute: ``dense-masked`` (full-size kernels, masked gradients),
+    ``structured`` (a physically smaller model without the removed units), or
+    ``auto`` (structured when the mask removes whole units, else dense-masked).
+    Both give the same model up to the order of floating-point sums."""
 
     def __post_init__(self) -> None:
         _positive("federate", "rounds", self.rounds)
@@ -203,6 +227,7 @@ class FederateSpec:
         _positive("federate", "momentum", self.momentum, allow_zero=True)
         _positive("federate", "weight_decay", self.weight_decay, allow_zero=True)
         _positive("federate", "eval_every", self.eval_every)
+        _choice("federate", "compute", self.compute, COMPUTE_PATHS)
 
 
 @dataclass(frozen=True)
@@ -285,6 +310,14 @@ METHODS: dict[str, dict[str, str]] = {
         "pretrain.kind": "supervised",
         "prune.strategy": "magnitude",
         "weights.init": "pretrained",
+    },
+    # the DAE pipeline with FLOP-aware channel pruning where the compute is and
+    # magnitude pruning where the bytes are, trained as a smaller dense model
+    "dae-ticket-fast": {
+        "pretrain.kind": "dae",
+        "prune.strategy": "magnitude",
+        "weights.init": "pretrained",
+        "prune.structure": "channels",
     },
 }
 

@@ -22,6 +22,7 @@ from fedticket.io import atomic_write_json, load_states, save_states
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.pretrain.server import ServerTrainer
 from fedticket.pruning import STRATEGIES, Mask, level_fraction, prune_lowest
+from fedticket.pruning.structured import chain, fraction_to_reach, structured_prune
 from fedticket.spec import ExperimentSpec
 
 State = dict[str, torch.Tensor]
@@ -84,6 +85,13 @@ def pretrain_and_prune(
         g = torch.Generator().manual_seed(derived_seed(spec.seed, "prune"))
         fraction = level_fraction(spec.prune.sparsity, spec.prune.levels)
         levels = []
+        structure: dict | None = None
+        if spec.prune.structure == "channels":
+            mask, structure = structured_prune(
+                dict(model.named_parameters()), mask, chain(model, splits.input_shape),
+                spec.prune.flops_fraction or (1.0 - spec.prune.sparsity) / 2,
+            )
+            fraction = fraction_to_reach(mask, names, spec.prune.sparsity)
         for level in range(1, spec.prune.levels + 1):
             losses: list[float] = []
             if level > 1 and trainer is not None:
@@ -96,6 +104,7 @@ def pretrain_and_prune(
                                         trainer.log.flops - retrain_flops)
         log["prune"] = {
             "levels": levels,
+            "structure": structure,
             "wall_s": time.perf_counter() - start,
             "retrain_wall_s": retrain_s,
             "retrain_flops": retrain_flops,

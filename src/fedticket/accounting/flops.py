@@ -88,6 +88,9 @@ def layer_costs(
             positions = int(torch.Size(out_shape[1:-1]).numel())
             kind = "linear"
         out_features = int(w.shape[0])
+        bias_key = f"{name}.bias"
+        if m.bias is not None and mask is not None and bias_key in mask:
+            out_features = int(mask[bias_key].sum())  # removed units add no bias
         macs = nnz * positions
         bias_outputs = out_features * positions if m.bias is not None else 0
         fwd = 2 * macs + bias_outputs

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fedticket.accounting.flops import layer_costs, train_flops_per_sample
 from fedticket.data import Labeled
-from fedticket.errors import DivergenceError
+from fedticket.errors import ConfigError, DivergenceError
 from fedticket.models import Classifier
+from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask
 from fedticket.pruning.masked import GradMask
 from fedticket.spec import FederateSpec
@@ -39,14 +41,45 @@ class ClientUpdate:
 
 
 class LocalTrainer:
-    """Local SGD under a fixed mask (pruned weights get zero gradient, so stay zero)."""
+    """Local SGD under a fixed mask (pruned weights get zero gradient, so stay zero).
+
+    States come in and go out full-size, on the model's parameter names. What is
+    trained is ``self.net``: the model itself (``dense-masked``), or, when the mask
+    removes whole units and ``spec.compute`` allows it, a physically smaller copy
+    without them (``structured``, :class:`~fedticket.pruning.compact.Compact`).
+    """
 
     def __init__(self, model: Classifier, mask: Mask, spec: FederateSpec, input_shape):
         mask.check_matches(model)
         self.model, self.mask, self.spec = model, mask, spec
-        self.grad_mask = GradMask(model, mask)
         self.costs = layer_costs(model, tuple(input_shape), mask)
         self.flops_per_sample = train_flops_per_sample(self.costs)
+        self.compact: Compact | None = None
+        if spec.compute != "dense-masked":
+            try:
+                compact = Compact(model, mask, tuple(input_shape))
+            except ConfigError:
+                if spec.compute == "structured":
+                    raise
+            else:
+                if spec.compute == "structured" or not compact.is_identity:
+                    self.compact = compact
+        self.compute = "dense-masked" if self.compact is None else "structured"
+        self.net: nn.Module = model if self.compact is None else self.compact.net
+        self.grad_mask = GradMask(self.net, mask if self.compact is None else self.compact.mask)
+
+    def to_net(self, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        return state if self.compact is None else self.compact.compact(state)
+
+    def from_net(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.compact is None:
+            return {k: v.detach().clone() for k, v in state.items()}
+        return self.compact.expand(state)
+
+    def evaluate(self, state: Mapping[str, torch.Tensor], data: Labeled) -> tuple[float, float]:
+        """(accuracy, loss) of the full-size ``state`` on ``data``, computed on ``net``."""
+        self.net.load_state_dict(self.to_net(state))
+        return evaluate(self.net, data)
 
     def warm_up(self, state: Mapping[str, torch.Tensor], data: Labeled) -> None:
         """One untimed client update, thrown away: the first timed update then pays no
@@ -58,11 +91,12 @@ class LocalTrainer:
     ) -> ClientUpdate:
         """Train from ``state`` on ``data``; ``generator`` fixes the batch order."""
         start, start_cpu = time.perf_counter(), time.process_time()
-        model, spec = self.model, self.spec
-        model.load_state_dict(state, strict=True)
+        model, spec = self.net, self.spec
+        model.load_state_dict(self.to_net(state), strict=True)
         model.train()
         opt = torch.optim.SGD(
-            model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+            model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+            foreach=True,
         )
         n, bs = len(data), spec.batch_size
         total = torch.zeros(())
@@ -84,7 +118,7 @@ class LocalTrainer:
             raise DivergenceError(
                 f"client training diverged (loss {mean_loss}); lower federate.lr"
             )
-        new_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        new_state = self.from_net(model.state_dict())
         return ClientUpdate(
             state=new_state,
             num_examples=n,
@@ -97,7 +131,7 @@ class LocalTrainer:
 
 
 @torch.no_grad()
-def evaluate(model: Classifier, data: Labeled, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Labeled, batch_size: int = 1000) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` on ``data``."""
     model.eval()
     correct = 0

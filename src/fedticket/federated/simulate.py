@@ -13,7 +13,7 @@ import torch
 
 from fedticket.accounting.wire import Codec
 from fedticket.data import Labeled
-from fedticket.federated.client import LocalTrainer, evaluate
+from fedticket.federated.client import LocalTrainer
 from fedticket.federated.strategy import (
     Callback,
     Failure,
@@ -64,8 +64,7 @@ def run_fedavg(
     global state. Round 0 is the evaluation of the starting model (all costs zero)."""
 
     def evaluate_fn(s: Mapping[str, torch.Tensor]) -> tuple[float, float]:
-        trainer.model.load_state_dict(s)
-        return evaluate(trainer.model, test)
+        return trainer.evaluate(s, test)
 
     strategy = TicketStrategy(codec, state, spec, seed, len(clients), evaluate_fn)
     return strategy.start(LocalEngine(trainer, codec, clients), callbacks)

@@ -34,6 +34,7 @@ CANONICAL_METHODS = (
     "dae-ticket",
     "dae-ticket-rewind",
     "supervised-ticket",
+    "dae-ticket-fast",
 )
 
 

@@ -1,0 +1,91 @@
+"""Time of one client update of `dae-ticket-fast` over the dense update (target p2).
+
+The masks are the real pipeline's: `configs/quick.toml` (the FedAvg CNN on
+Fashion-MNIST, DAE pretrained on the server's pool), pruned as `dae-ticket-fast` at 80%
+and 90% of the prunable weights removed, and as `dae-ticket` at 80% for reference.
+One update is E=1 over 400 training images at B=10 (`LocalTrainer.update`, the code
+every engine runs). Each variant is warmed up, then the variants are timed in turn,
+repeatedly, in one process; the median per variant is divided by the dense median.
+Both wall time and the process's CPU time are printed; the targets use wall time.
+
+    .venv/bin/python benchmarks/client_update.py [--repeats 7] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from fedticket.data import Labeled, load_splits
+from fedticket.federated import LocalTrainer
+from fedticket.pruning import Mask
+from fedticket.spec import load_config, parse_set
+from fedticket.stages import fresh_model, pretrain_and_prune
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "runs" / "bench"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(ROOT / "configs" / "quick.toml")
+    variants: dict[str, tuple[str, float]] = {
+        "dense": ("fedavg", 0.8),
+        "dae-ticket s80": ("dae-ticket", 0.8),
+        "dae-ticket-fast s80": ("dae-ticket-fast", 0.8),
+        "dae-ticket-fast s90": ("dae-ticket-fast", 0.9),
+    }
+    trainers: dict[str, LocalTrainer] = {}
+    states = {}
+    data = None
+    for label, (method, sparsity) in variants.items():
+        [spec] = [s for s in replace(config, methods=(method,)).specs(
+            parse_set([f"prune.sparsity={sparsity}", "federate.batch_size=10",
+                       "federate.local_epochs=1", "data.train_size=4000"]))]
+        splits = load_splits(spec.data, spec.seed)
+        stages = pretrain_and_prune(spec, splits, CACHE)
+        mask = stages.mask if method != "fedavg" else Mask.full(fresh_model(spec, splits, "x"))
+        model = fresh_model(spec, splits, "init")
+        trainers[label] = LocalTrainer(model, mask, spec.federate, splits.input_shape)
+        states[label] = {k: v * mask.float(k) for k, v in stages.trained.items()}
+        if data is None:
+            x = torch.cat([c.x for c in splits.clients])[:400]
+            y = torch.cat([c.y for c in splits.clients])[:400]
+            data = Labeled(x, y)
+    assert data is not None
+    wall: dict[str, list[float]] = {k: [] for k in trainers}
+    cpu: dict[str, list[float]] = {k: [] for k in trainers}
+    for label, t in trainers.items():
+        t.warm_up(states[label], data)
+    for _ in range(args.repeats):
+        for label, t in trainers.items():
+            upd = t.update(states[label], data, torch.Generator().manual_seed(0))
+            wall[label].append(upd.wall_s)
+            cpu[label].append(upd.cpu_s)
+    dense_w, dense_c = statistics.median(wall["dense"]), statistics.median(cpu["dense"])
+    print(f"threads {torch.get_num_threads()}, {args.repeats} repeats, median of each")
+    print(f"{'variant':22} {'compute':13} {'density':>7} {'FLOPs':>6} {'wall s':>7} "
+          f"{'wall/dense':>10} {'CPU/dense':>9}")
+    dense_flops = trainers["dense"].flops_per_sample
+    ratios = {}
+    for label, t in trainers.items():
+        w, c = statistics.median(wall[label]), statistics.median(cpu[label])
+        ratios[label] = w / dense_w
+        print(f"{label:22} {t.compute:13} {t.mask.density:7.3f} "
+              f"{t.flops_per_sample / dense_flops:6.3f} {w:7.3f} {w / dense_w:10.3f} "
+              f"{c / dense_c:9.3f}")
+    print(f"p2_update_time_ratio_s80: {ratios['dae-ticket-fast s80']:.3f}")
+    print(f"p2_update_time_ratio_s90: {ratios['dae-ticket-fast s90']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
