@@ -1,0 +1,132 @@
+"""Structured (channel) pruning, the compact training path, and the FLOP formulas
+against torch's own FLOP counter."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fedticket.accounting.flops import layer_costs
+from fedticket.data import Labeled
+from fedticket.federated import LocalTrainer
+from fedticket.models import build, prunable_names
+from fedticket.pruning import STRATEGIES, Mask, prune_lowest
+from fedticket.pruning.compact import Compact
+from fedticket.pruning.structured import (
+    MIN_KEEP,
+    chain,
+    fraction_to_reach,
+    structured_prune,
+    unit_rows,
+)
+from fedticket.spec import FederateSpec, ModelSpec
+
+
+def digits_cnn(seed=0):
+    torch.manual_seed(seed)
+    return build(ModelSpec(name="cnn-digits"), (1, 8, 8), 10)  # conv 16, conv 32, fc 64
+
+
+def fast_mask(m, flops=0.3, sparsity=0.8):
+    layers = chain(m, (1, 8, 8))
+    mask, report = structured_prune(dict(m.named_parameters()), Mask.full(m), layers, flops)
+    names = prunable_names(m)
+    scores = STRATEGIES["magnitude"](dict(m.named_parameters()), names, torch.Generator())
+    mask = prune_lowest(scores, mask, names, fraction_to_reach(mask, names, sparsity), "global")
+    return mask, report, layers
+
+
+def test_chain_knows_how_each_layer_feeds_the_next():
+    layers = chain(digits_cnn(), (1, 8, 8))
+    assert [(ly.name, ly.units, ly.group, ly.positions) for ly in layers] == [
+        ("body.conv1", 16, 1, 64), ("body.conv2", 32, 4, 16),  # 32 channels x 2x2 -> fc1
+        ("body.fc1", 64, 1, 1), ("head", 10, 1, 1),
+    ]
+
+
+def test_structured_prune_removes_whole_units_within_the_budget():
+    m = digits_cnn()
+    mask, report, layers = fast_mask(m, flops=0.3)
+    dense = sum(int(mask[f"{ly.name}.weight"].numel()) * ly.positions for ly in layers)
+    # conv1 and conv2 are structured, fc1 (the last body layer) and the head are not
+    assert set(report["kept_units"]) == {"body.conv1", "body.conv2"}
+    for ly in layers[:2]:
+        kept = unit_rows(mask, ly)
+        assert int(kept.sum()) == report["kept_units"][ly.name] >= MIN_KEEP * ly.units
+        assert not bool(mask[f"{ly.name}.bias"][~kept].any())  # removed units lose the bias
+    # a removed conv2 channel feeds none of fc1's 4 inputs of that channel
+    gone = (~unit_rows(mask, layers[1])).nonzero().flatten()
+    assert len(gone) > 0
+    fc1 = mask["body.fc1.weight"].view(64, 32, 4)
+    assert not bool(fc1[:, gone].any())
+    assert report["forward_macs_fraction"] <= 0.3 or any(
+        report["kept_units"][n] == round(MIN_KEEP * report["units"][n]) for n in report["units"])
+    macs = sum(int(mask[f"{ly.name}.weight"].sum()) * ly.positions for ly in layers)
+    assert macs / dense < report["forward_macs_fraction"] + 1e-9  # fc1 was pruned after
+    # and the unstructured step reached the weight sparsity over the prunable tensors
+    names = prunable_names(m)
+    kept = sum(int(mask[n].sum()) for n in names) / sum(mask[n].numel() for n in names)
+    assert kept == pytest.approx(0.2, abs=1e-3)
+
+
+def test_compact_round_trip_and_smaller_layers():
+    m = digits_cnn()
+    mask, report, _ = fast_mask(m)
+    compact = Compact(m, mask, (1, 8, 8))
+    c1, c2 = report["kept_units"]["body.conv1"], report["kept_units"]["body.conv2"]
+    net = compact.net
+    assert net.body.conv1.weight.shape == (c1, 1, 3, 3)
+    assert net.body.conv2.weight.shape == (c2, c1, 3, 3)
+    assert net.body.fc1.weight.shape == (64, 4 * c2)
+    state = {k: v * mask.float(k) for k, v in m.state_dict().items()}
+    back = compact.expand(compact.compact(state))
+    for k in state:
+        assert torch.equal(back[k], state[k]), k
+    # the same function: the compact net computes what the masked full model computes
+    x = torch.rand(5, 1, 8, 8)
+    m.load_state_dict(state)
+    net.load_state_dict(compact.compact(state))
+    torch.testing.assert_close(net(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+def test_structured_path_trains_the_same_model_as_dense_masked_kernels():
+    m = digits_cnn()
+    mask, _, _ = fast_mask(m)
+    state = {k: v * mask.float(k) for k, v in m.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    data = Labeled(torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
+    spec = FederateSpec(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.01)
+    out = {}
+    for path in ("dense-masked", "structured"):
+        t = LocalTrainer(digits_cnn(), mask, replace(spec, compute=path), (1, 8, 8))
+        assert t.compute == path
+        out[path] = t.update(state, data, torch.Generator().manual_seed(0))
+    a, b = out["dense-masked"], out["structured"]
+    assert a.flops == b.flops and a.steps == b.steps == 10
+    for k in a.state:
+        torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-5)
+        assert bool((b.state[k][~mask[k]] == 0).all()), k
+    # auto picks structured here, and dense-masked for an unstructured mask
+    assert LocalTrainer(digits_cnn(), mask, spec, (1, 8, 8)).compute == "structured"
+    names = prunable_names(m)
+    plain = prune_lowest(STRATEGIES["magnitude"](dict(m.named_parameters()), names,
+                                                 torch.Generator()), Mask.full(m), names, 0.8,
+                         "global")
+    assert LocalTrainer(digits_cnn(), plain, spec, (1, 8, 8)).compute == "dense-masked"
+
+
+@pytest.mark.parametrize("name, shape", [("cnn-fedavg", (1, 28, 28)), ("mlp", (1, 28, 28)),
+                                         ("cnn-digits", (1, 8, 8))])
+def test_dense_flops_match_torchs_flop_counter(name, shape):
+    """torch counts 2 FLOPs per multiply-add of convolutions and matmuls, forward and
+    backward; ours adds one FLOP per bias add (forward) and per bias-gradient sum."""
+    torch.manual_seed(0)
+    m = build(ModelSpec(name=name), shape, 10)
+    x = torch.rand(3, *shape)
+    with FlopCounterMode(display=False) as counter:
+        m(x).sum().backward()
+    costs = layer_costs(m, shape)
+    bias = sum(2 * (c.forward_flops - 2 * c.forward_macs) for c in costs)  # fwd add + bwd sum
+    ours = sum(c.train_flops for c in costs) - bias
+    assert counter.get_total_flops() == 3 * ours
