@@ -131,7 +131,7 @@ class LocalTrainer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Labeled, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Labeled, batch_size: int = 100) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` on ``data``."""
     model.eval()
     correct = 0
