@@ -99,3 +99,29 @@ def test_conv_flops_by_hand():
     (c,) = layer_costs(net, (1, 4, 4))
     assert c.positions == 16 and c.forward_macs == 18 * 16
     assert c.forward_flops == 2 * 288 + 2 * 16
+
+
+@pytest.mark.parametrize("values", ["f32", "f16", "q8"])
+def test_value_encodings_sizes_and_errors(values):
+    g = torch.Generator().manual_seed(0)
+    state = {"a": torch.randn(20, 30, generator=g), "b": torch.randn(7, generator=g) * 100}
+    mask = Mask({"a": torch.rand(20, 30, generator=g) < 0.3, "b": torch.ones(7, dtype=bool)})
+    codec = Codec(mask, values)
+    payload = codec.encode(state)
+    nnz = mask.nnz
+    expected = {"f32": 4 * nnz, "f16": 2 * nnz, "q8": 2 * 8 + nnz}[values]
+    assert len(payload) == codec.payload_bytes == expected
+    back = codec.decode(payload)
+    for k in state:
+        kept = mask[k]
+        assert bool((back[k][~kept] == 0).all())
+        err = (back[k][kept] - state[k][kept]).abs()
+        if values == "f32":
+            assert float(err.max()) == 0.0
+        elif values == "f16":  # 11 significant bits: relative error at most 2**-11
+            assert bool((err <= state[k][kept].abs() * 2.0**-11 + 1e-7).all())
+        else:  # nearest of 256 levels between the tensor's min and max
+            step = float(state[k][kept].max() - state[k][kept].min()) / 255
+            assert float(err.max()) <= step / 2 + 1e-5
+    with pytest.raises(FedticketError, match="expected"):
+        codec.decode(payload[:-1])

@@ -97,7 +97,7 @@ def test_spec_json_round_trip():
 
 def test_shipped_configs_load():
     quick = load_config(ROOT / "configs" / "quick.toml")
-    assert len(quick.methods) == 7
+    assert len(quick.methods) == 8 and quick.methods[-1] == "dae-ticket-fast"
     full = load_config(ROOT / "configs" / "fmnist.toml")
     assert full.base.data.num_clients == 100 and full.base.federate.client_fraction == 0.1
 

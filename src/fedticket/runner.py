@@ -109,7 +109,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
             for layer, dense in zip(costs_report(trainer.costs), dense_costs, strict=True)
         ],
     }
-    codec = Codec(mask)
+    codec = Codec(mask, spec.federate.values)
     state = starting_weights(spec, splits, stages)
     mask_report["wire"] = {
         "payload_bytes": len(codec.encode(state)),

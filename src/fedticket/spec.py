@@ -31,6 +31,7 @@ PRUNE_STRATEGIES = ("none", "magnitude", "random")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_STRUCTURES = ("none", "channels")
 COMPUTE_PATHS = ("auto", "dense-masked", "structured")
+VALUE_ENCODINGS = ("f32", "f16", "q8")
 WEIGHT_INITS = ("pretrained", "rewind", "reinit")
 
 
@@ -214,6 +215,10 @@ class FederateSpec:
     ``structured`` (a physically smaller model without the removed units), or
     ``auto`` (structured when the mask removes whole units, else dense-masked).
     Both give the same model up to the order of floating-point sums."""
+    values: str = "f32"
+    """How weight values travel (:mod:`fedticket.accounting.wire`): ``f32`` (exact),
+    ``f16`` (half precision) or ``q8`` (8-bit codes with a per-tensor scale), both
+    ways (download and upload)."""
 
     def __post_init__(self) -> None:
         _positive("federate", "rounds", self.rounds)
@@ -228,6 +233,7 @@ class FederateSpec:
         _positive("federate", "weight_decay", self.weight_decay, allow_zero=True)
         _positive("federate", "eval_every", self.eval_every)
         _choice("federate", "compute", self.compute, COMPUTE_PATHS)
+        _choice("federate", "values", self.values, VALUE_ENCODINGS)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,18 @@
 """The wire formats: what a client downloads and uploads, byte for byte.
 
-Parameters travel in the model's ``named_parameters`` order as little-endian
-float32 values, with no header (both ends know the architecture):
+Parameters travel in the model's ``named_parameters`` order, with no header (both
+ends know the architecture and the mask):
 
-* dense payload: every value of every tensor, ``4 * numel`` bytes;
-* sparse payload: only the values the mask keeps, ``4 * nnz`` bytes.
+* dense payload: every value of every tensor;
+* sparse payload: only the values the mask keeps.
+
+The values are encoded one of three ways (``federate.values``):
+
+* ``f32``: little-endian float32, 4 bytes a value (exact);
+* ``f16``: little-endian IEEE half precision, 2 bytes a value;
+* ``q8``: per tensor, a float32 minimum and a float32 step, then one uint8 code a
+  value, ``v = min + code * step`` with ``step = (max - min) / 255`` and codes rounded
+  to the nearest: ``8 * tensors + nnz`` bytes.
 
 The mask goes to each client once, on its first round, as the cheaper of
 
@@ -31,10 +39,17 @@ BITMAP = 0x01
 INDEX_LIST = 0x02
 
 
-class Codec:
-    """Encode and decode model payloads for one fixed mask."""
+VALUE_BYTES = {"f32": 4, "f16": 2, "q8": 1}
 
-    def __init__(self, mask: Mask):
+
+class Codec:
+    """Encode and decode model payloads for one fixed mask and value encoding."""
+
+    def __init__(self, mask: Mask, values: str = "f32"):
+        if values not in VALUE_BYTES:
+            raise FedticketError(f"unknown value encoding {values!r}; choose one of: "
+                                 f"{', '.join(VALUE_BYTES)}")
+        self.values = values
         self.mask = mask
         self.names = list(mask)
         self.shapes = {n: tuple(mask[n].shape) for n in self.names}
@@ -44,6 +59,17 @@ class Codec:
         self._kept = np.flatnonzero(flat)
         self.numel = int(flat.size)
         self.nnz = int(self._kept.size)
+        # where each tensor's values sit in the (kept) flat vector, for q8's per-tensor scale
+        sizes = [int(mask[n].sum()) if self.sparse else mask[n].numel() for n in self.names]
+        self._bounds = np.cumsum([0, *sizes])
+
+    @property
+    def payload_bytes(self) -> int:
+        """Length of every model payload under this mask and encoding."""
+        n = self.nnz if self.sparse else self.numel
+        if self.values == "q8":
+            return 8 * len(self.names) + n
+        return VALUE_BYTES[self.values] * n
 
     # ---------------------------------------------------------------- values
     def encode(self, state: Mapping[str, torch.Tensor]) -> bytes:
@@ -53,16 +79,45 @@ class Codec:
         )
         if self.sparse:
             flat = flat[self._kept]
-        return flat.tobytes()
+        if self.values == "f32":
+            return flat.tobytes()
+        if self.values == "f16":
+            return flat.astype("<f2").tobytes()
+        parts = []
+        for a, b in zip(self._bounds[:-1], self._bounds[1:], strict=True):
+            seg = flat[a:b]
+            lo = float(seg.min()) if seg.size else 0.0
+            hi = float(seg.max()) if seg.size else 0.0
+            step = (hi - lo) / 255.0
+            codes = np.zeros(seg.size, np.uint8) if step == 0 else \
+                np.clip(np.rint((seg - lo) / step), 0, 255).astype(np.uint8)
+            parts.append(np.array([lo, step], dtype="<f4").tobytes() + codes.tobytes())
+        return b"".join(parts)
+
+    def _values(self, payload: bytes) -> np.ndarray:
+        if self.values == "f32":
+            return np.frombuffer(payload, dtype="<f4")
+        if self.values == "f16":
+            return np.frombuffer(payload, dtype="<f2").astype(np.float32)
+        out, pos = [], 0
+        for a, b in zip(self._bounds[:-1], self._bounds[1:], strict=True):
+            lo, step = np.frombuffer(payload, dtype="<f4", count=2, offset=pos)
+            codes = np.frombuffer(payload, dtype=np.uint8, count=int(b - a), offset=pos + 8)
+            out.append((lo + codes.astype(np.float32) * step).astype(np.float32))
+            pos += 8 + int(b - a)
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def decode(self, payload: bytes) -> dict[str, torch.Tensor]:
-        """Inverse of :meth:`encode`; pruned entries come back as exact zeros."""
-        expected = 4 * (self.nnz if self.sparse else self.numel)
+        """Inverse of :meth:`encode` (exact for ``f32``); pruned entries come back as
+        exact zeros."""
+        expected = self.payload_bytes
         if len(payload) != expected:
             raise FedticketError(
                 f"payload has {len(payload)} bytes, expected {expected} for this mask"
             )
-        values = np.frombuffer(payload, dtype="<f4")
+        values = self._values(payload)
+        if not np.isfinite(values).all():
+            raise FedticketError("payload holds values that are not finite")
         if self.sparse:
             flat = np.zeros(self.numel, dtype=np.float32)
             flat[self._kept] = values

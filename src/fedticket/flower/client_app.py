@@ -78,7 +78,7 @@ def train(msg: Message, context: Context) -> Message:
     splits = load_splits(spec.data, spec.seed)
     model = fresh_model(spec, splits, "init")
     mask = _mask(context, model, ins.mask)
-    codec = Codec(mask)
+    codec = Codec(mask, spec.federate.values)
     trainer = LocalTrainer(model, mask, spec.federate, splits.input_shape)
     data = splits.clients[pid]
     received = codec.decode(ins.payload)

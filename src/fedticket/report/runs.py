@@ -69,10 +69,12 @@ class Run:
     layers: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-def method_label(method: str, engine: str) -> str:
+def method_label(method: str, engine: str = "simulator", values: str = "f32") -> str:
     """The row name of a method: ``dae-ticket`` in the simulator, ``dae-ticket@flower`` on
-    Flower, so that runs of both engines in one folder stay apart in every table."""
-    return method if engine == "simulator" else f"{method}@{engine}"
+    Flower, ``dae-ticket+q8`` with 8-bit values, so that such runs in one folder stay
+    apart in every table."""
+    label = method if values == "f32" else f"{method}+{values}"
+    return label if engine == "simulator" else f"{label}@{engine}"
 
 
 def method_order(methods: set[str] | list[str]) -> list[str]:
@@ -82,7 +84,8 @@ def method_order(methods: set[str] | list[str]) -> list[str]:
 
     def key(label: str) -> tuple[int, str, str]:
         base, _, engine = label.partition("@")
-        return (rank.get(base, len(rank)), base, engine)
+        method = base.partition("+")[0]
+        return (rank.get(method, len(rank)), base, engine)
 
     return sorted(present, key=key)
 
@@ -147,7 +150,9 @@ def load_run(path: Path) -> Run:
     density = mask_report.get("density")
     return Run(
         name=path.name,
-        method=method_label(str(summary["method"]), str(summary.get("engine", "simulator"))),
+        method=method_label(str(summary["method"]), str(summary.get("engine", "simulator")),
+                            str(((spec.get("spec") or {}).get("federate") or {}).get("values",
+                                                                                     "f32"))),
         seed=int(summary["seed"]),
         path=path,
         metrics=_read_metrics(path / METRICS_FILE),
