@@ -288,3 +288,28 @@ def test_compare_prints_kept_weights_and_flops_per_layer(finished, capsys):
         f"{flops['sparse_train_flops_per_sample'] / flops['dense_train_flops_per_sample']:.3f}")
     assert rows["dae-ticket"][-1] == whole
     assert rows["dae-ticket"][3] == "1.000/1.000"  # the head is not prunable by default
+
+
+def test_jobs_split_the_cores_and_give_the_numbers_of_one_thread_runs(tmp_path):
+    """--jobs 2 on this package's runs equals running them one by one with the threads
+    each job gets (cores // 2; at least 1)."""
+    from fedticket.runner import cores
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG)
+    threads = max(1, cores() // 2)
+    env = dict(os.environ)
+    base = [sys.executable, "-m", "fedticket.cli", "run", str(cfg), "--quiet",
+            "--method", "fedavg", "--method", "dae-ticket", "--seed", "0", "--seed", "1"]
+    par = subprocess.run([*base, "--out", str(tmp_path / "par"), "--jobs", "2"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    seq = subprocess.run([*base, "--out", str(tmp_path / "seq"), "--threads", str(threads)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert par.returncode == 0 and seq.returncode == 0, par.stderr + seq.stderr
+    names = sorted(p.name for p in (tmp_path / "par").iterdir() if not p.name.startswith("_"))
+    assert len(names) == 4
+    for name in names:
+        a = read(tmp_path / "par" / name, "metrics.jsonl")
+        b = read(tmp_path / "seq" / name, "metrics.jsonl")
+        assert [r["test_accuracy"] for r in a] == [r["test_accuracy"] for r in b]
+        assert read(tmp_path / "par" / name, "summary.json")["threads"] == threads

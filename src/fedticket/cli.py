@@ -36,8 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     experiment(r, "results directory (default: runs/)")
     r.add_argument("--quiet", action="store_true", help="print no progress")
     r.add_argument("--threads", type=int, default=0,
-                   help="torch threads (default: torch's own); results can differ in the last "
-                        "digits between thread counts")
+                   help="torch threads (default: torch's own, or cores / jobs with --jobs); "
+                        "results can differ in the last digits between thread counts")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="run the runs in this many processes, the cores split between them "
+                        "(default: 1)")
 
     d = sub.add_parser("deploy", help="run the config's methods on a local Flower deployment "
                                       "(one SuperLink, one SuperNode per client partition)")
@@ -99,13 +102,17 @@ def _set_threads(n: int) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedticket.runner import run_many
+    from fedticket.runner import run_parallel
 
+    if args.jobs < 1:
+        raise FedticketError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs > 1 and args.threads:
+        raise FedticketError("--jobs splits the cores itself; leave out --threads")
     _set_threads(args.threads)
     specs = _specs(args)
     stream = None if args.quiet else sys.stderr
     out = Path(args.out)
-    folders = run_many(specs, out, stream)
+    folders = run_parallel(specs, out, args.jobs, stream)
     for f in folders:
         print(f)
     return 0
