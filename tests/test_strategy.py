@@ -86,3 +86,34 @@ def test_start_evaluates_round_zero_and_every_round_through_any_engine():
     assert final["w"].tolist() == [3.0, 0.0, 4.0, 5.0]
     assert [e.tolist() for e in evals] == [[1, 0, 2, 3], [2, 0, 3, 4], [3, 0, 4, 5]]
     assert fedavg([(final, 1)])["w"].tolist() == final["w"].tolist()
+
+
+def test_sparse_evaluation_scores_every_round_until_the_declared_targets_are_reached():
+    """Accuracy per round is scripted: 0.1, 0.2, 0.6, 0.3, 0.8, 0.9, 0.95 (rounds 0-6).
+    With eval_every=3 only rounds 0, 3 and 6 are scored, unless targets are declared:
+    then every round is scored until each target has been reached."""
+    accs = [0.1, 0.2, 0.6, 0.3, 0.8, 0.9, 0.95]
+    codec = Codec(Mask({"w": torch.tensor([True])}))
+    for targets, scored in [((), [0, 3, 6]), ((0.5,), [0, 1, 2, 3, 6]),
+                            ((0.5, 0.85), [0, 1, 2, 3, 4, 5, 6]), ((0.99,), list(range(7)))]:
+        spec = FederateSpec(rounds=6, client_fraction=1.0, local_epochs=1, batch_size=1,
+                            eval_every=3, targets=targets)
+
+        def evaluate_fn(s):  # the model's one weight is its round number
+            return accs[int(s["w"][0])], 0.0
+
+        strat = TicketStrategy(codec, {"w": torch.tensor([0.0])}, spec, 0, 1, evaluate_fn)
+
+        class Count:
+            name = "count"
+
+            def train_round(self, instructions):
+                return [reply(codec, i.client, [float(i.round)], 1) for i in instructions], []
+
+        logs = []
+        strat.start(Count(), [type("CB", (), {"on_round": lambda s, log: logs.append(log)})()])
+        assert [log.round for log in logs] == list(range(7))
+        assert [log.round for log in logs if log.test_accuracy is not None] == scored, targets
+        first = {t: next(log.round for log in logs if (log.test_accuracy or 0) >= t)
+                 for t in targets if t <= max(accs)}
+        assert first == {t: {0.5: 2, 0.85: 5}[t] for t in first}  # exact first rounds

@@ -215,6 +215,10 @@ class FederateSpec:
     ``structured`` (a physically smaller model without the removed units), or
     ``auto`` (structured when the mask removes whole units, else dense-masked).
     Both give the same model up to the order of floating-point sums."""
+    targets: tuple[float, ...] = ()
+    """Test accuracies declared in advance: every round is evaluated until each has been
+    reached, and only then does ``eval_every`` thin the evaluations out, so that the
+    first round at or above each target (its cost to target) is exact."""
     values: str = "f32"
     """How weight values travel (:mod:`fedticket.accounting.wire`): ``f32`` (exact),
     ``f16`` (half precision) or ``q8`` (8-bit codes with a per-tensor scale), both
@@ -234,6 +238,9 @@ class FederateSpec:
         _positive("federate", "eval_every", self.eval_every)
         _choice("federate", "compute", self.compute, COMPUTE_PATHS)
         _choice("federate", "values", self.values, VALUE_ENCODINGS)
+        for t in self.targets:
+            if not 0.0 < t <= 1.0:
+                raise ConfigError(f"federate.targets must be accuracies in (0, 1], got {t}")
 
 
 @dataclass(frozen=True)
@@ -375,6 +382,12 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
+    if isinstance(default, tuple) and not default:  # a list of numbers (e.g. targets)
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value

@@ -230,6 +230,7 @@ class TicketStrategy:
         self.min_replies = min_replies
         self.rng = np.random.default_rng([seed, 0xFED])
         self.has_mask: set[int] = set()
+        self.reached: set[float] = set()
         self.totals = Totals()
         self.mask_msg = codec.encode_mask()
         self.global_state = codec.decode(codec.encode(state))
@@ -294,10 +295,16 @@ class TicketStrategy:
         return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
 
     def evaluate(self, round_: int) -> tuple[float, float] | None:
-        """Score the global model on the schedule ``eval_every`` (and the last round)."""
-        if round_ % self.spec.eval_every and round_ != self.spec.rounds:
+        """Score the global model: every round until each declared target
+        (``spec.targets``) has been reached, then on the ``eval_every`` schedule and at
+        the last round. Until the targets are reached every round is scored, so the first
+        round at or above each target is exact whatever ``eval_every`` is."""
+        pending = any(t not in self.reached for t in self.spec.targets)
+        if not pending and round_ % self.spec.eval_every and round_ != self.spec.rounds:
             return None
-        return self.evaluate_fn(self.global_state)
+        scores = self.evaluate_fn(self.global_state)
+        self.reached.update(t for t in self.spec.targets if scores[0] >= t)
+        return scores
 
     # ------------------------------------------------------------------- loop
     def start(self, engine: Engine, callbacks: Sequence[Callback] = ()) -> State:
