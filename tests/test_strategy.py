@@ -110,10 +110,19 @@ def test_sparse_evaluation_scores_every_round_until_the_declared_targets_are_rea
             def train_round(self, instructions):
                 return [reply(codec, i.client, [float(i.round)], 1) for i in instructions], []
 
-        logs = []
-        strat.start(Count(), [type("CB", (), {"on_round": lambda s, log: logs.append(log)})()])
+        recorder = Recorder()
+        strat.start(Count(), [recorder])
+        logs = recorder.logs
         assert [log.round for log in logs] == list(range(7))
         assert [log.round for log in logs if log.test_accuracy is not None] == scored, targets
         first = {t: next(log.round for log in logs if (log.test_accuracy or 0) >= t)
                  for t in targets if t <= max(accs)}
         assert first == {t: {0.5: 2, 0.85: 5}[t] for t in first}  # exact first rounds
+
+
+class Recorder:
+    def __init__(self):
+        self.logs = []
+
+    def on_round(self, log):
+        self.logs.append(log)
