@@ -95,6 +95,7 @@ def main() -> None:
             writer.close()
             times["simulator"].append((time.perf_counter() - w, time.process_time() - c))
             accs["simulator"] = writer.rows[-1]["test_accuracy"]
+            train_s = writer.rows[-1]["cum_client_wall_s"]
     best = {k: (min(t[0] for t in v), min(t[1] for t in v)) for k, v in times.items()}
     # speed per FLOP of the two parts of a round: evaluating and training
     fwd = sum(c.forward_flops for c in trainer.costs)
@@ -114,6 +115,11 @@ def main() -> None:
                       "final_accuracy": accs, "best_wall_cpu_s": best}))
     print(f"bare {best['bare'][0]:.2f} s wall, {best['bare'][1]:.2f} s CPU; simulator "
           f"{best['simulator'][0]:.2f} s wall, {best['simulator'][1]:.2f} s CPU")
+    evals_s = min(evals) * (args.rounds + 1)
+    sim = best["simulator"][0]
+    print(f"where the simulated run's {sim:.2f} s went (last repeat): client updates "
+          f"{train_s:.2f} s, evaluating {args.rounds + 1} times about {evals_s:.2f} s, the rest "
+          f"(sampling, codec, aggregation, ledger, files) about {sim - train_s - evals_s:.2f} s")
     print(f"p1_sim_over_raw_cpu: {best['simulator'][1] / best['bare'][1]:.3f}")
     print(f"p1_sim_over_raw: {best['simulator'][0] / best['bare'][0]:.3f}")
 
