@@ -2,7 +2,9 @@
 
 The masks are the real pipeline's: `configs/quick.toml` (the FedAvg CNN on
 Fashion-MNIST, DAE pretrained on the server's pool), pruned as `dae-ticket-fast` at 80%
-and 90% of the prunable weights removed, and as `dae-ticket` at 80% for reference.
+and 90% of the prunable weights removed, and as `dae-ticket` at 80% and 95% for
+reference (at 95% both with dense kernels and with `auto`, which puts fc1, then at
+about 5% density, on CSR kernels).
 One update is E=1 over 400 training images at B=10 (`LocalTrainer.update`, the code
 every engine runs). Each variant is warmed up, then the variants are timed in turn,
 repeatedly, in one process; the median per variant is divided by the dense median.
@@ -38,19 +40,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(ROOT / "configs" / "quick.toml")
-    variants: dict[str, tuple[str, float]] = {
-        "dense": ("fedavg", 0.8),
-        "dae-ticket s80": ("dae-ticket", 0.8),
-        "dae-ticket-fast s80": ("dae-ticket-fast", 0.8),
-        "dae-ticket-fast s90": ("dae-ticket-fast", 0.9),
+    variants: dict[str, tuple[str, float, str]] = {
+        "dense": ("fedavg", 0.8, "auto"),
+        "dae-ticket s80": ("dae-ticket", 0.8, "auto"),
+        "dae-ticket-fast s80": ("dae-ticket-fast", 0.8, "auto"),
+        "dae-ticket-fast s90": ("dae-ticket-fast", 0.9, "auto"),
+        "dae-ticket s95": ("dae-ticket", 0.95, "dense-masked"),
+        "dae-ticket s95 sparse": ("dae-ticket", 0.95, "auto"),
     }
     trainers: dict[str, LocalTrainer] = {}
     states = {}
     data = None
-    for label, (method, sparsity) in variants.items():
+    for label, (method, sparsity, compute) in variants.items():
         [spec] = [s for s in replace(config, methods=(method,)).specs(
             parse_set([f"prune.sparsity={sparsity}", "federate.batch_size=10",
-                       "federate.local_epochs=1", "data.train_size=4000"]))]
+                       "federate.local_epochs=1", "data.train_size=4000",
+                       f'federate.compute="{compute}"']))]
         splits = load_splits(spec.data, spec.seed)
         stages = pretrain_and_prune(spec, splits, CACHE)
         mask = stages.mask if method != "fedavg" else Mask.full(fresh_model(spec, splits, "x"))

@@ -130,3 +130,35 @@ def test_dense_flops_match_torchs_flop_counter(name, shape):
     bias = sum(2 * (c.forward_flops - 2 * c.forward_macs) for c in costs)  # fwd add + bwd sum
     ours = sum(c.train_flops for c in costs) - bias
     assert counter.get_total_flops() == 3 * ours
+
+
+def test_sparse_kernels_train_the_same_model_as_dense_masked_ones():
+    """A masked MLP (fc1 784->300 at 5% density, over the 65,536-weight floor of auto)."""
+    torch.manual_seed(0)
+    m = build(ModelSpec(name="mlp"), (1, 28, 28), 10)
+    names = prunable_names(m)
+    scores = STRATEGIES["magnitude"](dict(m.named_parameters()), names, torch.Generator())
+    mask = prune_lowest(scores, Mask.full(m), names, 0.95, "layer")
+    state = {k: v * mask.float(k) for k, v in m.state_dict().items()}
+    g = torch.Generator().manual_seed(2)
+    data = Labeled(torch.rand(30, 1, 28, 28, generator=g),
+                   torch.randint(0, 10, (30,), generator=g))
+    spec = FederateSpec(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.01)
+    out = {}
+    for path in ("dense-masked", "sparse", "auto"):
+        torch.manual_seed(1)
+        t = LocalTrainer(build(ModelSpec(name="mlp"), (1, 28, 28), 10), mask,
+                         replace(spec, compute=path), (1, 28, 28))
+        out[path] = (t, t.update(state, data, torch.Generator().manual_seed(0)))
+    assert out["dense-masked"][0].compute == "dense-masked"
+    assert out["sparse"][0].compute == "sparse"
+    assert set(out["sparse"][0].sparse) == {"body.fc1", "body.fc2"}  # every masked linear
+    assert set(out["auto"][0].sparse) == {"body.fc1"}  # fc2 (300x100) is under the floor
+    a = out["dense-masked"][1].state
+    for path in ("sparse", "auto"):
+        b = out[path][1].state
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+            assert bool((b[k][~mask[k]] == 0).all()), k
+    # the trainer's own model is left as it was built: the sparse layers live in a copy
+    assert isinstance(out["sparse"][0].model.body.fc1, torch.nn.Linear)

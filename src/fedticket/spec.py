@@ -30,7 +30,7 @@ OPTIMIZERS = ("adam", "sgd")
 PRUNE_STRATEGIES = ("none", "magnitude", "random")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_STRUCTURES = ("none", "channels")
-COMPUTE_PATHS = ("auto", "dense-masked", "structured")
+COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
 VALUE_ENCODINGS = ("f32", "f16", "q8")
 WEIGHT_INITS = ("pretrained", "rewind", "reinit")
 
@@ -212,9 +212,11 @@ class FederateSpec:
     eval_every: int = 1
     compute: str = "auto"
     """How clients compute: ``dense-masked`` (full-size kernels, masked gradients),
-    ``structured`` (a physically smaller model without the removed units), or
-    ``auto`` (structured when the mask removes whole units, else dense-masked).
-    Both give the same model up to the order of floating-point sums."""
+    ``structured`` (a physically smaller model without the removed units), ``sparse``
+    (structured, and every masked linear layer on CSR kernels), or ``auto``
+    (structured when the mask removes whole units; CSR kernels for linear layers of at
+    least 65,536 weights at density <= 0.1, where they pay). All give the same model
+    up to the order of floating-point sums."""
     targets: tuple[float, ...] = ()
     """Test accuracies declared in advance: every round is evaluated until each has been
     reached, and only then does ``eval_every`` thin the evaluations out, so that the

@@ -6,6 +6,7 @@ every client of a run; the simulator and any other driver call :meth:`update`.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from fedticket.models import Classifier
 from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask
 from fedticket.pruning.masked import GradMask
+from fedticket.pruning.sparse import MAX_DENSITY, MIN_WEIGHTS, SparseLinear
 from fedticket.spec import FederateSpec
 
 
@@ -64,17 +66,52 @@ class LocalTrainer:
             else:
                 if spec.compute == "structured" or not compact.is_identity:
                     self.compact = compact
-        self.compute = "dense-masked" if self.compact is None else "structured"
         self.net: nn.Module = model if self.compact is None else self.compact.net
-        self.grad_mask = GradMask(self.net, mask if self.compact is None else self.compact.mask)
+        net_mask = mask if self.compact is None else self.compact.mask
+        self.sparse: dict[str, SparseLinear] = {}
+        if spec.compute in ("auto", "sparse"):
+            if self.compact is None:  # the layers are replaced: never touch the caller's model
+                self.net = copy.deepcopy(model)
+            self._sparsify(net_mask, every=spec.compute == "sparse")
+            if not self.sparse and self.compact is None:
+                self.net = model
+        paths = ["structured"] if self.compact is not None else []
+        paths += ["sparse"] if self.sparse else []
+        self.compute = "+".join(paths) or "dense-masked"
+        self.grad_mask = GradMask(self.net, net_mask)
+
+    def _sparsify(self, mask: Mask, every: bool) -> None:
+        """Put the linear layers where CSR kernels pay (all masked ones if ``every``)
+        on :class:`~fedticket.pruning.sparse.SparseLinear`."""
+        mods = dict(self.net.named_modules())
+        for name, mod in list(mods.items()):
+            if not isinstance(mod, nn.Linear) or f"{name}.weight" not in mask:
+                continue
+            keep = mask[f"{name}.weight"]
+            density = float(keep.float().mean())
+            pays = density <= MAX_DENSITY and keep.numel() >= MIN_WEIGHTS
+            if density < 1.0 and (every or pays):
+                parent, _, child = name.rpartition(".")
+                layer = SparseLinear(mod, keep)
+                setattr(mods[parent] if parent else self.net, child, layer)
+                self.sparse[name] = layer
 
     def to_net(self, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-        return state if self.compact is None else self.compact.compact(state)
+        """The trained module's state from a full-size one."""
+        out = dict(state) if self.compact is None else self.compact.compact(state)
+        for name, layer in self.sparse.items():
+            out[f"{name}.weight_values"] = out.pop(f"{name}.weight")[layer.keep]
+        return out
 
     def from_net(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.compact is None:
-            return {k: v.detach().clone() for k, v in state.items()}
-        return self.compact.expand(state)
+        """A full-size state (a copy) from the trained module's."""
+        out = {k: v.detach().clone() for k, v in state.items()}
+        for name, layer in self.sparse.items():
+            values = out.pop(f"{name}.weight_values")
+            w = torch.zeros(layer.shape, dtype=values.dtype)
+            w[layer.keep] = values
+            out[f"{name}.weight"] = w
+        return out if self.compact is None else self.compact.expand(out)
 
     def evaluate(self, state: Mapping[str, torch.Tensor], data: Labeled) -> tuple[float, float]:
         """(accuracy, loss) of the full-size ``state`` on ``data``, computed on ``net``."""
