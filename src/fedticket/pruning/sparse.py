@@ -23,7 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+         shape: tuple[int, int]) -> torch.Tensor:
+    """A CSR tensor on a pattern built here (valid by construction: no checks), without
+    torch's one-time "beta" notice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 MAX_DENSITY = 0.1
 MIN_WEIGHTS = 65536  # smaller layers are all fixed cost: dense kernels win
@@ -33,8 +41,7 @@ class _SparseMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, layer: SparseLinear
                 ) -> torch.Tensor:
-        w = torch.sparse_csr_tensor(layer.crow, layer.col, values, layer.shape,
-                                    check_invariants=False)
+        w = _csr(layer.crow, layer.col, values, layer.shape)
         ctx.save_for_backward(x, values)
         ctx.layer = layer
         return (w @ x.t()).t()
@@ -45,9 +52,8 @@ class _SparseMM(torch.autograd.Function):
         layer: SparseLinear = ctx.layer
         grad_x = None
         if ctx.needs_input_grad[0]:
-            wt = torch.sparse_csr_tensor(layer.crow_t, layer.col_t, values[layer.perm_t],
-                                         (layer.shape[1], layer.shape[0]),
-                                         check_invariants=False)
+            wt = _csr(layer.crow_t, layer.col_t, values[layer.perm_t],
+                      (layer.shape[1], layer.shape[0]))
             grad_x = (wt @ grad.t()).t()
         grad_values = (grad[:, layer.rows] * x[:, layer.cols]).sum(dim=0)
         return grad_x, grad_values, None
