@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 
-
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
          shape: tuple[int, int]) -> torch.Tensor:
     """A CSR tensor on a pattern built here (valid by construction: no checks), without
