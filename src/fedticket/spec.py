@@ -296,8 +296,8 @@ class ExperimentSpec:
 
 _MISSING = object()
 
-# A method is a preset over the three fields that distinguish the methods of
-# DESIGN.md; everything else comes from the config.
+# A method is a preset over the few fields that distinguish the methods (README,
+# "Methods"); everything else comes from the config.
 METHODS: dict[str, dict[str, str]] = {
     "fedavg": {"pretrain.kind": "none", "prune.strategy": "none", "weights.init": "pretrained"},
     "fedavg-dae": {"pretrain.kind": "dae", "prune.strategy": "none", "weights.init": "pretrained"},
