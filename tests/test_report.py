@@ -204,7 +204,7 @@ def test_missing_baseline_gives_null_savings(tmp_path: Path) -> None:
 def test_result_is_strict_json(results: Path) -> None:
     result = compare(load_runs(results))
     assert json.loads(json.dumps(result, allow_nan=False)) == result
-    assert set(result) == {"target", "baseline", "methods"}
+    assert set(result) == {"target", "baseline", "oracles", "methods"}
     assert set(result["methods"]["fedavg"]) == {
         "final_accuracy",
         "best_accuracy",
@@ -287,3 +287,19 @@ def test_malformed_metrics_is_an_error(tmp_path: Path) -> None:
     (path / "metrics.jsonl").write_text('{"round": 0, "test_accuracy": 0.1}\n')
     with pytest.raises(FedticketError, match="lacks"):
         load_runs(tmp_path)
+
+
+def test_round_zero_is_not_a_reach_and_the_oracle_is_marked(tmp_path: Path) -> None:
+    # the oracle starts above the target (round 0: 0.9), dips, and is back at round 2
+    write_run(tmp_path, "supervised-ticket", 0, [0.9, 0.5, 0.85])
+    write_run(tmp_path, "fedavg", 0, [0.1, 0.6, 0.82])
+    result = compare(load_runs(tmp_path), target=0.8)
+    oracle = result["methods"]["supervised-ticket"]
+    assert oracle["rounds_to_target"]["mean"] == 2.0  # not 0
+    assert oracle["traffic_bytes_to_target"]["mean"] == 200.0  # 100 B a round
+    # same rounds as fedavg: no saving, where round 0 used to give "100%"
+    assert oracle["rounds_saving_pct"]["mean"] == 0.0
+    assert result["oracles"] == ["supervised-ticket"]
+    text = format_table(result)
+    assert "supervised-ticket (oracle)" in text and "uses the server pool's labels" in text
+    assert "fedavg (oracle)" not in text

@@ -73,9 +73,22 @@ def saving_pct(
     return {"mean": mean, "std": None, "n": n}
 
 
+ORACLES = ("supervised-ticket",)
+"""Methods that use what fedticket's method does without (the server pool's labels)."""
+
+
+def is_oracle(method: str) -> bool:
+    return method.partition("@")[0].partition("+")[0] in ORACLES
+
+
 def first_reaching(run: Run, target: float) -> dict[str, Any] | None:
-    """The first evaluated metrics row with ``test_accuracy >= target``, or None."""
+    """The first evaluated metrics row of a trained round (round >= 1) with
+    ``test_accuracy >= target``, or None. Round 0 is the starting model: a start that is
+    already above the target reached it without any federated training, so it does not
+    count as a reach."""
     for row in run.metrics:
+        if row["round"] < 1:
+            continue
         acc = _finite(row["test_accuracy"])
         if acc is not None and acc >= target:
             return row
@@ -153,8 +166,9 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
     Returns
     -------
     dict
-        ``{"target": float, "baseline": str, "methods": {method: {field: stat}}}``,
-        methods in canonical order; JSON-serialisable (no NaN).
+        ``{"target": float, "baseline": str, "oracles": [method], "methods": {method:
+        {field: stat}}}``, methods in canonical order; JSON-serialisable (no NaN).
+        ``oracles`` names the methods that use labels the method does without.
     """
     target = default_target(runs, baseline) if target is None else float(target)
     if not math.isfinite(target):
@@ -178,4 +192,5 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
                 fields[cost], None if base is None else base[cost], len(groups[method]),
                 base_runs,
             )
-    return {"target": target, "baseline": baseline, "methods": methods}
+    oracles = [m for m in methods if is_oracle(m)]
+    return {"target": target, "baseline": baseline, "oracles": oracles, "methods": methods}

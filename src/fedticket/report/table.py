@@ -47,19 +47,24 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """
     header = ["method", "n", "reached"] + [c[0] for c in COLUMNS]
     rows = []
+    oracles = set(result.get("oracles", ()))
     for method, fields in result["methods"].items():
         n = fields["final_accuracy"]["n"]
-        cells = [method, str(n), f"{fields[REACH_FIELD]['n']}/{n}"]
+        label = f"{method} (oracle)" if method in oracles else method
+        cells = [label, str(n), f"{fields[REACH_FIELD]['n']}/{n}"]
         cells += [format_stat(fields[f], scale, fmt) for _, f, scale, fmt in COLUMNS]
         rows.append(cells)
     return header, rows
 
 
 def _title(result: dict[str, Any]) -> str:
-    return (
-        f"target test accuracy {result['target']:.3f}; "
-        f"savings vs {result['baseline']} (mean±sample std over seeds)"
+    title = (
+        f"target test accuracy {result['target']:.3f}, reached by a trained round (round >= 1);"
+        f" savings vs {result['baseline']} (mean±sample std over seeds)"
     )
+    if result.get("oracles"):
+        title += "; (oracle): uses the server pool's labels, which the method does not have"
+    return title
 
 
 def _fixed_width(title: str, header: list[str], rows: list[list[str]]) -> str:
