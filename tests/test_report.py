@@ -68,7 +68,7 @@ def write_run(
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     """fedavg reaches 0.8 at rounds 4 and 6 (400 and 600 bytes); dae-ticket at 300 and 350
-    bytes; random-mask seed 2 never reaches 0.8; plus folders that must be ignored."""
+    bytes; random-mask-unscaled seed 2 never reaches 0.8; plus folders that must be ignored."""
     write_run(tmp_path, "fedavg", 0, [0.1, 0.3, 0.5, 0.7, 0.8, 0.82, 0.83])
     write_run(tmp_path, "fedavg", 1, [0.1, 0.3, 0.5, 0.6, 0.7, 0.75, 0.81])
     write_run(
@@ -90,7 +90,7 @@ def results(tmp_path: Path) -> Path:
         density=0.2,
     )
     for seed, last in enumerate([0.8, 0.9, 0.7]):
-        write_run(tmp_path, "random-mask", seed, [0.1, 0.5, last], density=0.2)
+        write_run(tmp_path, "random-mask-unscaled", seed, [0.1, 0.5, last], density=0.2)
     # must be ignored: hidden, underscore, unfinished, nested, a plain file
     write_run(tmp_path, "fedavg", 7, [0.99], name=".fedavg_s7_hidden")
     write_run(tmp_path, "fedavg", 8, [0.99], name="_fedavg_s8_tmp")
@@ -105,9 +105,9 @@ def test_load_runs_skips_unfinished_and_hidden(results: Path) -> None:
     assert [(r.method, r.seed) for r in runs] == [
         ("fedavg", 0),
         ("fedavg", 1),
-        ("random-mask", 0),
-        ("random-mask", 1),
-        ("random-mask", 2),
+        ("random-mask-unscaled", 0),
+        ("random-mask-unscaled", 1),
+        ("random-mask-unscaled", 2),
         ("dae-ticket", 0),
         ("dae-ticket", 1),
     ]
@@ -142,7 +142,7 @@ def test_compare_costs_to_target_and_savings(results: Path) -> None:
 
 
 def test_run_that_never_reaches_target_is_null(results: Path) -> None:
-    rm = compare(load_runs(results), target=0.8)["methods"]["random-mask"]
+    rm = compare(load_runs(results), target=0.8)["methods"]["random-mask-unscaled"]
     # seeds 0 and 1 reach 0.8 at round 2 (200 B); seed 2 never does
     assert rm["rounds_to_target"] == {"mean": 2.0, "std": 0.0, "n": 2}
     assert rm["traffic_bytes_to_target"]["n"] == 2
@@ -171,7 +171,7 @@ def test_default_target_is_95_percent_of_baseline_best_rounded_down(tmp_path: Pa
 
 def test_default_target_without_baseline_is_min_best_over_runs(tmp_path: Path) -> None:
     write_run(tmp_path, "dae-ticket", 0, [0.1, 0.8237])
-    write_run(tmp_path, "random-mask", 0, [0.1, 0.61267])
+    write_run(tmp_path, "random-mask-unscaled", 0, [0.1, 0.61267])
     assert default_target(load_runs(tmp_path)) == 0.612
 
 
@@ -181,13 +181,13 @@ def test_default_target_exact_value_is_not_rounded_below(tmp_path: Path) -> None
 
 
 def test_canonical_method_order(tmp_path: Path) -> None:
-    for method in ["zeta", "dae-ticket", "alpha", "fedavg", "random-mask", "fedavg-dae"]:
+    for method in ["zeta", "dae-ticket", "alpha", "fedavg", "random-mask-unscaled", "fedavg-dae"]:
         write_run(tmp_path, method, 0, [0.1, 0.9])
     result = compare(load_runs(tmp_path), target=0.5)
     assert list(result["methods"]) == [
         "fedavg",
         "fedavg-dae",
-        "random-mask",
+        "random-mask-unscaled",
         "dae-ticket",
         "alpha",
         "zeta",
@@ -235,7 +235,7 @@ def test_tables(results: Path) -> None:
     assert "5.0±1.4" in fedavg_row and "0.001±0.000" in fedavg_row  # 500±141 B in MB
     assert "—" in fedavg_row  # no density for fedavg
     assert "35.0" in next(line for line in lines if line.startswith("dae-ticket"))
-    assert "2/3" in next(line for line in lines if line.startswith("random-mask"))
+    assert "2/3" in next(line for line in lines if line.startswith("random-mask-unscaled"))
 
     md = to_markdown(result).splitlines()
     assert md[0] == lines[0]

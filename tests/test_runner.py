@@ -72,7 +72,26 @@ def test_iterative_levels_retrain_and_reach_the_target_density(tmp_path):
 def test_supervised_oracle_and_random_mask(tmp_path):
     _, _, oracle = stages_for("supervised-ticket", tmp_path)
     assert oracle.log["pretrain_kind"] == "supervised"
-    _, _, rnd = stages_for("random-mask", tmp_path)
+    _, _, rnd = stages_for("random-mask-unscaled", tmp_path)
     assert rnd.mask.nnz == oracle.mask.nnz and rnd.mask != oracle.mask
     _, _, dense = stages_for("fedavg", tmp_path)
     assert dense.mask.is_full and "pretrain" not in dense.log
+
+
+def test_random_ticket_matches_the_dae_ticket_layer_by_layer(tmp_path):
+    spec, splits, ticket = stages_for("dae-ticket", tmp_path)
+    rspec, _, rnd = stages_for("random-ticket", tmp_path)
+    assert rnd.log["pretrain"]["cached"]  # the DAE it takes its densities from is shared
+    for name in ticket.prunable:
+        assert int(rnd.mask[name].sum()) == int(ticket.mask[name].sum()), name
+        assert not torch.equal(rnd.mask[name], ticket.mask[name]), name
+    # fresh weights, each kept row scaled by sqrt(fan_in / kept inputs of that row)
+    start = starting_weights(rspec, splits, rnd)
+    fresh = fresh_model(rspec, splits, "reinit").state_dict()
+    name = "body.fc1.weight"
+    kept = rnd.mask[name].sum(dim=1)
+    row = int(kept.argmax())
+    cols = rnd.mask[name][row]
+    expected = fresh[name][row][cols] * (rnd.mask[name].shape[1] / int(kept[row])) ** 0.5
+    torch.testing.assert_close(start[name][row][cols], expected)
+    assert bool((start[name][~rnd.mask[name]] == 0).all())

@@ -40,7 +40,7 @@ def test_run_name_has_method_seed_and_hash():
 
 def test_presets_cover_the_methods():
     assert list(METHODS) == [
-        "fedavg", "fedavg-dae", "random-mask", "magnitude-init",
+        "fedavg", "fedavg-dae", "random-mask-unscaled", "random-ticket", "magnitude-init",
         "dae-ticket", "dae-ticket-rewind", "supervised-ticket", "dae-ticket-fast",
     ]
     s = with_method(ExperimentSpec(), "dae-ticket-fast")
@@ -90,14 +90,14 @@ def test_int_accepted_for_float_field_and_types_checked():
 def test_spec_json_round_trip():
     spec = with_method(
         replace(ExperimentSpec(), seed=4, data=DataSpec(num_clients=7),
-                federate=FederateSpec(rounds=2)), "random-mask")
+                federate=FederateSpec(rounds=2)), "random-mask-unscaled")
     again = spec_from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec and again.hash() == spec.hash()
 
 
 def test_shipped_configs_load():
     quick = load_config(ROOT / "configs" / "quick.toml")
-    assert len(quick.methods) == 8 and quick.methods[-1] == "dae-ticket-fast"
+    assert len(quick.methods) == 9 and quick.methods[-1] == "dae-ticket-fast"
     full = load_config(ROOT / "configs" / "fmnist.toml")
     assert full.base.data.num_clients == 100 and full.base.federate.client_fraction == 0.1
 

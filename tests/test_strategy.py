@@ -126,3 +126,18 @@ class Recorder:
 
     def on_round(self, log):
         self.logs.append(log)
+
+
+def test_stateless_clients_get_the_mask_with_every_download():
+    from dataclasses import replace
+
+    codec, strat, _ = setup()
+    strat.spec = replace(strat.spec, mask_once=False)
+    size = len(codec.encode_mask())
+    for r in (1, 2):
+        ins = strat.configure_round(r)
+        assert [len(i.mask) for i in ins] == [size] * 3
+        log = strat.aggregate_round(r, ins, [reply(codec, i.client, [1, 0, 1, 1], 1)
+                                             for i in ins])
+    # 2 rounds x 3 clients x (12 B of values + the mask)
+    assert log.totals.mask_bytes == 6 * size and log.totals.down_bytes == 6 * (12 + size)

@@ -144,6 +144,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         "engine": engine.name,
         "threads": torch.get_num_threads(),
         "compute": trainer.compute,
+        "mask_once": spec.federate.mask_once,
         "rounds": spec.federate.rounds,
         "final_accuracy": last["test_accuracy"],
         "final_loss": last["test_loss"],

@@ -27,12 +27,12 @@ PRETRAIN_KINDS = ("none", "dae", "supervised")
 NOISES = ("gaussian", "masking", "salt-pepper")
 LOSSES = ("mse", "bce")
 OPTIMIZERS = ("adam", "sgd")
-PRUNE_STRATEGIES = ("none", "magnitude", "random")
+PRUNE_STRATEGIES = ("none", "magnitude", "random", "random-matched")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_STRUCTURES = ("none", "channels")
 COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
 VALUE_ENCODINGS = ("f32", "f16", "q8")
-WEIGHT_INITS = ("pretrained", "rewind", "reinit")
+WEIGHT_INITS = ("pretrained", "rewind", "reinit", "fanin")
 
 
 def _choice(section: str, name: str, value: str, options: tuple[str, ...]) -> None:
@@ -174,6 +174,9 @@ class PruneSpec:
                               f"got {self.flops_fraction}")
         if self.structure != "none" and self.levels != 1:
             raise ConfigError("prune.structure needs prune.levels = 1")
+        if self.strategy == "random-matched" and (self.levels != 1 or self.structure != "none"):
+            raise ConfigError("prune.strategy random-matched needs prune.levels = 1 and "
+                              "prune.structure = none")
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(
                 f"prune.sparsity must be in [0, 1) (the fraction of weights removed), "
@@ -221,6 +224,9 @@ class FederateSpec:
     """Test accuracies declared in advance: every round is evaluated until each has been
     reached, and only then does ``eval_every`` thin the evaluations out, so that the
     first round at or above each target (its cost to target) is exact."""
+    mask_once: bool = True
+    """Send the mask to a client only the first time it is sampled (clients keep state);
+    false: with every download (stateless clients, as cross-device FL often has)."""
     values: str = "f32"
     """How weight values travel (:mod:`fedticket.accounting.wire`): ``f32`` (exact),
     ``f16`` (half precision) or ``q8`` (8-bit codes with a per-tensor scale), both
@@ -301,10 +307,19 @@ _MISSING = object()
 METHODS: dict[str, dict[str, str]] = {
     "fedavg": {"pretrain.kind": "none", "prune.strategy": "none", "weights.init": "pretrained"},
     "fedavg-dae": {"pretrain.kind": "dae", "prune.strategy": "none", "weights.init": "pretrained"},
-    "random-mask": {
+    # a random mask of uniform density over the layers, on the dense model's unscaled
+    # init: the weak control of early papers (kept to compare with them)
+    "random-mask-unscaled": {
         "pretrain.kind": "none",
         "prune.strategy": "random",
         "weights.init": "pretrained",
+    },
+    # the fair random control: a random mask with the DAE ticket's per-layer densities,
+    # fresh weights scaled to the fan-in each unit keeps
+    "random-ticket": {
+        "pretrain.kind": "dae",
+        "prune.strategy": "random-matched",
+        "weights.init": "fanin",
     },
     "magnitude-init": {
         "pretrain.kind": "none",

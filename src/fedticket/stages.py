@@ -22,6 +22,7 @@ from fedticket.io import atomic_write_json, load_states, save_states
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.pretrain.server import ServerTrainer
 from fedticket.pruning import STRATEGIES, Mask, level_fraction, prune_lowest
+from fedticket.pruning.strategies import magnitude_scores, random_like
 from fedticket.pruning.structured import chain, fraction_to_reach, structured_prune
 from fedticket.spec import ExperimentSpec
 
@@ -96,8 +97,13 @@ def pretrain_and_prune(
             losses: list[float] = []
             if level > 1 and trainer is not None:
                 losses = trainer.train(spec.prune.retrain_epochs, mask)
-            scores = STRATEGIES[strategy](dict(model.named_parameters()), names, g)
-            mask = prune_lowest(scores, mask, names, fraction, spec.prune.scope)
+            if strategy == "random-matched":  # the magnitude mask's per-tensor counts, at random
+                ref = prune_lowest(magnitude_scores(dict(model.named_parameters()), names, g),
+                                   mask, names, fraction, spec.prune.scope)
+                mask = random_like(ref, names, g)
+            else:
+                scores = STRATEGIES[strategy](dict(model.named_parameters()), names, g)
+                mask = prune_lowest(scores, mask, names, fraction, spec.prune.scope)
             levels.append({"level": level, "density": mask.density, "retrain_losses": losses})
         if trainer:
             retrain_s, retrain_flops = (trainer.log.wall_s - retrain_s,
@@ -166,8 +172,31 @@ def starting_weights(
         state = stages.trained
     elif spec.weights.init == "rewind":
         state = stages.init
+    elif spec.weights.init == "fanin":
+        state = fanin_scaled(_state(fresh_model(spec, splits, "reinit")), stages.mask,
+                             stages.prunable)
     else:
         state = _state(fresh_model(spec, splits, "reinit"))
     return {k: v * stages.mask.float(k) for k, v in state.items()}
+
+
+def fanin_scaled(state: State, mask: Mask, names: list[str]) -> State:
+    """Fresh weights rescaled so each unit's kept inputs have the spread the init gives a
+    dense unit: row ``j`` of a pruned weight times ``sqrt(fan_in / kept_j)``.
+
+    PyTorch's default init draws ``U(-b, b)`` with ``b`` proportional to
+    ``1 / sqrt(fan_in)``; a unit that keeps ``kept_j`` of its ``fan_in`` inputs then sums
+    ``kept_j / fan_in`` of the variance a dense unit sums. Units that keep nothing stay 0.
+    """
+    out = dict(state)
+    for n in names:
+        w, m = state[n], mask[n]
+        if w.dim() < 2:
+            continue
+        fan_in = w[0].numel()
+        kept = m.reshape(m.shape[0], -1).sum(dim=1).clamp_min(1).to(w.dtype)
+        scale = (fan_in / kept).sqrt().view(-1, *([1] * (w.dim() - 1)))
+        out[n] = w * scale
+    return out
 
 

@@ -237,13 +237,14 @@ class TicketStrategy:
 
     # ------------------------------------------------------------------ hooks
     def configure_round(self, round_: int) -> list[Instruction]:
-        """Sample this round's clients; each gets the global payload and, on its first
-        round only, the mask message."""
+        """Sample this round's clients; each gets the global payload and the mask message:
+        on its first round only (``mask_once``), or every time (stateless clients)."""
         ids = sample_clients(self.num_clients, self.spec.client_fraction, self.rng)
         down = self.codec.encode(self.global_state)
         out = []
         for cid in ids:
-            mask = self.mask_msg if cid not in self.has_mask else b""
+            held = self.spec.mask_once and cid in self.has_mask
+            mask = b"" if held else self.mask_msg
             out.append(Instruction(round_, cid, down, mask, client_seed(self.seed, round_, cid)))
         return out
 

@@ -73,6 +73,19 @@ def prune_lowest(
     return Mask(new)
 
 
+def random_like(reference: Mask, names: list[str], generator: torch.Generator) -> Mask:
+    """A random mask with exactly ``reference``'s number of kept entries in each tensor
+    of ``names`` (the other tensors as in ``reference``)."""
+    new = {n: reference[n].clone() for n in reference}
+    for n in names:
+        k = int(reference[n].sum())
+        order = torch.randperm(reference[n].numel(), generator=generator)
+        flat = torch.zeros(reference[n].numel(), dtype=torch.bool)
+        flat[order[:k]] = True
+        new[n] = flat.view_as(reference[n])
+    return Mask(new)
+
+
 def level_fraction(sparsity: float, levels: int) -> float:
     """Fraction of survivors removed per level so that ``levels`` levels reach ``sparsity``."""
     return 1.0 - (1.0 - sparsity) ** (1.0 / levels)

@@ -29,7 +29,8 @@ METRIC_KEYS = (
 CANONICAL_METHODS = (
     "fedavg",
     "fedavg-dae",
-    "random-mask",
+    "random-mask-unscaled",
+    "random-ticket",
     "magnitude-init",
     "dae-ticket",
     "dae-ticket-rewind",
