@@ -205,15 +205,12 @@ def test_result_is_strict_json(results: Path) -> None:
     result = compare(load_runs(results))
     assert json.loads(json.dumps(result, allow_nan=False)) == result
     assert set(result) == {"target", "baseline", "oracles", "methods"}
-    assert set(result["methods"]["fedavg"]) == {
+    costs = {"rounds_to_target", "traffic_bytes_to_target", "client_flops_to_target",
+             "client_wall_s_to_target", "client_cpu_s_to_target"}
+    assert set(result["methods"]["fedavg"]) == costs | {f"{c}_smoothed" for c in costs} | {
         "final_accuracy",
         "best_accuracy",
         "density",
-        "rounds_to_target",
-        "traffic_bytes_to_target",
-        "client_flops_to_target",
-        "client_wall_s_to_target",
-        "client_cpu_s_to_target",
         "traffic_saving_pct",
         "client_flops_saving_pct",
         "client_wall_s_saving_pct",
@@ -303,3 +300,18 @@ def test_round_zero_is_not_a_reach_and_the_oracle_is_marked(tmp_path: Path) -> N
     text = format_table(result)
     assert "supervised-ticket (oracle)" in text and "uses the server pool's labels" in text
     assert "fedavg (oracle)" not in text
+
+
+def test_smoothed_reach_needs_the_mean_of_three_evaluations_to_stay_above(tmp_path: Path):
+    # rounds 1..6: a lucky spike at round 2, then a real climb
+    write_run(tmp_path, "fedavg", 0, [0.1, 0.5, 0.9, 0.5, 0.8, 0.9, 0.85])
+    fields = compare(load_runs(tmp_path), target=0.8)["methods"]["fedavg"]
+    assert fields["rounds_to_target"]["mean"] == 2.0
+    # trailing means: r1 .5, r2 .7, r3 .633, r4 .733, r5 .733, r6 .85 -> held from round 6
+    assert fields["rounds_to_target_smoothed"]["mean"] == 6.0
+    assert fields["traffic_bytes_to_target_smoothed"]["mean"] == 600.0
+    # a run that ends below the target has no robust reach even if it touched it
+    write_run(tmp_path, "dae-ticket", 0, [0.1, 0.9, 0.9, 0.9, 0.2, 0.2, 0.2])
+    fields = compare(load_runs(tmp_path), target=0.8)["methods"]["dae-ticket"]
+    assert fields["rounds_to_target"]["mean"] == 1.0
+    assert fields["rounds_to_target_smoothed"]["n"] == 0

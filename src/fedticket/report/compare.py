@@ -95,9 +95,31 @@ def first_reaching(run: Run, target: float) -> dict[str, Any] | None:
     return None
 
 
-def costs_to_target(run: Run, target: float) -> dict[str, float | None]:
-    """Each ``*_to_target`` cost of one run; all None if it never reaches ``target``."""
-    row = first_reaching(run, target)
+SMOOTH_K = 3
+
+
+def first_staying(run: Run, target: float, k: int = SMOOTH_K) -> dict[str, Any] | None:
+    """The robust reach: the first evaluated trained round from which the mean of the
+    last ``k`` evaluations (trained rounds only; fewer at the start) stays at or above
+    ``target`` until the end of the run; None when it never does. Under non-IID data a
+    single lucky round can pass a target the model does not hold."""
+    rows = [r for r in run.metrics if r["round"] >= 1 and _finite(r["test_accuracy"]) is not None]
+    means = []
+    for i in range(len(rows)):
+        window = rows[max(0, i - k + 1) : i + 1]
+        means.append(sum(float(r["test_accuracy"]) for r in window) / len(window))
+    found = None
+    for row, mean in zip(reversed(rows), reversed(means), strict=True):
+        if mean < target:
+            break
+        found = row
+    return found
+
+
+def costs_to_target(run: Run, target: float, smooth: bool = False) -> dict[str, float | None]:
+    """Each ``*_to_target`` cost of one run; all None if it never reaches ``target``.
+    With ``smooth`` the reach is :func:`first_staying`'s, else :func:`first_reaching`'s."""
+    row = first_staying(run, target) if smooth else first_reaching(run, target)
     return {
         name: None if row is None or any(k not in row for k in keys)
         else float(sum(row[k] for k in keys))
@@ -140,10 +162,13 @@ def default_target(runs: list[Run], baseline: str = "fedavg") -> float:
 def compare(runs: list[Run], target: float | None = None, baseline: str = "fedavg") -> dict:
     """Per-method mean, std and count over seeds of accuracy and cost to ``target``.
 
-    For each run the first evaluated round with ``test_accuracy >= target`` gives
-    ``rounds_to_target`` (that round), ``traffic_bytes_to_target`` (cumulative down +
-    up bytes), ``client_flops_to_target`` and ``client_wall_s_to_target``; a run that
-    never reaches the target contributes null. ``n`` counts the non-null values; mean
+    For each run the first evaluated trained round (round >= 1) with ``test_accuracy >=
+    target`` gives ``rounds_to_target`` (that round), ``traffic_bytes_to_target``
+    (cumulative down + up bytes), ``client_flops_to_target``, ``client_cpu_s_to_target``
+    and ``client_wall_s_to_target``; a run that never reaches the target contributes
+    null. The same fields with ``_smoothed`` use the robust reach of
+    :func:`first_staying` instead (the mean of the last 3 evaluations stays at or
+    above the target from that round to the end). ``n`` counts the non-null values; mean
     and sample std (ddof=1, 0.0 when n == 1) are over those, and null when n == 0.
     ``density`` comes from the mask reports.
 
@@ -181,6 +206,9 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
             for key in ("final_accuracy", "best_accuracy")
         }
         fields |= {name: aggregate([c[name] for c in costs]) for name in COST_FIELDS}
+        smoothed = [costs_to_target(r, target, smooth=True) for r in group]
+        fields |= {f"{name}_smoothed": aggregate([c[name] for c in smoothed])
+                   for name in COST_FIELDS}
         fields["density"] = aggregate([_finite(r.density) for r in group])
         methods[method] = fields
     base = methods.get(baseline)

@@ -17,6 +17,7 @@ COLUMNS: tuple[tuple[str, str, float, str], ...] = (
     ("final acc", "final_accuracy", 1.0, ".3f"),
     ("best acc", "best_accuracy", 1.0, ".3f"),
     ("rounds→target", "rounds_to_target", 1.0, ".1f"),
+    ("rounds→held", "rounds_to_target_smoothed", 1.0, ".1f"),
     ("traffic MB→target", "traffic_bytes_to_target", 1e-6, ".3f"),
     ("GFLOPs→target", "client_flops_to_target", 1e-9, ".3f"),
     ("CPU s→target", "client_cpu_s_to_target", 1.0, ".2f"),
