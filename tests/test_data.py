@@ -406,3 +406,19 @@ def test_load_splits_dirichlet_is_flwr_on_the_client_labels(tagged_npz: Path) ->
     theirs = flwr_dirichlet(client_ids % 10, 8, 0.3, 5, 11)
     for c, b in zip(s.clients, theirs, strict=True):
         assert ids_of(c.x).tolist() == client_ids[b].tolist()
+
+
+def test_a_pool_file_that_is_the_clients_data_under_another_path_does_not_overlap(
+    tagged_npz: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "copy-of-tagged.npz"
+    shutil.copy(tagged_npz, copy)
+    spec = DataSpec(dataset="npz", path=str(tagged_npz), pool_dataset="npz",
+                    pool_path=str(copy), pool_size=200, num_clients=4)
+    splits = load_splits(spec, 0)
+    pool = set(ids_of(splits.pool.x).tolist())
+    clients = set(np.concatenate([ids_of(c.x) for c in splits.clients]).tolist())
+    assert len(pool) == 200 and not pool & clients
+    assert len(pool) + len(clients) == 600  # all of the training set, each image once

@@ -95,3 +95,11 @@ def test_random_ticket_matches_the_dae_ticket_layer_by_layer(tmp_path):
     expected = fresh[name][row][cols] * (rnd.mask[name].shape[1] / int(kept[row])) ** 0.5
     torch.testing.assert_close(start[name][row][cols], expected)
     assert bool((start[name][~rnd.mask[name]] == 0).all())
+
+
+def test_iterative_masks_do_not_depend_on_whether_pretraining_was_cached(tmp_path):
+    fresh = stages_for("dae-ticket", tmp_path / "a", levels=2, retrain_epochs=1)[2]
+    stages_for("fedavg-dae", tmp_path / "b")  # fills the pretraining cache only
+    cached = stages_for("dae-ticket", tmp_path / "b", levels=2, retrain_epochs=1)[2]
+    assert cached.log["pretrain"]["cached"] and not fresh.log["pretrain"]["cached"]
+    assert cached.mask == fresh.mask

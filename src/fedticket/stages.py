@@ -87,6 +87,10 @@ def pretrain_and_prune(
         fraction = level_fraction(spec.prune.sparsity, spec.prune.levels)
         levels = []
         structure: dict | None = None
+        if trainer is not None:
+            # retraining between levels draws from its own stream: the pretraining stream
+            # is where it is only when pretraining ran here, not when it came from the cache
+            trainer.g = torch.Generator().manual_seed(derived_seed(spec.seed, "retrain"))
         if spec.prune.structure == "channels":
             mask, structure = structured_prune(
                 dict(model.named_parameters()), mask, chain(model, splits.input_shape),

@@ -154,6 +154,11 @@ def _external_pool(spec: DataSpec) -> bool:
     return spec.pool_dataset != spec.dataset or spec.pool_path not in ("", spec.path)
 
 
+def _same_images(a: Source, b: Source) -> bool:
+    """Whether two sources hold the same training images (e.g. one file under two paths)."""
+    return a.x_train.shape == b.x_train.shape and bool(np.array_equal(a.x_train, b.x_train))
+
+
 def _labeled(src: Source, indices: np.ndarray, test: bool = False) -> Labeled:
     x, y = (src.x_test, src.y_test) if test else (src.x_train, src.y_train)
     return Labeled(to_tensor(x[indices]), torch.from_numpy(y[indices]))
@@ -185,14 +190,15 @@ def load_splits(spec: DataSpec, seed: int, *, oracle_labels: bool = False) -> Sp
         raise DataError(f"the seed must be >= 0, got {seed}; use a non-negative seed")
     src = load_source(spec.dataset, spec.path)
     order = np.random.default_rng(seed).permutation(len(src.y_train))
-    if _external_pool(spec):
-        pool_src = load_source(spec.pool_dataset, spec.pool_path)
+    pool_src = load_source(spec.pool_dataset, spec.pool_path) if _external_pool(spec) else src
+    if pool_src is not src and _same_images(pool_src, src):
+        pool_src = src  # the same data under another name: carve a disjoint pool from it
+    if pool_src is not src:
         n = len(pool_src.y_train)
         pool_rng = np.random.default_rng([seed, _POOL_STREAM])
         pool_idx = pool_rng.permutation(n)[: _pool_count(spec, n, pool_src.name)]
         client_idx = _client_indices(order, 0, spec.train_size, src.name)
     else:
-        pool_src = src
         pool_idx = order[: _pool_count(spec, len(order), src.name)]
         client_idx = _client_indices(order, len(pool_idx), spec.train_size, src.name)
 
