@@ -66,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch threads in the ServerApp and ClientApps (default: torch's own; "
                         "a node's --node-config threads=N wins)")
 
+    st = sub.add_parser("study", help="run the reproduction study's grid (resumable), "
+                                      "summarise it and print its tables and verdict")
+    st.add_argument("study", help="study TOML file (configs/study.toml)")
+    st.add_argument("--out", default="runs", help="results directory (default: runs/)")
+    st.add_argument("--quick", action="store_true", help="the study file's small [quick] grid")
+    st.add_argument("--jobs", type=int, default=1, help="processes, the cores split between "
+                                                       "them (default: 1)")
+    st.add_argument("--summary", help="where to write the JSON summary (default: "
+                                      "OUT/STUDY/summary.json)")
+    st.add_argument("--quiet", action="store_true", help="print no progress")
+
     c = sub.add_parser("compare", help="compare the finished runs in a results directory")
     c.add_argument("dir", help="results directory written by `fedticket run`")
     c.add_argument("--target", type=float,
@@ -161,6 +172,22 @@ def _flower_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from fedticket.study import load_study, render, run_study, summarize, write_summary
+
+    if args.jobs < 1:
+        raise FedticketError(f"--jobs must be >= 1, got {args.jobs}")
+    study = load_study(args.study, quick=args.quick)
+    out = Path(args.out)
+    folders = run_study(study, out, args.jobs, None if args.quiet else sys.stderr)
+    summary = summarize(study, folders)
+    path = Path(args.summary) if args.summary else out / study.name / "summary.json"
+    write_summary(summary, path)
+    print(render(summary))
+    print(f"summary: {path}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from fedticket.report import (
         compare,
@@ -202,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             return _deploy(args)
         if args.command == "flower-app":
             return _flower_app(args)
+        if args.command == "study":
+            return _study(args)
         return _compare(args)
     except FedticketError as e:
         print(f"fedticket: error: {e}", file=sys.stderr)

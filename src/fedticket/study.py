@@ -1,0 +1,277 @@
+"""The reproduction study: one experiment config run under several client partitions,
+summarised into small JSON files and rendered into tables and a verdict.
+
+A study file (``configs/study.toml``) names the base experiment, the partitions
+(``iid``, ``dirichlet-ALPHA``, ``shards-K``), the seeds and the targets; ``[quick]`` holds
+overrides for a small smoke-test grid. :func:`run_study` runs every cell (finished run
+folders are skipped, so an interrupted study resumes where it stopped);
+:func:`summarize` keeps what the tables need; :func:`render` turns a summary into
+markdown. The tables in ``docs/REPRODUCTION.md`` are :func:`render`'s output on the
+committed summaries in ``docs/results/``, and a test checks that they still are.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedticket.errors import ConfigError
+from fedticket.io import git_commit, versions
+from fedticket.report.compare import compare
+from fedticket.report.runs import load_runs
+from fedticket.spec import ExperimentSpec, load_config, parse_set
+
+COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    config: Path
+    partitions: tuple[str, ...]
+    seeds: tuple[int, ...]
+    targets: tuple[float, ...]
+    overrides: tuple[str, ...] = ()
+
+
+def partition_settings(name: str) -> list[str]:
+    """``--set`` items of a partition name: ``iid``, ``dirichlet-0.5``, ``shards-2``."""
+    kind, _, arg = name.partition("-")
+    try:
+        if kind == "iid" and not arg:
+            return ['data.partition="iid"']
+        if kind == "dirichlet":
+            return ['data.partition="dirichlet"', f"data.dirichlet_alpha={float(arg)}"]
+        if kind == "shards":
+            return ['data.partition="shards"', f"data.shards_per_client={int(arg)}"]
+    except ValueError:
+        pass
+    raise ConfigError(f"unknown partition {name!r}; use iid, dirichlet-ALPHA or shards-K")
+
+
+def load_study(path: str | Path, quick: bool = False) -> Study:
+    """Read a study file; with ``quick``, apply its ``[quick]`` section."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"study file not found: {p}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p} is not a valid TOML study file: {e}") from None
+    unknown = set(raw) - {"study", "quick"}
+    if unknown or "study" not in raw:
+        raise ConfigError(f"{p} needs a [study] section (and optionally [quick]); "
+                          f"unknown: {sorted(unknown)}")
+    base, q = raw["study"], raw.get("quick", {})
+    for section, allowed, d in (("study", {"config", "partitions", "seeds", "targets"}, base),
+                                ("quick", {"partitions", "seeds", "targets", "set"}, q)):
+        extra = set(d) - allowed
+        if extra:
+            raise ConfigError(f"unknown keys in [{section}] of {p}: {sorted(extra)}")
+    merged = base | (q if quick else {})
+    try:
+        targets = tuple(float(t) for t in merged["targets"])
+        study = Study(
+            name=p.stem + ("-quick" if quick else ""),
+            config=p.parent / str(merged["config"]),
+            partitions=tuple(str(x) for x in merged["partitions"]),
+            seeds=tuple(int(s) for s in merged["seeds"]),
+            targets=targets,
+            overrides=tuple(str(x) for x in (q.get("set", []) if quick else [])),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{p}: [study] needs config, partitions, seeds and targets ({e})"
+                          ) from None
+    for t in study.targets:
+        if not 0 < t <= 1:
+            raise ConfigError(f"{p}: targets are accuracies in (0, 1], got {t}")
+    for name in study.partitions:
+        partition_settings(name)
+    return study
+
+
+def cells(study: Study) -> dict[str, list[ExperimentSpec]]:
+    """The specs of every partition, in order."""
+    config = replace(load_config(study.config), seeds=study.seeds)
+    targets = "[" + ", ".join(str(t) for t in study.targets) + "]"
+    out = {}
+    for name in study.partitions:
+        items = [*partition_settings(name), *study.overrides, f"federate.targets={targets}"]
+        out[name] = config.specs(parse_set(items))
+    return out
+
+
+def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sys.stderr
+              ) -> dict[str, Path]:
+    """Run every cell (finished ones are skipped); return the folder of each partition."""
+    from fedticket.runner import run_parallel
+
+    folders = {}
+    grid = cells(study)
+    total = sum(len(s) for s in grid.values())
+    done = 0
+    for name, specs in grid.items():
+        folder = out / study.name / name
+        if stream:
+            print(f"study {study.name}: partition {name} ({done}/{total} runs done before it)",
+                  file=stream, flush=True)
+        run_parallel(specs, folder, jobs, stream)
+        done += len(specs)
+        folders[name] = folder
+    return folders
+
+
+def summarize(study: Study, folders: dict[str, Path]) -> dict[str, Any]:
+    """What the tables need: per partition and target, ``compare``'s result against
+    ``fedavg``, plus the provenance of the runs."""
+    parts: dict[str, Any] = {}
+    for name, folder in folders.items():
+        runs = load_runs(folder)
+        parts[name] = {f"{t:.2f}": compare(runs, target=t, baseline="fedavg")
+                       for t in study.targets}
+    return {
+        "study": study.name,
+        "config": study.config.name,
+        "partitions": list(study.partitions),
+        "seeds": list(study.seeds),
+        "targets": list(study.targets),
+        "overrides": list(study.overrides),
+        "git": git_commit(),
+        "versions": versions(),
+        "results": parts,
+    }
+
+
+def _mean(stat: dict[str, Any] | None) -> float | None:
+    return None if stat is None else stat.get("mean")
+
+
+def _scaled(stat: dict[str, Any] | None, scale: float) -> float | None:
+    m = _mean(stat)
+    return None if m is None else m * scale
+
+
+def _fmt(x: float | None, fmt: str) -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _saving(fields: dict, base: dict, key: str) -> float | None:
+    m, b = _mean(fields.get(key)), _mean(base.get(key))
+    n, bn = fields["final_accuracy"]["n"], base["final_accuracy"]["n"]
+    if m is None or b is None or b == 0 or fields[key]["n"] < n or base[key]["n"] < bn:
+        return None
+    return 100 * (1 - m / b)
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """Question 1 for one partition and target: does ``dae-ticket`` reach the target with
+    at least 35% less traffic and 35% less client compute (FLOPs and CPU time) than
+    ``fedavg`` and than ``fedavg-dae``? Every seed must reach it."""
+    methods = result["methods"]
+    ticket = methods.get("dae-ticket")
+    answer: dict[str, Any] = {}
+    for base_name in ("fedavg", "fedavg-dae"):
+        base = methods.get(base_name)
+        if ticket is None or base is None:
+            answer[base_name] = None
+            continue
+        savings = {k: _saving(ticket, base, k) for k in COSTS}
+        ok = all(v is not None and v >= 35.0 for v in savings.values())
+        answer[base_name] = {"yes": ok, "savings_pct": savings}
+    return answer
+
+
+def best_variant(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Question 2: among fedticket's own methods within 0.5 points of ``fedavg``'s final
+    accuracy, the one with the largest traffic ratio to target, and how far its traffic
+    and client-time ratios are from 25x and 3x."""
+    methods = result["methods"]
+    base = methods.get("fedavg")
+    if base is None:
+        return None
+    ours = ("dae-ticket", "dae-ticket-fast", "dae-ticket-rewind")
+    best: dict[str, Any] | None = None
+    for name in ours:
+        f = methods.get(name)
+        if f is None:
+            continue
+        acc, bacc = _mean(f["final_accuracy"]), _mean(base["final_accuracy"])
+        t, bt = _mean(f["traffic_bytes_to_target"]), _mean(base["traffic_bytes_to_target"])
+        c, bc = _mean(f["client_cpu_s_to_target"]), _mean(base["client_cpu_s_to_target"])
+        if None in (acc, bacc, t, bt, c, bc) or not t or not c:
+            continue
+        assert acc is not None and bacc is not None and t and bt and c and bc
+        if bacc - acc > 0.005:
+            continue
+        row = {"method": name, "accuracy_gap": bacc - acc, "traffic_x": bt / t,
+               "cpu_x": bc / c}
+        if best is None or bt / t > best["traffic_x"]:
+            best = row
+    return best
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The markdown tables and verdict of one study summary (deterministic)."""
+    lines = [f"Study `{summary['study']}` ({summary['config']}; seeds {summary['seeds']}; "
+             f"overrides {summary['overrides'] or 'none'}), commit "
+             f"`{summary['git'].get('commit', '?')[:10]}`"
+             f"{' (with local changes)' if summary['git'].get('dirty') else ''}.", ""]
+    for part in summary["partitions"]:
+        for target, result in summary["results"][part].items():
+            lines += [f"### {part}, target {target}", "",
+                      "| method | reached | final acc | rounds→target | rounds→held | "
+                      "traffic MB | GFLOPs | CPU s | traffic save % | GFLOPs save % | "
+                      "CPU save % |",
+                      "| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
+            base = result["methods"].get("fedavg")
+            oracles = set(result.get("oracles", ()))
+            for name, f in result["methods"].items():
+                n = f["final_accuracy"]["n"]
+                label = f"{name} (oracle)" if name in oracles else name
+                save = [_saving(f, base, k) if base else None for k in COSTS]
+                lines.append(
+                    f"| {label} | {f['rounds_to_target']['n']}/{n} | "
+                    f"{_fmt(_mean(f['final_accuracy']), '.3f')} | "
+                    f"{_fmt(_mean(f['rounds_to_target']), '.1f')} | "
+                    f"{_fmt(_mean(f['rounds_to_target_smoothed']), '.1f')} | "
+                    f"{_fmt(_scaled(f['traffic_bytes_to_target'], 1e-6), '.1f')} | "
+                    f"{_fmt(_scaled(f['client_flops_to_target'], 1e-9), '.0f')} | "
+                    f"{_fmt(_mean(f['client_cpu_s_to_target']), '.1f')} | "
+                    + " | ".join(_fmt(v, ".1f") for v in save) + " |")
+            v = verdict(result)
+            lines.append("")
+            for base_name, ans in v.items():
+                if ans is None:
+                    lines.append(f"- Q1 vs `{base_name}`: no runs to compare.")
+                    continue
+                s = ans["savings_pct"]
+                lines.append(
+                    f"- Q1 vs `{base_name}`: **{'yes' if ans['yes'] else 'no'}** "
+                    f"(dae-ticket saves traffic {_fmt(s[COSTS[0]], '.1f')}%, FLOPs "
+                    f"{_fmt(s[COSTS[1]], '.1f')}%, CPU time {_fmt(s[COSTS[2]], '.1f')}%; "
+                    "35% of each needed, every seed reaching the target).")
+            b = best_variant(result)
+            if b is None:
+                lines.append("- Q2: no fedticket variant ends within 0.5 points of fedavg "
+                             "and reaches the target.")
+            else:
+                lines.append(
+                    f"- Q2: best within 0.5 points of fedavg: `{b['method']}`, "
+                    f"{b['traffic_x']:.1f}x less traffic (25x asked) and {b['cpu_x']:.1f}x less "
+                    f"client CPU time (3x asked) to the target.")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    from fedticket.io import atomic_write_json
+
+    atomic_write_json(path, summary)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
