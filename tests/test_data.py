@@ -422,3 +422,25 @@ def test_a_pool_file_that_is_the_clients_data_under_another_path_does_not_overla
     clients = set(np.concatenate([ids_of(c.x) for c in splits.clients]).tolist())
     assert len(pool) == 200 and not pool & clients
     assert len(pool) + len(clients) == 600  # all of the training set, each image once
+
+
+def test_the_pool_does_not_depend_on_how_the_clients_are_split(tagged_npz: Path) -> None:
+    """What the server stages' cache key leaves out (spec.CLIENT_SPLIT_FIELDS) must not
+    change the pool."""
+    from dataclasses import replace
+
+    from fedticket.spec import CLIENT_SPLIT_FIELDS, ExperimentSpec
+
+    base = DataSpec(dataset="npz", path=str(tagged_npz), pool_size=100, num_clients=4)
+    pool = ids_of(load_splits(base, 3).pool.x)
+    variants = [replace(base, partition="dirichlet", dirichlet_alpha=0.3, num_clients=5),
+                replace(base, train_size=200, test_size=50, partition="shards",
+                        shards_per_client=3, min_client_size=2)]
+    for v in variants:
+        assert (ids_of(load_splits(v, 3).pool.x) == pool).all()
+        a, b = ExperimentSpec(data=base, seed=3), ExperimentSpec(data=v, seed=3)
+        assert a.stage_hash("data", "pretrain") == b.stage_hash("data", "pretrain")
+    assert {f for v in variants for f in CLIENT_SPLIT_FIELDS
+            if getattr(v, f) != getattr(base, f)} == set(CLIENT_SPLIT_FIELDS)
+    other = ExperimentSpec(data=replace(base, pool_size=99), seed=3)
+    assert other.stage_hash("data") != ExperimentSpec(data=base, seed=3).stage_hash("data")

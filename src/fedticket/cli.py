@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                                                        "them (default: 1)")
     st.add_argument("--summary", help="where to write the JSON summary (default: "
                                       "OUT/STUDY/summary.json)")
+    st.add_argument("--partition", action="append", default=[],
+                    help="run only this partition (repeatable); the summary covers every "
+                         "partition with finished runs")
     st.add_argument("--quiet", action="store_true", help="print no progress")
 
     c = sub.add_parser("compare", help="compare the finished runs in a results directory")
@@ -179,8 +182,9 @@ def _study(args: argparse.Namespace) -> int:
         raise FedticketError(f"--jobs must be >= 1, got {args.jobs}")
     study = load_study(args.study, quick=args.quick)
     out = Path(args.out)
-    folders = run_study(study, out, args.jobs, None if args.quiet else sys.stderr)
-    summary = summarize(study, folders)
+    folder = run_study(study, out, args.jobs, None if args.quiet else sys.stderr,
+                       tuple(args.partition))
+    summary = summarize(study, folder)
     path = Path(args.summary) if args.summary else out / study.name / "summary.json"
     write_summary(summary, path)
     print(render(summary))

@@ -32,6 +32,9 @@ PRUNE_SCOPES = ("global", "layer")
 PRUNE_STRUCTURES = ("none", "channels")
 COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
 VALUE_ENCODINGS = ("f32", "f16", "q8")
+# data fields that shape only the clients' part (and the test set), never the pool
+CLIENT_SPLIT_FIELDS = ("train_size", "test_size", "num_clients", "partition",
+                       "dirichlet_alpha", "shards_per_client", "min_client_size")
 WEIGHT_INITS = ("pretrained", "rewind", "reinit", "fanin")
 
 
@@ -292,8 +295,14 @@ class ExperimentSpec:
         return f"{self.method}_s{self.seed}_{self.hash()}"
 
     def stage_hash(self, *sections: str) -> str:
-        """Hash of the given sections plus the seed: the key of a cached stage."""
+        """Hash of the given sections plus the seed: the key of a cached stage.
+
+        Of ``data`` only the fields that decide the server's pool count: the server
+        stages never see the clients' split, so runs that differ only in it (another
+        partition, client count or training size) share their pretraining and mask.
+        """
         d = self.to_dict()
+        d["data"] = {k: v for k, v in d["data"].items() if k not in CLIENT_SPLIT_FIELDS}
         blob = json.dumps(
             {"seed": self.seed, **{s: d[s] for s in sections}}, sort_keys=True
         )

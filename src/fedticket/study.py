@@ -105,38 +105,53 @@ def cells(study: Study) -> dict[str, list[ExperimentSpec]]:
     return out
 
 
-def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sys.stderr
-              ) -> dict[str, Path]:
-    """Run every cell (finished ones are skipped); return the folder of each partition."""
+def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sys.stderr,
+              partitions: tuple[str, ...] = ()) -> Path:
+    """Run every cell (finished ones are skipped) into one folder, ``OUT/STUDY``, so the
+    partitions share the server stages' cache (pretraining once per seed)."""
     from fedticket.runner import run_parallel
 
-    folders = {}
     grid = cells(study)
-    total = sum(len(s) for s in grid.values())
-    done = 0
-    for name, specs in grid.items():
-        folder = out / study.name / name
-        if stream:
-            print(f"study {study.name}: partition {name} ({done}/{total} runs done before it)",
-                  file=stream, flush=True)
-        run_parallel(specs, folder, jobs, stream)
-        done += len(specs)
-        folders[name] = folder
-    return folders
+    unknown = set(partitions) - set(grid)
+    if unknown:
+        raise ConfigError(f"the study has no partition {sorted(unknown)}; it has "
+                          f"{', '.join(grid)}")
+    specs = [s for name, group in grid.items() if not partitions or name in partitions
+             for s in group]
+    folder = out / study.name
+    if stream:
+        print(f"study {study.name}: {len(specs)} runs in {folder}", file=stream, flush=True)
+    run_parallel(specs, folder, jobs, stream)
+    return folder
 
 
-def summarize(study: Study, folders: dict[str, Path]) -> dict[str, Any]:
+def partition_of(spec: dict[str, Any]) -> str:
+    """The partition name (``iid``, ``dirichlet-0.5``, ...) of a run's ``spec.json`` spec."""
+    data = spec.get("data", {})
+    kind = data.get("partition", "iid")
+    if kind == "dirichlet":
+        return f"dirichlet-{float(data.get('dirichlet_alpha', 0.5)):g}"
+    if kind == "shards":
+        return f"shards-{int(data.get('shards_per_client', 2))}"
+    return "iid"
+
+
+def summarize(study: Study, folder: Path) -> dict[str, Any]:
     """What the tables need: per partition and target, ``compare``'s result against
-    ``fedavg``, plus the provenance of the runs."""
+    ``fedavg`` over the partition's finished runs, plus the provenance of the runs."""
+    runs = load_runs(folder)
     parts: dict[str, Any] = {}
-    for name, folder in folders.items():
-        runs = load_runs(folder)
-        parts[name] = {f"{t:.2f}": compare(runs, target=t, baseline="fedavg")
+    for name in study.partitions:
+        mine = [r for r in runs if partition_of(r.spec.get("spec", {})) == name
+                and r.seed in study.seeds]
+        if not mine:
+            continue
+        parts[name] = {f"{t:.2f}": compare(mine, target=t, baseline="fedavg")
                        for t in study.targets}
     return {
         "study": study.name,
         "config": study.config.name,
-        "partitions": list(study.partitions),
+        "partitions": list(parts),
         "seeds": list(study.seeds),
         "targets": list(study.targets),
         "overrides": list(study.overrides),
