@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--partition", action="append", default=[],
                     help="run only this partition (repeatable); the summary covers every "
                          "partition with finished runs")
+    st.add_argument("--doc", help="also put the rendered tables into this markdown file, "
+                                  "between <!-- BEGIN/END SUMMARY-NAME --> markers")
     st.add_argument("--quiet", action="store_true", help="print no progress")
 
     c = sub.add_parser("compare", help="compare the finished runs in a results directory")
@@ -176,7 +178,14 @@ def _flower_app(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from fedticket.study import load_study, render, run_study, summarize, write_summary
+    from fedticket.study import (
+        load_study,
+        render,
+        run_study,
+        summarize,
+        update_doc,
+        write_summary,
+    )
 
     if args.jobs < 1:
         raise FedticketError(f"--jobs must be >= 1, got {args.jobs}")
@@ -187,6 +196,8 @@ def _study(args: argparse.Namespace) -> int:
     summary = summarize(study, folder)
     path = Path(args.summary) if args.summary else out / study.name / "summary.json"
     write_summary(summary, path)
+    if args.doc:
+        update_doc(Path(args.doc), path)
     print(render(summary))
     print(f"summary: {path}")
     return 0

@@ -21,8 +21,9 @@ from typing import Any, TextIO
 
 from fedticket.errors import ConfigError
 from fedticket.io import git_commit, versions
+from fedticket.paths import is_finished
 from fedticket.report.compare import compare
-from fedticket.report.runs import load_runs
+from fedticket.report.runs import load_run
 from fedticket.spec import ExperimentSpec, load_config, parse_set
 
 COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
@@ -139,7 +140,8 @@ def partition_of(spec: dict[str, Any]) -> str:
 def summarize(study: Study, folder: Path) -> dict[str, Any]:
     """What the tables need: per partition and target, ``compare``'s result against
     ``fedavg`` over the partition's finished runs, plus the provenance of the runs."""
-    runs = load_runs(folder)
+    runs = [load_run(p) for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.name.startswith((".", "_")) and is_finished(p)]
     parts: dict[str, Any] = {}
     for name in study.partitions:
         mine = [r for r in runs if partition_of(r.spec.get("spec", {})) == name
@@ -156,6 +158,9 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
         "targets": list(study.targets),
         "overrides": list(study.overrides),
         "git": git_commit(),
+        "run_commits": sorted({str((r.spec.get("git") or {}).get("commit", "?"))[:10]
+                               + ("+dirty" if (r.spec.get("git") or {}).get("dirty") else "")
+                               for r in runs}),
         "versions": versions(),
         "results": parts,
     }
@@ -231,9 +236,10 @@ def best_variant(result: dict[str, Any]) -> dict[str, Any] | None:
 
 def render(summary: dict[str, Any]) -> str:
     """The markdown tables and verdict of one study summary (deterministic)."""
+    commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
     lines = [f"Study `{summary['study']}` ({summary['config']}; seeds {summary['seeds']}; "
-             f"overrides {summary['overrides'] or 'none'}), commit "
-             f"`{summary['git'].get('commit', '?')[:10]}`"
+             f"overrides {summary['overrides'] or 'none'}). Runs made at commit {commits}; "
+             f"summarised at `{summary['git'].get('commit', '?')[:10]}`"
              f"{' (with local changes)' if summary['git'].get('dirty') else ''}.", ""]
     for part in summary["partitions"]:
         for target, result in summary["results"][part].items():
@@ -280,6 +286,22 @@ def render(summary: dict[str, Any]) -> str:
                     f"client CPU time (3x asked) to the target.")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def update_doc(doc: Path, summary_path: Path) -> None:
+    """Put :func:`render` of the summary at ``summary_path`` into ``doc`` between the
+    markers ``<!-- BEGIN NAME -->`` and ``<!-- END NAME -->`` (appended if missing)."""
+    from fedticket.io import atomic_write_bytes
+
+    name = summary_path.name
+    begin, end = f"<!-- BEGIN {name} -->\n", f"<!-- END {name} -->"
+    block = begin + render(read_summary(summary_path)) + end
+    text = doc.read_text() if doc.exists() else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_bytes(doc, text.encode())
 
 
 def write_summary(summary: dict[str, Any], path: Path) -> None:
