@@ -126,6 +126,17 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
     return folder
 
 
+KEPT_FIELDS = ("final_accuracy", "best_accuracy", "rounds_to_target",
+               "rounds_to_target_smoothed", *COSTS, "client_wall_s_to_target")
+
+
+def _slim(result: dict[str, Any]) -> dict[str, Any]:
+    """A compare result with only the fields the study's tables use (savings are
+    recomputed from the means when rendering)."""
+    return result | {"methods": {m: {k: f[k] for k in KEPT_FIELDS}
+                                 for m, f in result["methods"].items()}}
+
+
 def partition_of(spec: dict[str, Any]) -> str:
     """The partition name (``iid``, ``dirichlet-0.5``, ...) of a run's ``spec.json`` spec."""
     data = spec.get("data", {})
@@ -148,7 +159,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
                 and r.seed in study.seeds]
         if not mine:
             continue
-        parts[name] = {f"{t:.2f}": compare(mine, target=t, baseline="fedavg")
+        parts[name] = {f"{t:.2f}": _slim(compare(mine, target=t, baseline="fedavg"))
                        for t in study.targets}
     return {
         "study": study.name,
