@@ -53,10 +53,12 @@ def test_bad_payloads_are_failures_and_the_rest_is_averaged():
     good = reply(codec, 0, [4, 0, 4, 4], 2)
     short = Reply(1, b"\x00" * 5, 1, 0.1, 1, 0.1, 0.1)
     stranger = Reply(7, good.payload, 1, 0.1, 1, 0.1, 0.1)
-    log = strat.aggregate_round(1, ins, [good, short, stranger])
+    again = reply(codec, 0, [100, 0, 100, 100], 50)  # client 0 once more
+    log = strat.aggregate_round(1, ins, [good, short, stranger, again])
     assert strat.global_state["w"].tolist() == [4.0, 0.0, 4.0, 4.0]
-    reasons = {f.client: f.reason for f in log.failures}
-    assert set(reasons) == {1, 7} and "expected 12" in reasons[1]
+    reasons = [(f.client, f.reason) for f in log.failures]
+    assert [c for c, _ in reasons] == [1, 7, 0] and "expected 12" in reasons[0][1]
+    assert reasons[2][1] == "a second reply"
 
 
 def test_too_few_replies_stop_the_run():

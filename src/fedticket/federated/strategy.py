@@ -260,10 +260,13 @@ class TicketStrategy:
         sent = {i.client: i for i in instructions}
         failed = list(failures)
         usable: list[tuple[Reply, State]] = []
+        seen: set[int] = set()
         for rep in replies:
-            if rep.client not in sent:
-                failed.append(Failure(round_, rep.client, "reply from a client not sampled"))
+            if rep.client not in sent or rep.client in seen:
+                why = "a second reply" if rep.client in seen else "reply from a client not sampled"
+                failed.append(Failure(round_, rep.client, why))
                 continue
+            seen.add(rep.client)
             try:
                 usable.append((rep, self.codec.decode(rep.payload)))
             except FedticketError as e:
