@@ -8,6 +8,7 @@ from fedticket.errors import FedticketError
 from fedticket.federated import Failure, Reply, TicketStrategy, fedavg
 from fedticket.pruning import Mask
 from fedticket.spec import FederateSpec
+from test_federated import Recorder
 
 
 def setup(fraction=1.0, min_replies=1):
@@ -121,13 +122,6 @@ def test_sparse_evaluation_scores_every_round_until_the_declared_targets_are_rea
                  for t in targets if t <= max(accs)}
         assert first == {t: {0.5: 2, 0.85: 5}[t] for t in first}  # exact first rounds
 
-
-class Recorder:
-    def __init__(self):
-        self.logs = []
-
-    def on_round(self, log):
-        self.logs.append(log)
 
 
 def test_stateless_clients_get_the_mask_with_every_download():
