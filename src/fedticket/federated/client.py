@@ -105,7 +105,9 @@ class LocalTrainer:
 
     def from_net(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A full-size state (a copy) from the trained module's."""
-        out = {k: v.detach().clone() for k, v in state.items()}
+        # expand() copies into new full-size tensors; without it, copy here
+        out = ({k: v.detach().clone() for k, v in state.items()} if self.compact is None
+               else dict(state))
         for name, layer in self.sparse.items():
             values = out.pop(f"{name}.weight_values")
             w = torch.zeros(layer.shape, dtype=values.dtype)
