@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -185,9 +185,11 @@ def run_parallel(
 ) -> list[Path]:
     """Run ``specs`` in ``jobs`` processes with ``cores // jobs`` torch threads each.
 
-    Runs that share a stage cache (same seed, data, model and pretraining) go to the
-    same process, in order, so that the server pretrains once; results are the same as
-    :func:`run_many`'s at that thread count.
+    Runs that share a server stage (same seed, data, model and pretraining) wait for
+    the first of them, which builds the stage cache; after that every run is its own
+    task, handed to whichever process is free, so no process idles while another works
+    through a long queue. Results are the same as :func:`run_many`'s at that thread
+    count (the cache holds exactly what a run would compute).
     """
     if jobs <= 1:
         return run_many(specs, out, stream)
@@ -197,16 +199,21 @@ def run_parallel(
         groups.setdefault(f"{s.seed}-{s.stage_hash('data', 'model', 'pretrain')}", []).append(s)
     threads = max(1, cores() // jobs)
     if stream:
-        print(f"{len(specs)} runs in {len(groups)} groups on {jobs} processes, "
+        print(f"{len(specs)} runs ({len(groups)} server stages) on {jobs} processes, "
               f"{threads} torch thread(s) each", file=stream, flush=True)
     ctx = multiprocessing.get_context("spawn")
+    done: dict[ExperimentSpec, Path] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(_job, g, out, stream is not None, threads)
-                   for g in groups.values()]
-        done = {}
-        for g, f in zip(groups.values(), futures, strict=True):
-            for spec, folder in zip(g, f.result(), strict=True):
-                done[spec] = folder
+        heads = {pool.submit(_job, [g[0]], out, stream is not None, threads): g
+                 for g in groups.values()}
+        rest: dict = {}
+        for f in as_completed(heads):
+            g = heads[f]
+            done[g[0]] = f.result()[0]
+            rest.update({pool.submit(_job, [s], out, stream is not None, threads): s
+                         for s in g[1:]})
+        for f in as_completed(rest):
+            done[rest[f]] = f.result()[0]
     return [done[s] for s in specs]
 
 

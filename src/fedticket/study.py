@@ -13,7 +13,9 @@ committed summaries in ``docs/results/``, and a test checks that they still are.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -122,8 +124,43 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
     folder = out / study.name
     if stream:
         print(f"study {study.name}: {len(specs)} runs in {folder}", file=stream, flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    before = _finished(folder)
+    started, start = time.time(), time.perf_counter()
     run_parallel(specs, folder, jobs, stream)
+    record = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "partitions": sorted(partitions) or list(grid),
+        "runs": len(specs),
+        "ran": len(_finished(folder) - before),
+        "jobs": jobs,
+        "cores": os.cpu_count(),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "git": git_commit(),
+    }
+    with open(folder / TIMING, "a") as fh:  # one line per invocation, appended
+        fh.write(json.dumps(record) + "\n")
+    if stream:
+        print(f"study {study.name}: {record['ran']} of {len(specs)} runs made in "
+              f"{record['wall_s'] / 60:.1f} min", file=stream, flush=True)
     return folder
+
+
+TIMING = "_timing.jsonl"
+
+
+def _finished(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()
+            if p.is_dir() and not p.name.startswith((".", "_")) and is_finished(p)}
+
+
+def timings(folder: Path) -> list[dict[str, Any]]:
+    """The study's invocations that made runs (``_timing.jsonl``), oldest first."""
+    path = folder / TIMING
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("ran")]
 
 
 KEPT_FIELDS = ("final_accuracy", "best_accuracy", "rounds_to_target",
@@ -173,6 +210,8 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
                                + ("+dirty" if (r.spec.get("git") or {}).get("dirty") else "")
                                for r in runs}),
         "versions": versions(),
+        "timings": [{k: r[k] for k in ("started", "partitions", "runs", "ran", "jobs",
+                                         "cores", "wall_s")} for r in timings(folder)],
         "results": parts,
     }
 
@@ -252,6 +291,10 @@ def render(summary: dict[str, Any]) -> str:
              f"overrides {summary['overrides'] or 'none'}). Runs made at commit {commits}; "
              f"summarised at `{summary['git'].get('commit', '?')[:10]}`"
              f"{' (with local changes)' if summary['git'].get('dirty') else ''}.", ""]
+    for t in summary.get("timings", []):
+        lines.insert(-1, f"Grid time: {t['ran']} of {t['runs']} runs "
+                         f"({', '.join(t['partitions'])}) in {t['wall_s'] / 60:.1f} min with "
+                         f"`--jobs {t['jobs']}` on {t['cores']} cores (started {t['started']}).")
     for part in summary["partitions"]:
         for target, result in summary["results"][part].items():
             lines += [f"### {part}, target {target}", "",

@@ -19,7 +19,7 @@ from torch import nn
 from fedticket.accounting.flops import layer_costs, train_flops_per_sample
 from fedticket.data import Labeled
 from fedticket.errors import ConfigError, DivergenceError
-from fedticket.models import Classifier
+from fedticket.models import Classifier, fast_layout
 from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask
 from fedticket.pruning.masked import GradMask
@@ -78,6 +78,9 @@ class LocalTrainer:
         paths = ["structured"] if self.compact is not None else []
         paths += ["sparse"] if self.sparse else []
         self.compute = "+".join(paths) or "dense-masked"
+        if self.net is model:  # never change the layout of the caller's model
+            self.net = copy.deepcopy(model)
+        fast_layout(self.net)
         self.grad_mask = GradMask(self.net, net_mask)
 
     def _sparsify(self, mask: Mask, every: bool) -> None:
@@ -106,8 +109,8 @@ class LocalTrainer:
     def from_net(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A full-size state (a copy) from the trained module's."""
         # expand() copies into new full-size tensors; without it, copy here
-        out = ({k: v.detach().clone() for k, v in state.items()} if self.compact is None
-               else dict(state))
+        out = ({k: v.detach().clone(memory_format=torch.contiguous_format)
+                for k, v in state.items()} if self.compact is None else dict(state))
         for name, layer in self.sparse.items():
             values = out.pop(f"{name}.weight_values")
             w = torch.zeros(layer.shape, dtype=values.dtype)

@@ -18,7 +18,7 @@ from torch import nn
 
 from fedticket.accounting.flops import layer_costs, train_flops_per_sample
 from fedticket.errors import DivergenceError
-from fedticket.models import Classifier
+from fedticket.models import Classifier, fast_layout, plain_layout
 from fedticket.pretrain.noise import NOISES
 from fedticket.pruning.mask import Mask
 from fedticket.pruning.masked import GradMask, apply_mask
@@ -117,9 +117,24 @@ class ServerTrainer:
         grad_mask = GradMask(self.model, mask)
         per_sample = train_flops_per_sample(layer_costs(self.net, tuple(self.x.shape[1:]), mask))
         n, bs = len(self.x), self.spec.batch_size
-        losses = []
+        losses: list[float] = []
         self.net.train()
         start = time.perf_counter()
+        fast_layout(self.net)  # the optimizer's state follows the parameters' layout
+        try:
+            self._epochs(epochs, opt, grad_mask, n, bs, losses)
+        finally:
+            plain_layout(self.net)
+        self.log.wall_s += time.perf_counter() - start
+        self.log.flops += per_sample * n * epochs
+        self.log.samples += n * epochs
+        self.log.epoch_losses.extend(losses)
+        return losses
+
+    def _epochs(
+        self, epochs: int, opt: torch.optim.Optimizer, grad_mask: GradMask, n: int, bs: int,
+        losses: list[float],
+    ) -> None:
         for _ in range(epochs):
             perm = torch.randperm(n, generator=self.g)
             total = torch.zeros(())
@@ -141,8 +156,3 @@ class ServerTrainer:
             losses.append(mean)
             if self.on_epoch is not None:
                 self.on_epoch(len(self.log.epoch_losses) + len(losses), mean)
-        self.log.wall_s += time.perf_counter() - start
-        self.log.flops += per_sample * n * epochs
-        self.log.samples += n * epochs
-        self.log.epoch_losses.extend(losses)
-        return losses

@@ -101,7 +101,7 @@ class Compact:
         for name, t in state.items():
             rows, cols = self.index.get(name, (None, None))
             if rows is None and cols is None:
-                out[name] = t.detach().clone()
+                out[name] = t.detach().clone(memory_format=torch.contiguous_format)
                 continue
             full = torch.zeros(self.shapes[name], dtype=t.dtype)
             r = rows if rows is not None else torch.arange(self.shapes[name][0])
