@@ -6,12 +6,14 @@ import pytest
 
 from fedticket.errors import ConfigError
 from fedticket.study import (
+    BASE,
     best_variant,
     cells,
     load_study,
     partition_settings,
     read_summary,
     render,
+    variant_cells,
     verdict,
 )
 
@@ -98,3 +100,77 @@ def test_the_committed_reproduction_tables_are_render_of_the_committed_summaries
         assert begin in doc and end in doc, path.name
         block = doc[doc.index(begin) + len(begin): doc.index(end)]
         assert block == render(read_summary(path)), path.name
+
+
+# sweep: (variants, how many of them are a main-grid setting)
+SWEEPS = {"sparsity": (4, 1), "noise": (5, 1), "init": (3, 2), "pool": (4, 1), "stateless": (2, 1)}
+
+
+@pytest.mark.parametrize("name, counts", SWEEPS.items())
+def test_each_sweep_reuses_the_main_grid_cell_it_shares(name, counts):
+    n_variants, n_shared = counts
+    """A sweep's variant that equals the base experiment names the same run folders as
+    the main grid (so they are not run twice), and fedavg runs once per partition."""
+    main = {s.run_name() for specs in cells(load_study(ROOT / "configs" / "study.toml")).values()
+            for s in specs}
+    sweep = load_study(ROOT / "configs" / "sweeps" / f"{name}.toml")
+    assert sweep.folder_name == "study" and len(sweep.variants) == n_variants
+    grid = variant_cells(sweep)
+    assert list(grid) == ["iid", "dirichlet-0.5"]
+    for by_variant in grid.values():
+        assert [s.method for s in by_variant[BASE]] == ["fedavg", "fedavg"]
+        assert list(by_variant) == [BASE, *(v[0] for v in sweep.variants)]
+        shared = [v for v, specs in by_variant.items()
+                  if v != BASE and {s.run_name() for s in specs} <= main]
+        assert len(shared) == n_shared, shared  # run once, in the main grid
+        assert all(s.seed in (0, 1) for specs in by_variant.values() for s in specs)
+
+
+def test_sweep_variants_change_what_they_name():
+    grid = variant_cells(load_study(ROOT / "configs" / "sweeps" / "sparsity.toml"))["iid"]
+    assert {s.prune.sparsity for s in grid["95%"]} == {0.95}
+    assert {s.method for s in grid["50%"]} == {"dae-ticket", "random-ticket", "dae-ticket-fast"}
+    init = variant_cells(load_study(ROOT / "configs" / "sweeps" / "init.toml"))["iid"]
+    assert {s.method for s in init["rewind"]} == {"dae-ticket-rewind"}
+    assert {s.weights.init for s in init["reinit"]} == {"reinit"}
+    pool = variant_cells(load_study(ROOT / "configs" / "sweeps" / "pool.toml"))["iid"]
+    assert {(s.data.pool_dataset, s.data.pool_size) for s in pool["digits 1438"]} == {
+        ("digits", 1438)}
+
+
+@pytest.mark.parametrize("variants, message", [
+    ('v = "prune.sparsity=0.5"\n', "must be a list"),
+    ('v = { set = ["prune.sparsity=0.5"], seeds = [1] }\n', "must be a list"),
+    ('v = { methods = ["dae-tiket"] }\n', "unknown methods"),
+    ('v = ["prune.sparsity=nope"]\n', "prune.sparsity"),
+])
+def test_bad_sweep_variants(tmp_path, variants, message):
+    (tmp_path / "base.toml").write_text('methods = ["dae-ticket"]\n')
+    p = tmp_path / "s.toml"
+    p.write_text("[study]\nconfig='base.toml'\npartitions=['iid']\nseeds=[0]\ntargets=[0.5]\n"
+                 "[variants]\n" + variants)
+    with pytest.raises(ConfigError, match=message):
+        load_study(p)
+
+
+def test_a_sweep_table_has_the_baseline_once_and_savings_against_it():
+    stats = fields(0.80, 100.0, 100.0, 10.0)
+    ticket = fields(0.79, 25.0, 50.0, 8.0)
+    summary = {
+        "study": "s", "config": "base.toml", "methods": ["dae-ticket"], "seeds": [0, 1],
+        "targets": [0.8], "run_commits": ["abc"], "partitions": ["iid"],
+        "variants": {"a": {"set": ["prune.sparsity=0.5"], "methods": ["dae-ticket"]},
+                     "b": {"set": [], "methods": ["dae-ticket-rewind"]}},
+        "results": {"iid": {
+            "a": {"0.80": {"methods": {"fedavg": stats, "dae-ticket": ticket}}},
+            "b": {"0.80": {"methods": {"fedavg": stats, "dae-ticket-rewind": ticket}}}}},
+    }
+    for f in (stats, ticket):
+        f["best_accuracy"] = f["final_accuracy"]
+    text = render(summary)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and ":--" not in line]
+    assert len(rows) == 4  # header, fedavg once, one row per variant
+    assert rows[1].startswith("| base | fedavg | 3/3 | 0.800±0.000 | ")
+    # traffic 25 vs 100 B -> 75.0% saved; CPU 8 vs 10 s -> 20.0%
+    assert rows[2].startswith("| a | dae-ticket |") and rows[2].endswith("| 75.0 | 20.0 |")
+    assert "**b** the base settings (dae-ticket-rewind)" in text

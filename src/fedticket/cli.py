@@ -194,7 +194,9 @@ def _study(args: argparse.Namespace) -> int:
     folder = run_study(study, out, args.jobs, None if args.quiet else sys.stderr,
                        tuple(args.partition))
     summary = summarize(study, folder)
-    path = Path(args.summary) if args.summary else out / study.name / "summary.json"
+    default = ("summary.json" if study.folder_name == study.name
+               else f"{study.name}.summary.json")
+    path = Path(args.summary) if args.summary else out / study.folder_name / default
     write_summary(summary, path)
     if args.doc:
         update_doc(Path(args.doc), path)

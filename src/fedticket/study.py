@@ -26,7 +26,7 @@ from fedticket.io import git_commit, versions
 from fedticket.paths import is_finished
 from fedticket.report.compare import compare
 from fedticket.report.runs import load_run
-from fedticket.spec import ExperimentSpec, load_config, parse_set
+from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set
 
 COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
 
@@ -39,6 +39,19 @@ class Study:
     seeds: tuple[int, ...]
     targets: tuple[float, ...]
     overrides: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    """A subset of the base config's methods (empty: all of them)."""
+    variants: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()
+    """A sweep: (name, ``--set`` items, methods) per variant; each runs for its own
+    methods or, when it names none, the study's. ``fedavg`` (the baseline) runs once per
+    partition with none of the settings."""
+    runs: str = ""
+    """The run folder's name under OUT (default: the study's name). Sweeps share the
+    main grid's, so its finished cells and server stages are reused."""
+
+    @property
+    def folder_name(self) -> str:
+        return self.runs or self.name
 
 
 def partition_settings(name: str) -> list[str]:
@@ -65,12 +78,13 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
         raise ConfigError(f"study file not found: {p}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p} is not a valid TOML study file: {e}") from None
-    unknown = set(raw) - {"study", "quick"}
+    unknown = set(raw) - {"study", "quick", "variants"}
     if unknown or "study" not in raw:
-        raise ConfigError(f"{p} needs a [study] section (and optionally [quick]); "
-                          f"unknown: {sorted(unknown)}")
+        raise ConfigError(f"{p} needs a [study] section (and optionally [quick], "
+                          f"[variants]); unknown: {sorted(unknown)}")
     base, q = raw["study"], raw.get("quick", {})
-    for section, allowed, d in (("study", {"config", "partitions", "seeds", "targets"}, base),
+    keys = {"config", "partitions", "seeds", "targets", "methods", "runs"}
+    for section, allowed, d in (("study", keys, base),
                                 ("quick", {"partitions", "seeds", "targets", "set"}, q)):
         extra = set(d) - allowed
         if extra:
@@ -85,6 +99,9 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
             seeds=tuple(int(s) for s in merged["seeds"]),
             targets=targets,
             overrides=tuple(str(x) for x in (q.get("set", []) if quick else [])),
+            methods=tuple(str(m) for m in merged.get("methods", [])),
+            variants=tuple(_variant(p, str(k), v) for k, v in raw.get("variants", {}).items()),
+            runs=str(merged.get("runs", "")) + ("-quick" if quick and "runs" in merged else ""),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{p}: [study] needs config, partitions, seeds and targets ({e})"
@@ -94,17 +111,56 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
             raise ConfigError(f"{p}: targets are accuracies in (0, 1], got {t}")
     for name in study.partitions:
         partition_settings(name)
+    cells(study)  # unknown methods and bad settings fail here, before any run
     return study
 
 
+def _variant(p: Path, name: str, value: Any) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """``NAME = ["--set item", ...]`` or ``NAME = {set = [...], methods = [...]}``."""
+    if isinstance(value, list):
+        value = {"set": value}
+    if not isinstance(value, dict) or set(value) - {"set", "methods"} or not all(
+            isinstance(x, list) and all(isinstance(i, str) for i in x) for x in value.values()):
+        raise ConfigError(f"{p}: variant {name!r} must be a list of --set items or a table "
+                          "with lists `set` and `methods`")
+    items = tuple(value.get("set", []))
+    parse_set(list(items))
+    return name, items, tuple(value.get("methods", []))
+
+
 def cells(study: Study) -> dict[str, list[ExperimentSpec]]:
-    """The specs of every partition, in order."""
+    """The specs of every partition, in order (every variant's, for a sweep)."""
+    return {part: [spec for group in by_variant.values() for spec in group]
+            for part, by_variant in variant_cells(study).items()}
+
+
+BASE = "base"
+"""The variant name of a sweep's baseline runs (the base config, no variant settings)."""
+
+
+def variant_cells(study: Study) -> dict[str, dict[str, list[ExperimentSpec]]]:
+    """partition -> variant -> specs. A plain study has one variant, ``base``; a sweep
+    has ``base`` (its fedavg baseline) and then its named variants."""
     config = replace(load_config(study.config), seeds=study.seeds)
+    unknown = [m for m in (*study.methods, *(m for v in study.variants for m in v[2]))
+               if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown methods {unknown} in the study; choose from "
+                          f"{', '.join(METHODS)}")
+    if study.methods:
+        config = replace(config, methods=study.methods)
     targets = "[" + ", ".join(str(t) for t in study.targets) + "]"
-    out = {}
+    out: dict[str, dict[str, list[ExperimentSpec]]] = {}
     for name in study.partitions:
         items = [*partition_settings(name), *study.overrides, f"federate.targets={targets}"]
-        out[name] = config.specs(parse_set(items))
+        if not study.variants:
+            out[name] = {BASE: config.specs(parse_set(items))}
+            continue
+        baseline = replace(config, methods=("fedavg",))
+        out[name] = {BASE: baseline.specs(parse_set(items))}
+        for variant, settings, methods in study.variants:
+            mine = replace(config, methods=methods) if methods else config
+            out[name][variant] = mine.specs(parse_set([*items, *settings]))
     return out
 
 
@@ -121,7 +177,7 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
                           f"{', '.join(grid)}")
     specs = [s for name, group in grid.items() if not partitions or name in partitions
              for s in group]
-    folder = out / study.name
+    folder = out / study.folder_name
     if stream:
         print(f"study {study.name}: {len(specs)} runs in {folder}", file=stream, flush=True)
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,6 +185,7 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
     started, start = time.time(), time.perf_counter()
     run_parallel(specs, folder, jobs, stream)
     record = {
+        "study": study.name,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "partitions": sorted(partitions) or list(grid),
         "runs": len(specs),
@@ -154,13 +211,13 @@ def _finished(folder: Path) -> set[str]:
             if p.is_dir() and not p.name.startswith((".", "_")) and is_finished(p)}
 
 
-def timings(folder: Path) -> list[dict[str, Any]]:
-    """The study's invocations that made runs (``_timing.jsonl``), oldest first."""
+def timings(folder: Path, study: str) -> list[dict[str, Any]]:
+    """The invocations of ``study`` that made runs (``_timing.jsonl``), oldest first."""
     path = folder / TIMING
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("ran")]
+    return [r for r in rows if r.get("ran") and r.get("study", study) == study]
 
 
 KEPT_FIELDS = ("final_accuracy", "best_accuracy", "rounds_to_target",
@@ -174,31 +231,31 @@ def _slim(result: dict[str, Any]) -> dict[str, Any]:
                                  for m, f in result["methods"].items()}}
 
 
-def partition_of(spec: dict[str, Any]) -> str:
-    """The partition name (``iid``, ``dirichlet-0.5``, ...) of a run's ``spec.json`` spec."""
-    data = spec.get("data", {})
-    kind = data.get("partition", "iid")
-    if kind == "dirichlet":
-        return f"dirichlet-{float(data.get('dirichlet_alpha', 0.5)):g}"
-    if kind == "shards":
-        return f"shards-{int(data.get('shards_per_client', 2))}"
-    return "iid"
-
-
 def summarize(study: Study, folder: Path) -> dict[str, Any]:
-    """What the tables need: per partition and target, ``compare``'s result against
-    ``fedavg`` over the partition's finished runs, plus the provenance of the runs."""
-    runs = [load_run(p) for p in sorted(folder.iterdir())
-            if p.is_dir() and not p.name.startswith((".", "_")) and is_finished(p)]
+    """What the tables need: per partition (and variant, for a sweep) and target,
+    ``compare``'s result against ``fedavg`` over the grid's finished runs, plus the
+    provenance of the runs. Runs are found by the names the grid's specs give them, so
+    other studies' runs in a shared folder never enter."""
+    grid = variant_cells(study)
     parts: dict[str, Any] = {}
-    for name in study.partitions:
-        mine = [r for r in runs if partition_of(r.spec.get("spec", {})) == name
-                and r.seed in study.seeds]
-        if not mine:
+    used = []
+    for name, by_variant in grid.items():
+        runs = {v: [load_run(folder / s.run_name()) for s in specs
+                    if is_finished(folder / s.run_name())]
+                for v, specs in by_variant.items()}
+        if not any(runs.values()):
             continue
-        parts[name] = {f"{t:.2f}": _slim(compare(mine, target=t, baseline="fedavg"))
-                       for t in study.targets}
-    return {
+        for group in runs.values():
+            used += group
+        if not study.variants:
+            parts[name] = {f"{t:.2f}": _slim(compare(runs[BASE], target=t, baseline="fedavg"))
+                           for t in study.targets}
+            continue
+        parts[name] = {v: {f"{t:.2f}": _slim(compare(runs[BASE] + runs[v], target=t,
+                                                     baseline="fedavg"))
+                           for t in study.targets}
+                       for v, _, _ in study.variants if runs[v]}
+    summary = {
         "study": study.name,
         "config": study.config.name,
         "partitions": list(parts),
@@ -208,12 +265,18 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
         "git": git_commit(),
         "run_commits": sorted({str((r.spec.get("git") or {}).get("commit", "?"))[:10]
                                + ("+dirty" if (r.spec.get("git") or {}).get("dirty") else "")
-                               for r in runs}),
+                               for r in used}),
         "versions": versions(),
         "timings": [{k: r[k] for k in ("started", "partitions", "runs", "ran", "jobs",
-                                         "cores", "wall_s")} for r in timings(folder)],
+                                         "cores", "wall_s")}
+                    for r in timings(folder, study.name)],
         "results": parts,
     }
+    if study.variants:
+        summary["methods"] = list(study.methods)
+        summary["variants"] = {v: {"set": list(items), "methods": list(m or study.methods)}
+                               for v, items, m in study.variants}
+    return summary
 
 
 def _mean(stat: dict[str, Any] | None) -> float | None:
@@ -284,8 +347,67 @@ def best_variant(result: dict[str, Any]) -> dict[str, Any] | None:
     return best
 
 
+def _pm(stat: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
+    """``mean±std`` (or just the mean of a single value; — when there is none)."""
+    if not stat or stat.get("mean") is None:
+        return "—"
+    if stat.get("n", 0) > 1 and stat.get("std") is not None:
+        return f"{stat['mean'] * scale:{fmt}}±{stat['std'] * scale:{fmt}}"
+    return f"{stat['mean'] * scale:{fmt}}"
+
+
+def render_sweep(summary: dict[str, Any]) -> str:
+    """The markdown tables of one sweep summary: per partition and target, one row per
+    (variant, method), the fedavg baseline first; savings are against it."""
+    commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
+    def describe(v: dict[str, list[str]]) -> str:
+        text = f"`{' '.join(v['set'])}`" if v["set"] else "the base settings"
+        if v["methods"] != summary["methods"]:
+            text += f" ({', '.join(v['methods'])})"
+        return text
+
+    lines = [f"Sweep `{summary['study']}` ({summary['config']}; methods "
+             f"{', '.join(summary['methods'])}; seeds {summary['seeds']}). Variants: "
+             + "; ".join(f"**{name}** {describe(v)}" for name, v in
+                         summary["variants"].items())
+             + f". Runs made at commit {commits}.", ""]
+    for t in summary.get("timings", []):
+        lines.insert(-1, f"Sweep time: {t['ran']} of {t['runs']} runs in "
+                         f"{t['wall_s'] / 60:.1f} min with `--jobs {t['jobs']}` on "
+                         f"{t['cores']} cores (started {t['started']}).")
+    for part in summary["partitions"]:
+        for target in (f"{t:.2f}" for t in summary["targets"]):
+            lines += [f"#### {part}, target {target}", "",
+                      "| variant | method | reached | final acc | best acc | rounds→target | "
+                      "traffic MB | CPU s | traffic save % | CPU save % |",
+                      "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: |"]
+            first = True
+            for variant, by_target in summary["results"][part].items():
+                result = by_target[target]
+                base = result["methods"].get("fedavg")
+                for name, f in result["methods"].items():
+                    if name == "fedavg" and not first:
+                        continue
+                    n = f["final_accuracy"]["n"]
+                    save = [_saving(f, base, k) if base and name != "fedavg" else None
+                            for k in (COSTS[0], COSTS[2])]
+                    lines.append(
+                        f"| {BASE if name == 'fedavg' else variant} | {name} | "
+                        f"{f['rounds_to_target']['n']}/{n} | "
+                        f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
+                        f"{_pm(f['rounds_to_target'], '.1f')} | "
+                        f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
+                        f"{_pm(f['client_cpu_s_to_target'], '.0f')} | "
+                        + " | ".join(_fmt(v, ".1f") for v in save) + " |")
+                first = False
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def render(summary: dict[str, Any]) -> str:
     """The markdown tables and verdict of one study summary (deterministic)."""
+    if "variants" in summary:
+        return render_sweep(summary)
     commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
     lines = [f"Study `{summary['study']}` ({summary['config']}; seeds {summary['seeds']}; "
              f"overrides {summary['overrides'] or 'none'}). Runs made at commit {commits}; "
