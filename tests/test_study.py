@@ -11,6 +11,7 @@ from fedticket.study import (
     cells,
     load_study,
     partition_settings,
+    plot_summary,
     read_summary,
     render,
     variant_cells,
@@ -174,3 +175,24 @@ def test_a_sweep_table_has_the_baseline_once_and_savings_against_it():
     # traffic 25 vs 100 B -> 75.0% saved; CPU 8 vs 10 s -> 20.0%
     assert rows[2].startswith("| a | dae-ticket |") and rows[2].endswith("| 75.0 | 20.0 |")
     assert "**b** the base settings (dae-ticket-rewind)" in text
+
+
+def test_sweep_and_grid_figures_are_drawn_from_a_summary(tmp_path):
+    stats = {"final_accuracy": stat(0.8), "best_accuracy": stat(0.81),
+             "traffic_bytes_to_target": stat(4e8)}
+    ticket = {"final_accuracy": stat(0.79), "best_accuracy": stat(0.8),
+              "traffic_bytes_to_target": stat(2e7)}
+    sweep = {"study": "sw", "seeds": [0, 1], "targets": [0.7], "partitions": ["iid"],
+             "variants": {"a": {}, "b": {}},
+             "results": {"iid": {v: {"0.70": {"methods": {"fedavg": stats, "dae-ticket": ticket}}}
+                                 for v in ("a", "b")}}}
+    [path] = plot_summary(sweep, tmp_path)
+    assert path.name == "sw.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    c = {"round": [0, 1], "traffic_mb": [0, 10.0], "client_gflops": [0, 5.0],
+         "client_wall_s": [0, 2.0], "acc": [0.1, 0.5], "acc_min": [0.1, 0.4],
+         "acc_max": [0.1, 0.6], "seeds": [2]}
+    grid = {"study": "g", "targets": [0.7], "curves": {"iid": {"fedavg": c}}}
+    paths = plot_summary(grid, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(
+        f"g-iid-accuracy_vs_{k}.png" for k in ("round", "traffic_mb", "client_gflops",
+                                               "client_wall_s"))

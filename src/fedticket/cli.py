@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                                                        "them (default: 1)")
     st.add_argument("--summary", help="where to write the JSON summary (default: "
                                       "OUT/STUDY/summary.json)")
+    st.add_argument("--plots", help="also draw the study's figures into this folder")
     st.add_argument("--partition", action="append", default=[],
                     help="run only this partition (repeatable); the summary covers every "
                          "partition with finished runs")
@@ -180,6 +181,7 @@ def _flower_app(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from fedticket.study import (
         load_study,
+        plot_summary,
         render,
         run_study,
         summarize,
@@ -200,6 +202,9 @@ def _study(args: argparse.Namespace) -> int:
     write_summary(summary, path)
     if args.doc:
         update_doc(Path(args.doc), path)
+    if args.plots:
+        for p in plot_summary(summary, Path(args.plots)):
+            print(f"figure: {p}", file=sys.stderr)
     print(render(summary))
     print(f"summary: {path}")
     return 0

@@ -26,6 +26,7 @@ from fedticket.io import git_commit, versions
 from fedticket.paths import is_finished
 from fedticket.report.compare import compare
 from fedticket.report.runs import load_run
+from fedticket.report.study_plots import curves, plot_curves, plot_sweep
 from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set
 
 COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
@@ -238,6 +239,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
     other studies' runs in a shared folder never enter."""
     grid = variant_cells(study)
     parts: dict[str, Any] = {}
+    curve_data: dict[str, Any] = {}
     used = []
     for name, by_variant in grid.items():
         runs = {v: [load_run(folder / s.run_name()) for s in specs
@@ -250,6 +252,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
         if not study.variants:
             parts[name] = {f"{t:.2f}": _slim(compare(runs[BASE], target=t, baseline="fedavg"))
                            for t in study.targets}
+            curve_data[name] = curves(runs[BASE])
             continue
         parts[name] = {v: {f"{t:.2f}": _slim(compare(runs[BASE] + runs[v], target=t,
                                                      baseline="fedavg"))
@@ -272,6 +275,8 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
                     for r in timings(folder, study.name)],
         "results": parts,
     }
+    if curve_data:
+        summary["curves"] = curve_data
     if study.variants:
         summary["methods"] = list(study.methods)
         summary["variants"] = {v: {"set": list(items), "methods": list(m or study.methods)}
@@ -488,3 +493,12 @@ def write_summary(summary: dict[str, Any], path: Path) -> None:
 
 def read_summary(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The study's figures from its summary: accuracy curves per partition for a grid,
+    one panel figure for a sweep."""
+    if "variants" in summary:
+        return [plot_sweep(summary, out_dir)]
+    return [p for part, by_method in summary.get("curves", {}).items()
+            for p in plot_curves(summary["study"], part, by_method, summary["targets"], out_dir)]

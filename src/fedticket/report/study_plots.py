@@ -1,0 +1,123 @@
+"""Figures of the reproduction study, drawn from its committed summaries.
+
+:func:`curves` reduces a partition's runs to mean accuracy curves (small enough to
+commit in ``docs/results/``); :func:`plot_curves` and :func:`plot_sweep` draw them, so
+every figure in docs/REPRODUCTION.md can be redrawn from the repository alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from fedticket.report.plots import _save_atomic, common_rows
+from fedticket.report.runs import Run, group_by_method
+
+# curve key -> (metrics row -> value, axis label, what it is)
+AXES: dict[str, tuple[Any, str, str]] = {
+    "round": (lambda r: r["round"], "round", "rounds"),
+    "traffic_mb": (lambda r: (r["cum_down_bytes"] + r["cum_up_bytes"]) / 1e6,
+                   "cumulative traffic, down + up (MB = 10⁶ bytes)", "traffic"),
+    "client_gflops": (lambda r: r["cum_client_flops"] / 1e9,
+                      "cumulative client compute (GFLOPs)", "client FLOPs"),
+    "client_wall_s": (lambda r: r["cum_client_wall_s"],
+                      "cumulative client wall time (s, all clients, one thread each)",
+                      "client wall time"),
+}
+
+
+def _round(values: np.ndarray, digits: int = 4) -> list[float]:
+    return [float(f"{v:.{digits}g}") for v in values]
+
+
+def curves(runs: list[Run]) -> dict[str, dict[str, list[float]]]:
+    """Per method: the rounds every seed evaluated, the seeds' mean of each cost axis
+    there, and the mean, min and max test accuracy."""
+    out = {}
+    for method, group in group_by_method(runs).items():
+        rows = common_rows(group)
+        acc = np.array([[r["test_accuracy"] for r in run] for run in rows], dtype=float)
+        c = {key: _round(np.array([[f(r) for r in run] for run in rows], dtype=float).mean(0))
+             for key, (f, _, _) in AXES.items()}
+        c |= {"acc": _round(acc.mean(0)), "acc_min": _round(acc.min(0)),
+              "acc_max": _round(acc.max(0)), "seeds": [len(group)]}
+        out[method] = c
+    return out
+
+
+def plot_curves(study: str, partition: str, by_method: dict[str, dict[str, list[float]]],
+                targets: list[float], out_dir: Path) -> list[Path]:
+    """``STUDY-PARTITION-accuracy_vs_{round,traffic_mb,client_gflops,client_wall_s}.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, (_, label, what) in AXES.items():
+        fig = Figure(figsize=(6.4, 4.2), dpi=110, layout="constrained")
+        ax = fig.add_subplot()
+        for method, c in by_method.items():
+            (line,) = ax.plot(c[key], c["acc"], marker=".", markersize=3,
+                              label=f"{method} (n={c['seeds'][0]})")
+            ax.fill_between(c[key], c["acc_min"], c["acc_max"], color=line.get_color(),
+                            alpha=0.15, linewidth=0)
+        for t in targets:
+            ax.axhline(t, color="gray", linestyle="--", linewidth=0.8)
+        if key != "round":
+            ax.set_xscale("log")
+        ax.set_ylim(0.4, 0.9)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{study}, {partition}: accuracy vs {what}\n"
+                     "(mean over seeds; band: min–max; dashed: targets)", fontsize="medium")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", ncol=2)
+        path = out_dir / f"{study}-{partition}-accuracy_vs_{key}.png"
+        _save_atomic(fig, path)
+        paths.append(path)
+    return paths
+
+
+def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
+    """One figure per sweep: per partition, final accuracy (top) and traffic to the
+    first target (bottom) of each method across the variants, mean ± std over seeds,
+    with fedavg's as a dashed line."""
+    parts, variants = summary["partitions"], list(summary["variants"])
+    target = f"{summary['targets'][0]:.2f}"
+    fig = Figure(figsize=(5.0 * len(parts), 6.4), dpi=110, layout="constrained")
+    axes = fig.subplots(2, len(parts), squeeze=False)
+    for j, part in enumerate(parts):
+        results = summary["results"][part]
+        methods = list(dict.fromkeys(m for v in results.values()
+                                     for m in v[target]["methods"] if m != "fedavg"))
+        base = next(iter(results.values()))[target]["methods"]["fedavg"]
+        for i, (field, scale, label) in enumerate((
+                ("final_accuracy", 1.0, "final test accuracy"),
+                ("traffic_bytes_to_target", 1e-6, f"traffic to {target} (MB, log)"))):
+            ax = axes[i][j]
+            for m in methods:
+                xs = [k for k, v in enumerate(variants)
+                      if v in results and m in results[v][target]["methods"]]
+                stats = [results[variants[k]][target]["methods"][m][field] for k in xs]
+                pts = [(k, s["mean"] * scale, (s["std"] or 0.0) * scale)
+                       for k, s in zip(xs, stats, strict=True) if s["mean"] is not None]
+                if pts:
+                    k, mean, std = zip(*pts, strict=True)
+                    ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=m)
+            if base[field]["mean"] is not None:
+                ax.axhline(base[field]["mean"] * scale, color="gray", linestyle="--",
+                           linewidth=1, label="fedavg")
+            ax.set_xticks(range(len(variants)), variants, fontsize="small")
+            ax.set_ylabel(label)
+            if field != "final_accuracy":
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{part}" if i == 0 else "", fontsize="medium")
+            if i == 0 and j == 0:
+                ax.legend(fontsize="x-small")
+    fig.suptitle(f"{summary['study']}: mean ± std over seeds {summary['seeds']}",
+                 fontsize="medium")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{summary['study']}.png"
+    _save_atomic(fig, path)
+    return path
