@@ -1,11 +1,14 @@
 """The engine-free strategy: sampling, mask bookkeeping, failures, aggregation."""
 
+import numpy as np
 import pytest
 import torch
 
 from fedticket.accounting import Codec
 from fedticket.errors import FedticketError
 from fedticket.federated import Failure, Reply, TicketStrategy, fedavg
+from fedticket.federated.aggregate import coordinate_median, trimmed_mean
+from fedticket.federated.validate import check_state
 from fedticket.pruning import Mask
 from fedticket.spec import FederateSpec
 from test_federated import Recorder
@@ -137,3 +140,99 @@ def test_stateless_clients_get_the_mask_with_every_download():
                                              for i in ins])
     # 2 rounds x 3 clients x (12 B of values + the mask)
     assert log.totals.mask_bytes == 6 * size and log.totals.down_bytes == 6 * (12 + size)
+
+
+def raw_reply(cid, values, n=3, loss=0.5):
+    payload = np.asarray(values, dtype="<f4").tobytes()
+    return Reply(cid, payload, n, loss, 100, 0.1, 0.1)
+
+
+HOSTILE = [  # (reply from client 1, the reason it is rejected)
+    (lambda c: raw_reply(1, [np.nan, 1, 1]), "not finite"),
+    (lambda c: raw_reply(1, [np.inf, 1, 1]), "not finite"),
+    (lambda c: raw_reply(1, [-np.inf, 1, 1]), "not finite"),
+    (lambda c: raw_reply(1, [1, 1, 1, 1]), "expected 12"),  # a dense update: wrong shape
+    (lambda c: raw_reply(1, [1, 1]), "expected 12"),
+    (lambda c: raw_reply(1, [1, 1, 1], n=0), "not a positive integer"),
+    (lambda c: raw_reply(1, [1, 1, 1], n=-4), "not a positive integer"),
+    (lambda c: raw_reply(1, [1, 1, 1], n=2.5), "not a positive integer"),
+    (lambda c: raw_reply(1, [1, 1, 1], n=True), "not a positive integer"),
+    (lambda c: raw_reply(1, [1, 1, 1], n=10**9), "differs from the client's partition size 3"),
+    (lambda c: raw_reply(1, [1, 1, 1], loss=float("nan")), "train loss"),
+]
+
+
+@pytest.mark.parametrize("make, reason", HOSTILE)
+def test_a_hostile_reply_is_rejected_and_the_rest_aggregated(make, reason):
+    mask = Mask({"w": torch.tensor([True, False, True, True])})
+    codec = Codec(mask)
+    spec = FederateSpec(rounds=1, client_fraction=1.0, local_epochs=1, batch_size=1)
+    strat = TicketStrategy(codec, {"w": torch.tensor([1.0, 0.0, 2.0, 3.0])}, spec, 0, 3,
+                           lambda s: (0.5, 1.0), client_sizes=[2, 3, 2])
+    ins = strat.configure_round(1)
+    log = strat.aggregate_round(1, ins, [reply(codec, 0, [4, 0, 4, 4], 2), make(codec),
+                                         reply(codec, 2, [2, 0, 2, 2], 2)])
+    # (2*4 + 2*2) / 4 = 3 on kept entries; the hostile reply left no trace
+    assert strat.global_state["w"].tolist() == [3.0, 0.0, 3.0, 3.0]
+    [failure] = log.failures
+    assert failure.client == 1 and failure.reason.startswith("rejected: ")
+    assert reason in failure.reason
+    assert log.totals.up_bytes == 2 * 12 and log.totals.failures == 1
+
+
+def test_an_update_with_weights_outside_the_mask_is_rejected(monkeypatch):
+    """The codec cannot carry values outside the mask; the check holds whatever decoded
+    the update (here a decoder that fills the pruned entry)."""
+    codec, strat, _ = setup()
+    ins = strat.configure_round(1)
+    real = codec.decode
+
+    def leaky(payload):
+        s = real(payload)
+        if s["w"][0] == 9:
+            s["w"][1] = 5.0
+        return s
+
+    monkeypatch.setattr(codec, "decode", leaky)
+    log = strat.aggregate_round(1, ins, [reply(codec, 0, [9, 0, 9, 9], 1),
+                                         reply(codec, 1, [1, 0, 1, 1], 1)])
+    assert strat.global_state["w"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert "non-zero values outside the mask" in log.failures[0].reason
+
+
+def test_check_state_names_wrong_tensors_shapes_and_dtypes():
+    mask = Mask({"w": torch.tensor([True, False])})
+    ref = {"w": torch.zeros(2), "b": torch.zeros(1)}
+    assert check_state({"w": torch.zeros(2)}, ref, mask).startswith("update has other tensors")
+    assert "shape (3,)" in check_state({"w": torch.zeros(3), "b": torch.zeros(1)}, ref, mask)
+    assert "dtype torch.int64" in check_state(
+        {"w": torch.zeros(2, dtype=torch.long), "b": torch.zeros(1)}, ref, mask)
+    assert check_state({"w": torch.tensor([7.0, 0.0]), "b": torch.ones(1)}, ref, mask) is None
+
+
+def test_median_and_trimmed_mean_by_hand():
+    ups = [{"w": torch.tensor([1.0, 0.0, -3.0])}, {"w": torch.tensor([2.0, 0.0, 5.0])},
+           {"w": torch.tensor([1e6, 0.0, 4.0])}, {"w": torch.tensor([3.0, 0.0, 1.0])}]
+    # even count: mean of the two middle values; pruned entry stays 0
+    assert coordinate_median(ups)["w"].tolist() == [2.5, 0.0, 2.5]
+    assert coordinate_median(ups[:3])["w"].tolist() == [2.0, 0.0, 4.0]
+    # trim 0.25 of 4: drop one at each end -> mean of the middle two
+    assert trimmed_mean(ups, 0.25)["w"].tolist() == [2.5, 0.0, 2.5]
+    assert trimmed_mean(ups, 0.0)["w"][2].item() == pytest.approx(7 / 4)
+
+
+@pytest.mark.parametrize("aggregation, expected", [
+    ("fedavg", (4 + 1 + 1e4) / 3), ("median", 4.0), ("trimmed-mean", 4.0)])
+def test_robust_aggregation_resists_one_large_finite_update(aggregation, expected):
+    """A finite but huge update passes every check; only a robust rule contains it."""
+    mask = Mask({"w": torch.tensor([True, False, True, True])})
+    codec = Codec(mask)
+    spec = FederateSpec(rounds=1, client_fraction=1.0, local_epochs=1, batch_size=1,
+                        aggregation=aggregation, trim_fraction=0.34)
+    strat = TicketStrategy(codec, {"w": torch.zeros(4)}, spec, 0, 3, lambda s: (0.5, 1.0))
+    ins = strat.configure_round(1)
+    strat.aggregate_round(1, ins, [reply(codec, 0, [4, 0, 4, 4], 1),
+                                   reply(codec, 1, [1, 0, 1, 1], 1),
+                                   reply(codec, 2, [1e4, 0, 1e4, 1e4], 1)])
+    assert strat.global_state["w"][0].item() == pytest.approx(expected)
+    assert strat.global_state["w"][1].item() == 0.0

@@ -127,7 +127,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     carrier = engine(trainer, codec, splits)
     strategy = TicketStrategy(
         codec, state, spec.federate, spec.seed, len(splits.clients), evaluate_fn,
-        min_replies=engine.min_replies,
+        min_replies=engine.min_replies, client_sizes=[len(c) for c in splits.clients],
     )
     writer = MetricsWriter(folder)
     try:

@@ -35,6 +35,7 @@ VALUE_ENCODINGS = ("f32", "f16", "q8")
 # data fields that shape only the clients' part (and the test set), never the pool
 CLIENT_SPLIT_FIELDS = ("train_size", "test_size", "num_clients", "partition",
                        "dirichlet_alpha", "shards_per_client", "min_client_size")
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
 WEIGHT_INITS = ("pretrained", "rewind", "reinit", "fanin")
 
 
@@ -234,6 +235,12 @@ class FederateSpec:
     """How weight values travel (:mod:`fedticket.accounting.wire`): ``f32`` (exact),
     ``f16`` (half precision) or ``q8`` (8-bit codes with a per-tensor scale), both
     ways (download and upload)."""
+    aggregation: str = "fedavg"
+    """How the surviving client updates become the global model: ``fedavg`` (the
+    sample-weighted mean), or, robust to a minority of hostile clients, the unweighted
+    coordinate-wise ``median`` or ``trimmed-mean`` (Yin et al. 2018)."""
+    trim_fraction: float = 0.1
+    """``trimmed-mean``: the fraction of values dropped at each end of every coordinate."""
 
     def __post_init__(self) -> None:
         _positive("federate", "rounds", self.rounds)
@@ -249,6 +256,11 @@ class FederateSpec:
         _positive("federate", "eval_every", self.eval_every)
         _choice("federate", "compute", self.compute, COMPUTE_PATHS)
         _choice("federate", "values", self.values, VALUE_ENCODINGS)
+        _choice("federate", "aggregation", self.aggregation, AGGREGATIONS)
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(
+                f"federate.trim_fraction must be in [0, 0.5), got {self.trim_fraction}"
+            )
         for t in self.targets:
             if not 0.0 < t <= 1.0:
                 raise ConfigError(f"federate.targets must be accuracies in (0, 1], got {t}")

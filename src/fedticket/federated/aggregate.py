@@ -28,6 +28,40 @@ def fedavg(updates: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> dict[st
     return out
 
 
+def coordinate_median(updates: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Coordinate-wise median of the updates, unweighted (Yin et al. 2018); with an even
+    count, the mean of the two middle values. Entries zero in every update stay zero."""
+    if not updates:
+        raise ValueError("the median needs at least one update")
+    return {name: _median(updates, name) for name in updates[0]}
+
+
+def _median(updates: Sequence[Mapping[str, torch.Tensor]], name: str) -> torch.Tensor:
+    stacked = torch.stack([u[name] for u in updates]).float()
+    lo = stacked.kthvalue((len(updates) + 1) // 2, dim=0).values
+    hi = stacked.kthvalue(len(updates) // 2 + 1, dim=0).values
+    return (lo + hi) / 2
+
+
+def trimmed_mean(
+    updates: Sequence[Mapping[str, torch.Tensor]], trim: float
+) -> dict[str, torch.Tensor]:
+    """Coordinate-wise mean after dropping the ``floor(trim * k)`` largest and smallest of
+    the ``k`` values at each coordinate, unweighted (Yin et al. 2018)."""
+    if not updates:
+        raise ValueError("the trimmed mean needs at least one update")
+    k = len(updates)
+    cut = int(trim * k)
+    if 2 * cut >= k:
+        cut = (k - 1) // 2
+    out = {}
+    for name in updates[0]:
+        stacked = torch.stack([u[name] for u in updates]).float()
+        kept = stacked.sort(dim=0).values[cut: k - cut]
+        out[name] = kept.mean(0)
+    return out
+
+
 def sample_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:
     """``max(1, round(fraction * num_clients))`` distinct client ids, sorted."""
     m = max(1, round(fraction * num_clients))

@@ -66,5 +66,6 @@ def run_fedavg(
     def evaluate_fn(s: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         return trainer.evaluate(s, test)
 
-    strategy = TicketStrategy(codec, state, spec, seed, len(clients), evaluate_fn)
+    strategy = TicketStrategy(codec, state, spec, seed, len(clients), evaluate_fn,
+                              client_sizes=[len(c) for c in clients])
     return strategy.start(LocalEngine(trainer, codec, clients), callbacks)

@@ -26,8 +26,15 @@ import torch
 from fedticket.accounting.wire import Codec
 from fedticket.data import Labeled
 from fedticket.errors import FedticketError
-from fedticket.federated.aggregate import client_seed, fedavg, sample_clients
+from fedticket.federated.aggregate import (
+    client_seed,
+    coordinate_median,
+    fedavg,
+    sample_clients,
+    trimmed_mean,
+)
 from fedticket.federated.client import LocalTrainer
+from fedticket.federated.validate import check_reply_numbers, check_state
 from fedticket.spec import FederateSpec
 
 State = dict[str, torch.Tensor]
@@ -212,6 +219,9 @@ class TicketStrategy:
         ``state -> (accuracy, loss)`` on the server's test set.
     min_replies : int
         A round with fewer usable replies than this stops the run.
+    client_sizes : sequence of int, optional
+        Each client's partition size, when the server knows it: a reply must report
+        exactly that many examples.
     """
 
     def __init__(
@@ -223,8 +233,10 @@ class TicketStrategy:
         num_clients: int,
         evaluate_fn: Callable[[State], tuple[float, float]],
         min_replies: int = 1,
+        client_sizes: Sequence[int] | None = None,
     ):
         self.codec, self.spec, self.seed = codec, spec, seed
+        self.client_sizes = None if client_sizes is None else list(client_sizes)
         self.num_clients = num_clients
         self.evaluate_fn = evaluate_fn
         self.min_replies = min_replies
@@ -267,10 +279,19 @@ class TicketStrategy:
                 failed.append(Failure(round_, rep.client, why))
                 continue
             seen.add(rep.client)
+            expected = None if self.client_sizes is None else self.client_sizes[rep.client]
+            why = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
+            state = None
             try:
-                usable.append((rep, self.codec.decode(rep.payload)))
+                state = self.codec.decode(rep.payload) if why is None else None
             except FedticketError as e:
-                failed.append(Failure(round_, rep.client, str(e)))
+                why = str(e)
+            if state is not None and why is None:
+                why = check_state(state, self.global_state, self.codec.mask)
+            if why is not None:
+                failed.append(Failure(round_, rep.client, f"rejected: {why}"))
+                continue
+            usable.append((rep, state))
         records = []
         for rep, _ in usable:
             ins = sent[rep.client]
@@ -293,10 +314,18 @@ class TicketStrategy:
             )
         for rec in records:
             self.totals.add(rec)
-        self.global_state = fedavg([(s, rep.num_examples) for rep, s in usable])
+        self.global_state = self.aggregate([(s, rep.num_examples) for rep, s in usable])
         n = sum(rec.num_examples for rec in records)
         train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
         return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
+
+    def aggregate(self, updates: list[tuple[State, int]]) -> State:
+        """The new global model from the checked updates (``spec.aggregation``)."""
+        if self.spec.aggregation == "median":
+            return coordinate_median([s for s, _ in updates])
+        if self.spec.aggregation == "trimmed-mean":
+            return trimmed_mean([s for s, _ in updates], self.spec.trim_fraction)
+        return fedavg(updates)
 
     def evaluate(self, round_: int) -> tuple[float, float] | None:
         """Score the global model: every round until each declared target

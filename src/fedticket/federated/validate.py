@@ -1,0 +1,51 @@
+"""Checks on a client's reply before it may touch the global model.
+
+A reply that fails one is dropped and logged as a failure; the round aggregates the
+rest. The codec already refuses payloads of the wrong length and non-finite values;
+these checks hold whatever produced the state (another codec, a Flower mod, a bug).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from fedticket.pruning.mask import Mask
+
+
+def check_state(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
+                mask: Mask) -> str | None:
+    """Why ``state`` may not be aggregated with ``reference``'s layout, or None."""
+    if set(state) != set(reference):
+        missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
+        return f"update has other tensors (missing {missing[:3]}, unexpected {extra[:3]})"
+    for name, ref in reference.items():
+        t = state[name]
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(ref.shape):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            return f"update tensor {name} has shape {shape}, expected {tuple(ref.shape)}"
+        if not t.is_floating_point():
+            return f"update tensor {name} has dtype {t.dtype}, expected floating point"
+        if not bool(torch.isfinite(t).all()):
+            return f"update tensor {name} holds values that are not finite"
+        if name in mask and bool((t[~mask[name]] != 0).any()):
+            return f"update tensor {name} has non-zero values outside the mask"
+    return None
+
+
+def check_reply_numbers(num_examples: object, train_loss: object,
+                        expected_examples: int | None) -> str | None:
+    """Why a reply's sample count or loss is not believable, or None. With
+    ``expected_examples`` (the server knows the client's partition size) the count
+    must equal it; the count weighs the update in FedAvg, so a client that inflates it
+    would otherwise outvote everyone else."""
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        return f"reported sample count {num_examples!r} is not a positive integer"
+    if expected_examples is not None and num_examples != expected_examples:
+        return (f"reported sample count {num_examples} differs from the client's "
+                f"partition size {expected_examples}")
+    if not isinstance(train_loss, (int, float)) or not math.isfinite(train_loss):
+        return f"reported train loss {train_loss!r} is not a finite number"
+    return None
