@@ -103,3 +103,30 @@ def test_iterative_masks_do_not_depend_on_whether_pretraining_was_cached(tmp_pat
     cached = stages_for("dae-ticket", tmp_path / "b", levels=2, retrain_epochs=1)[2]
     assert cached.log["pretrain"]["cached"] and not fresh.log["pretrain"]["cached"]
     assert cached.mask == fresh.mask
+
+
+def test_a_stage_cache_made_by_other_code_is_not_reused(tmp_path, monkeypatch):
+    """Caches are named by the stages' source as well as the spec: after a change to the
+    pretraining or pruning code the stages run again instead of loading a stale mask."""
+    from fedticket import paths
+
+    _, _, first = stages_for("dae-ticket", tmp_path)
+    monkeypatch.setattr(paths, "stage_code_hash", lambda: "0therc0d")  # the code changed
+    _, _, again = stages_for("dae-ticket", tmp_path)
+    assert again.log["cached"] is False and again.log["pretrain"]["cached"] is False
+    names = sorted(p.name for p in (tmp_path / "_cache").glob("*.npz"))
+    assert len(names) == 4 and sum("0therc0d" in n for n in names) == 2
+
+
+def test_the_code_hash_follows_the_source(tmp_path):
+    from fedticket.paths import code_hash
+
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "dae.py").write_text("NOISE = 0.3\n")
+    (tmp_path / "stages.py").write_text("x = 1\n")
+    before = code_hash(tmp_path, ("pretrain", "stages.py"))
+    assert code_hash(tmp_path, ("pretrain", "stages.py")) == before
+    (tmp_path / "pretrain" / "dae.py").write_text("NOISE = 0.5\n")
+    assert code_hash(tmp_path, ("pretrain", "stages.py")) != before
+    assert code_hash(tmp_path, ("pretrain", "stages.py"), salt="2.13.0") != code_hash(
+        tmp_path, ("pretrain", "stages.py"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 SPEC = "spec.json"
@@ -33,14 +35,41 @@ def tmp_run_dirs(out: Path, run_name: str) -> list[tuple[Path, int]]:
     return found
 
 
+STAGE_CODE = ("data", "models", "pretrain", "pruning", "stages.py", "accounting/flops.py",
+              "io.py")
+"""The package's files whose code decides what the server stages compute."""
+
+
+@functools.cache
+def stage_code_hash() -> str:
+    """Hash of the server stages' source (:data:`STAGE_CODE`) and torch's version: part
+    of every stage cache's name, so a cache made by other code is never reused (it is
+    recomputed instead, beside the old file)."""
+    import torch
+
+    return code_hash(Path(__file__).resolve().parent, STAGE_CODE, torch.__version__)
+
+
+def code_hash(root: Path, parts: tuple[str, ...], salt: str = "") -> str:
+    """Hash of the ``.py`` files under ``root`` named by ``parts`` (folders or files)."""
+    h = hashlib.sha256(salt.encode())
+    for rel in parts:
+        files = sorted((root / rel).rglob("*.py")) if (root / rel).is_dir() else [root / rel]
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:8]
+
+
 def pretrain_cache(out: Path, stage_hash: str) -> Path:
-    """Initial and pretrained weights of one (data, model, pretrain, seed)."""
-    return out / CACHE_DIR / f"pretrain-{stage_hash}.npz"
+    """Initial and pretrained weights of one (data, model, pretrain, seed), made by this
+    code."""
+    return out / CACHE_DIR / f"pretrain-{stage_hash}-{stage_code_hash()}.npz"
 
 
 def prune_cache(out: Path, stage_hash: str) -> Path:
-    """Mask and final server weights of one (data, model, pretrain, prune, seed)."""
-    return out / CACHE_DIR / f"prune-{stage_hash}.npz"
+    """Mask and final server weights of one (data, model, pretrain, prune, seed), made by
+    this code."""
+    return out / CACHE_DIR / f"prune-{stage_hash}-{stage_code_hash()}.npz"
 
 
 def is_finished(run: Path) -> bool:
