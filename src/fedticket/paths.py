@@ -13,6 +13,9 @@ CLIENTS = "clients.jsonl"
 FAILURES = "failures.jsonl"
 SUMMARY = "summary.json"
 MASK = "mask.npz"
+CHECKPOINT = "checkpoint.npz"
+FINAL = "final.npz"
+OWNER = "owner.pid"
 CACHE_DIR = "_cache"
 
 
@@ -20,13 +23,15 @@ def run_dir(out: Path, run_name: str) -> Path:
     return out / run_name
 
 
-def tmp_run_dir(out: Path, run_name: str, pid: int) -> Path:
-    """Where a run is written before it is renamed into place (hidden from ``compare``)."""
-    return out / f".tmp-{run_name}-{pid}"
+def tmp_run_dir(out: Path, run_name: str) -> Path:
+    """Where a run is written before it is renamed into place (hidden from ``compare``);
+    a killed run's checkpoint waits here for the run to be started again."""
+    return out / f".tmp-{run_name}"
 
 
 def tmp_run_dirs(out: Path, run_name: str) -> list[tuple[Path, int]]:
-    """Every temporary folder of ``run_name`` under ``out``, with the pid that made it."""
+    """Temporary folders of ``run_name`` in the older per-process form
+    ``.tmp-NAME-PID``, with that pid."""
     found = []
     for p in out.glob(f".tmp-{run_name}-*"):
         pid = p.name.rsplit("-", 1)[1]

@@ -22,10 +22,13 @@ from fedticket.federated.strategy import RoundLog
 def in_run_folder(
     out: Path, name: str, write: Callable[[Path], None], stream: TextIO | None, label: str
 ) -> Path:
-    """Call ``write(tmp)`` on a fresh temporary folder and rename it to ``out/name``.
+    """Call ``write(tmp)`` on the run's temporary folder and rename it to ``out/name``.
 
     A finished folder of the same name is returned untouched; an unfinished one is an
-    error (it is not ours to delete).
+    error (it is not ours to delete). The temporary folder of a run that was killed
+    after a checkpoint is reused (``write`` resumes from it); one without a checkpoint
+    is started afresh. If ``write`` fails, the folder is kept only if it holds a
+    checkpoint to resume from.
     """
     final = paths.run_dir(out, name)
     if final.exists():
@@ -36,15 +39,45 @@ def in_run_folder(
         raise FedticketError(f"{final} exists but is not a finished run; move it away and rerun")
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out, name)
-    tmp = paths.tmp_run_dir(out, name, os.getpid())
-    tmp.mkdir()
+    tmp = paths.tmp_run_dir(out, name)
+    if tmp.exists():
+        owner = _owner(tmp)
+        if owner is not None and owner != os.getpid() and _alive(owner):
+            raise FedticketError(f"run {name} is being written by process {owner} "
+                                 f"(in {tmp}); wait for it or stop it")
+        if not (tmp / paths.CHECKPOINT).is_file():
+            shutil.rmtree(tmp)
+    tmp.mkdir(exist_ok=True)
+    (tmp / paths.OWNER).write_text(str(os.getpid()))
     try:
         write(tmp)
+        (tmp / paths.OWNER).unlink()
         os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if (tmp / paths.CHECKPOINT).is_file():
+            (tmp / paths.OWNER).unlink(missing_ok=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _owner(tmp: Path) -> int | None:
+    try:
+        text = (tmp / paths.OWNER).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_stale_tmp(out: Path, run_name: str) -> None:
@@ -65,12 +98,29 @@ class MetricsWriter:
     """Appends one JSON line per evaluated round to ``metrics.jsonl`` and per client to
     ``clients.jsonl``."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, resume_after: int | None = None):
+        """``resume_after``: continue files kept from a checkpoint after that round
+        (their later rows are cut); None: start them afresh."""
         self.folder = folder
-        self.metrics = open(folder / paths.METRICS, "w")
-        self.clients = open(folder / paths.CLIENTS, "w")
-        self.failures: TextIO | None = None
         self.rows: list[dict] = []
+        mode = "w"
+        if resume_after is not None:
+            from fedticket.checkpoint import trim_jsonl
+
+            self.rows = trim_jsonl(folder / paths.METRICS, resume_after)
+            trim_jsonl(folder / paths.CLIENTS, resume_after)
+            trim_jsonl(folder / paths.FAILURES, resume_after)
+            mode = "a"
+        self.metrics = open(folder / paths.METRICS, mode)
+        self.clients = open(folder / paths.CLIENTS, mode)
+        self.failures: TextIO | None = None
+        if resume_after is not None and (folder / paths.FAILURES).is_file():
+            self.failures = open(folder / paths.FAILURES, "a")
+
+    def flush(self) -> None:
+        for f in (self.metrics, self.clients, self.failures):
+            if f is not None:
+                f.flush()
 
     def on_round(self, log: RoundLog) -> None:
         for rec in log.clients:

@@ -19,14 +19,15 @@ from typing import Protocol, TextIO
 
 import torch
 
-from fedticket import paths
+from fedticket import checkpoint, paths
 from fedticket.accounting.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.accounting.wire import Codec
 from fedticket.data import Splits, load_splits
+from fedticket.errors import DivergenceError
 from fedticket.federated.client import LocalTrainer
 from fedticket.federated.simulate import LocalEngine
 from fedticket.federated.strategy import Engine, TicketStrategy
-from fedticket.io import atomic_write_json, git_commit, versions
+from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
 from fedticket.run_folder import MetricsWriter, Progress, in_run_folder
 from fedticket.spec import ExperimentSpec
@@ -129,11 +130,31 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         codec, state, spec.federate, spec.seed, len(splits.clients), evaluate_fn,
         min_replies=engine.min_replies, client_sizes=[len(c) for c in splits.clients],
     )
-    writer = MetricsWriter(folder)
+    resumed = checkpoint.load(folder, spec.run_name())
+    after = 0
+    if resumed is not None:
+        after, global_state, meta = resumed
+        strategy.load_state_dict(global_state, meta["strategy"])
+        note = ("" if meta.get("threads") == torch.get_num_threads() else
+                f" (it was made with {meta.get('threads')} threads, this process has "
+                f"{torch.get_num_threads()}: numbers may differ in the last digits)")
+        print(f"{label}: resuming from the checkpoint after round {after}; the first "
+              f"training round is {after + 1}{note}", file=sys.stderr, flush=True)
+    writer = MetricsWriter(folder, resume_after=after if resumed is not None else None)
+    saver = checkpoint.Checkpointer(folder, strategy, spec.run_name(),
+                                    spec.federate.checkpoint_every, spec.federate.rounds,
+                                    [writer])
     try:
-        strategy.start(carrier, callbacks=[writer, Progress(label, spec.federate.rounds, stream)])
+        strategy.start(carrier, after=after, callbacks=[
+            writer, saver, Progress(label, spec.federate.rounds, stream)])
+    except DivergenceError as e:
+        kept = f"; the checkpoint after round {saver.last} is kept in {folder}" if (
+            saver.last is not None or resumed is not None) else ""
+        raise DivergenceError(f"{e}{kept}") from None
     finally:
         writer.close()
+    save_states(folder / paths.FINAL, {"global": strategy.global_state})
+    (folder / paths.CHECKPOINT).unlink(missing_ok=True)  # final.npz holds the same model
     rows = writer.rows
     last = rows[-1]
     best = max(rows, key=lambda r: r["test_accuracy"])
@@ -164,6 +185,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         "failed_client_rounds": strategy.totals.failures,
         "server": stages.log,
         "run_wall_s": time.perf_counter() - started,
+        "resumed_after_round": after if resumed is not None else None,
     }
     if "cum_framework_bytes" in last:
         summary["total_framework_bytes"] = last["cum_framework_bytes"]

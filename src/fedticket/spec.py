@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -241,6 +242,10 @@ class FederateSpec:
     coordinate-wise ``median`` or ``trimmed-mean`` (Yin et al. 2018)."""
     trim_fraction: float = 0.1
     """``trimmed-mean``: the fraction of values dropped at each end of every coordinate."""
+    checkpoint_every: int = 1
+    """Checkpoint the run every this many rounds (and after round 0 and the last), so a
+    killed run resumes there; 0: never. One checkpoint is the global model plus a few
+    hundred bytes of state, rewritten in place."""
 
     def __post_init__(self) -> None:
         _positive("federate", "rounds", self.rounds)
@@ -257,6 +262,7 @@ class FederateSpec:
         _choice("federate", "compute", self.compute, COMPUTE_PATHS)
         _choice("federate", "values", self.values, VALUE_ENCODINGS)
         _choice("federate", "aggregation", self.aggregation, AGGREGATIONS)
+        _positive("federate", "checkpoint_every", self.checkpoint_every, allow_zero=True)
         if not 0.0 <= self.trim_fraction < 0.5:
             raise ConfigError(
                 f"federate.trim_fraction must be in [0, 0.5), got {self.trim_fraction}"
@@ -449,11 +455,21 @@ def _build_section(name: str, values: dict[str, Any], base: Any) -> Any:
     return replace(base, **kwargs)
 
 
+def _finite(key: str, value: Any) -> None:
+    """``nan`` and ``inf`` are valid TOML floats; no setting accepts them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _finite(key, v)
+
+
 def apply_overrides(spec: ExperimentSpec, flat: dict[str, Any]) -> ExperimentSpec:
     """Return ``spec`` with ``{"section.key": value}`` overrides applied."""
     by_section: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for dotted, value in flat.items():
+        _finite(dotted, value)
         if "." in dotted:
             section, key = dotted.split(".", 1)
             if section not in SECTIONS:
@@ -541,12 +557,21 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> Config:
 def load_config(path: str | Path) -> Config:
     """Read a TOML config file."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a directory; give a TOML config file")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not UTF-8 text; give a TOML config file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+    if not raw:
+        raise ConfigError(f"{p} sets nothing: nothing to run; name the methods and settings "
+                          "(configs/quick.toml is an example)")
     return parse_config(raw, where=str(p))
 
 

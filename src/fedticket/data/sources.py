@@ -98,7 +98,10 @@ def _images(x: np.ndarray, where: str) -> np.ndarray:
         return np.ascontiguousarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{where} has dtype {x.dtype}; save images as uint8 or floats in [0, 1]")
-    if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+    if x.size and not np.isfinite(x).all():
+        raise DataError(f"{where} holds pixel values that are not finite (nan or inf); "
+                        "fix the file")
+    if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):
         raise DataError(
             f"{where} has float values outside [0, 1]; scale them to [0, 1] or save them as uint8"
         )

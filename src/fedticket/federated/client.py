@@ -126,7 +126,10 @@ class LocalTrainer:
     def warm_up(self, state: Mapping[str, torch.Tensor], data: Labeled) -> None:
         """One untimed client update, thrown away: the first timed update then pays no
         one-off start-up costs (thread pool, kernel selection, allocator growth)."""
-        self.update(state, data, torch.Generator().manual_seed(0))
+        try:
+            self.update(state, data, torch.Generator().manual_seed(0))
+        except DivergenceError:
+            pass  # thrown away either way; the run's own rounds report a divergence
 
     def update(
         self, state: Mapping[str, torch.Tensor], data: Labeled, generator: torch.Generator

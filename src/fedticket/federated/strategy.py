@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 
 from fedticket.accounting.wire import Codec
 from fedticket.data import Labeled
-from fedticket.errors import FedticketError
+from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.aggregate import (
     client_seed,
     coordinate_median,
@@ -315,6 +315,9 @@ class TicketStrategy:
         for rec in records:
             self.totals.add(rec)
         self.global_state = self.aggregate([(s, rep.num_examples) for rep, s in usable])
+        if not all(bool(torch.isfinite(t).all()) for t in self.global_state.values()):
+            raise DivergenceError(f"round {round_}: the aggregated model has weights that are "
+                                  "not finite; lower federate.lr")
         n = sum(rec.num_examples for rec in records)
         train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
         return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
@@ -339,9 +342,33 @@ class TicketStrategy:
         self.reached.update(t for t in self.spec.targets if scores[0] >= t)
         return scores
 
+    # ------------------------------------------------------------- checkpoints
+    def state_dict(self) -> tuple[State, dict]:
+        """Everything the next round depends on: the global model, and as plain JSON the
+        sampling generator, who holds the mask, the targets reached and the ledger."""
+        meta = {
+            "rng": self.rng.bit_generator.state,
+            "has_mask": sorted(self.has_mask),
+            "reached": sorted(self.reached),
+            "totals": asdict(self.totals),
+        }
+        return {k: v.clone() for k, v in self.global_state.items()}, meta
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], meta: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        if set(state) != set(self.global_state):
+            raise FedticketError("the checkpoint holds another model's tensors")
+        self.global_state = {k: v.clone() for k, v in state.items()}
+        self.rng.bit_generator.state = meta["rng"]
+        self.has_mask = set(meta["has_mask"])
+        self.reached = {float(t) for t in meta["reached"]}
+        self.totals = Totals(**meta["totals"])
+
     # ------------------------------------------------------------------- loop
-    def start(self, engine: Engine, callbacks: Sequence[Callback] = ()) -> State:
-        """Round 0 (the starting model, all costs zero), then ``spec.rounds`` rounds."""
+    def start(self, engine: Engine, callbacks: Sequence[Callback] = (),
+              after: int = 0) -> State:
+        """Round 0 (the starting model, all costs zero), then ``spec.rounds`` rounds; or,
+        resuming from a checkpoint taken after round ``after``, the rounds after it."""
 
         def emit(log: RoundLog, started: float) -> None:
             scores = self.evaluate(log.round)
@@ -351,8 +378,9 @@ class TicketStrategy:
             for cb in callbacks:
                 cb.on_round(log)
 
-        emit(RoundLog(0, [], replace(self.totals), None, None), time.perf_counter())
-        for r in range(1, self.spec.rounds + 1):
+        if after == 0:
+            emit(RoundLog(0, [], replace(self.totals), None, None), time.perf_counter())
+        for r in range(after + 1, self.spec.rounds + 1):
             started = time.perf_counter()
             instructions = self.configure_round(r)
             replies, failures = engine.train_round(instructions)
