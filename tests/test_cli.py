@@ -247,7 +247,7 @@ def test_other_models_partitions_and_pools_run_end_to_end(tmp_path):
         assert abs(summary["prunable_density"] - 0.5) < 0.01, name
 
 
-def test_interrupted_run_leaves_nothing_and_rerun_gives_the_uninterrupted_result(
+def test_interrupted_run_keeps_its_checkpoint_and_rerun_gives_the_uninterrupted_result(
     finished, tmp_path, monkeypatch, capsys
 ):
     cfg, out = finished
@@ -263,10 +263,13 @@ def test_interrupted_run_leaves_nothing_and_rerun_gives_the_uninterrupted_result
     monkeypatch.setattr(runner.Progress, "on_round", interrupt_at_round_2)
     fresh = tmp_path / "runs"
     assert main(["run", str(cfg), "--out", str(fresh), "--method", "dae-ticket"]) == 130
-    assert [p.name for p in fresh.iterdir() if not p.name.startswith("_")] == []
+    assert "run the same command to resume" in capsys.readouterr().err
+    [tmp] = [p for p in fresh.iterdir() if not p.name.startswith("_")]
+    assert tmp.name.startswith(".tmp-") and (tmp / "checkpoint.npz").is_file()
     monkeypatch.setattr(runner.Progress, "on_round", original)
     assert main(["run", str(cfg), "--out", str(fresh), "--method", "dae-ticket",
                  "--quiet"]) == 0
+    assert "resuming from the checkpoint after round 2" in capsys.readouterr().err
     again = read(run_folders(fresh)["dae-ticket"], "metrics.jsonl")
     first = read(run_folders(out)["dae-ticket"], "metrics.jsonl")
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in first]

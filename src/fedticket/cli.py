@@ -263,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
-        print("fedticket: interrupted; finished run folders are kept, the unfinished one "
-              "was removed", file=sys.stderr)
+        print("fedticket: interrupted; finished run folders are kept, and the unfinished "
+              "one keeps its last checkpoint: run the same command to resume",
+              file=sys.stderr)
         return 130
 
 
