@@ -3,7 +3,6 @@ traceback, and the run folder that was there before left exactly as it was."""
 
 import gzip
 import hashlib
-import json
 import struct
 from pathlib import Path
 

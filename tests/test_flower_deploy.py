@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("flwr", reason="Flower is not installed: pip install -e '.[flower]'")
 
 from fedticket.flower.deploy import (  # noqa: E402
+    CONNECTION,
     FLOWER_FILE,
     LocalDeployment,
     run_config_file,
@@ -209,3 +210,51 @@ def test_flower_app_writes_an_app_and_run_configs_that_carry_the_spec(tmp_path, 
     spec = spec_from_run_config(run)
     assert (spec.method, spec.seed, run["out"]) == ("dae-ticket", 3, "/srv/runs")
     assert spec.data == expected.data and spec.federate == expected.federate
+
+
+def test_a_killed_serverapp_resumes_from_its_checkpoint_in_a_new_run(tmp_path):
+    """SIGKILL the ServerApp after round 2 of 4 and submit the same run config again: the
+    new run resumes after the checkpoint and ends with the simulator's model; the nodes'
+    state died with the old run, so each is sent the mask again."""
+    spec = _spec(tmp_path, rounds=4)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.replace("rounds = 2", "rounds = 4"))
+    sim = subprocess.run([str(BIN / "fedticket"), "run", str(cfg), "--out", str(tmp_path / "sim"),
+                          "--threads", "1", "--quiet"], capture_output=True, text=True,
+                         timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    app = write_app(tmp_path / "app")
+    out = tmp_path / "out"
+    nodes = [{"partition-id": i, "num-partitions": 3, "threads": 1} for i in range(3)]
+    with LocalDeployment(tmp_path / "work", nodes) as dep:
+        run_cfg = run_config_file(tmp_path / "r.toml", spec, out, 1, round_timeout=120.0)
+        first = dep.submit(app, run_cfg)
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            done = [r for m in out.glob(".tmp-*/metrics.jsonl") for r in rows(m.parent, m.name)]
+            if any(r["round"] >= 2 for r in done):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("round 2 never finished")
+        killed = subprocess.run(["pkill", "-KILL", "-f", "flwr-serverapp"]).returncode
+        assert killed == 0  # a ServerApp process was there and was killed
+        dep.flwr("stop", str(first), CONNECTION)  # the SuperLink learns it is over
+        second = dep.submit(app, run_cfg)
+        status = dep.wait(second, 400)
+        log = dep.server_log(second)
+    assert status["status"] == "finished:completed", log
+    assert "resuming from the checkpoint after round" in log
+    after = int(log.split("resuming from the checkpoint after round ")[1].split(";")[0])
+    assert after >= 1
+    run = only(out, "_flower")
+    ms, mf = rows(only(tmp_path / "sim"), "metrics.jsonl"), rows(run, "metrics.jsonl")
+    assert [r["round"] for r in mf] == [r["round"] for r in ms] == [0, 1, 2, 3, 4]
+    for a, b in zip(ms, mf, strict=True):
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 1e-4
+        assert a["cum_up_bytes"] == b["cum_up_bytes"]
+    # after the restart the mask went again to every node sampled
+    assert mf[-1]["cum_mask_bytes"] > ms[-1]["cum_mask_bytes"]
+    with np.load(run / "final.npz") as f, np.load(only(tmp_path / "sim") / "final.npz") as s:
+        for k in s.files:
+            np.testing.assert_allclose(f[k], s[k], atol=1e-5)

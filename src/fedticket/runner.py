@@ -45,6 +45,8 @@ class EngineFactory(Protocol):
 
     name: str
     min_replies: int
+    clients_keep_state: bool
+    """Whether what a client kept (the mask) survives a restart of the server's run."""
 
     def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> Engine: ...
 
@@ -54,6 +56,7 @@ class Simulator:
 
     name = "simulator"
     min_replies = 1
+    clients_keep_state = True
 
     def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> Engine:
         # one untimed update first: the first timed one then pays no start-up costs
@@ -135,6 +138,8 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     if resumed is not None:
         after, global_state, meta = resumed
         strategy.load_state_dict(global_state, meta["strategy"])
+        if not engine.clients_keep_state:  # a new Flower run: the nodes' state is new too
+            strategy.has_mask.clear()
         note = ("" if meta.get("threads") == torch.get_num_threads() else
                 f" (it was made with {meta.get('threads')} threads, this process has "
                 f"{torch.get_num_threads()}: numbers may differ in the last digits)")

@@ -145,6 +145,9 @@ class FlowerEngine:
     once the data is known, then hands out a :class:`GridEngine`."""
 
     name = "flower"
+    clients_keep_state = False
+    """A node's ``context.state`` belongs to one Flower run; a restarted ServerApp is a new
+    run, so every node is sent the mask again."""
 
     def __init__(self, grid: Grid, min_replies: int, timeout_s: float, node_wait_s: float):
         self.grid, self.min_replies = grid, min_replies
