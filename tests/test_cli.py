@@ -317,3 +317,23 @@ def test_jobs_split_the_cores_and_give_the_numbers_of_one_thread_runs(tmp_path):
         b = read(tmp_path / "seq" / name, "metrics.jsonl")
         assert [r["test_accuracy"] for r in a] == [r["test_accuracy"] for r in b]
         assert read(tmp_path / "par" / name, "summary.json")["threads"] == threads
+
+
+def test_a_run_being_written_by_a_live_process_is_refused(tmp_path):
+    from fedticket.errors import FedticketError
+    from fedticket.run_folder import in_run_folder
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tmp = tmp_path / ".tmp-x"
+        tmp.mkdir()
+        (tmp / "owner.pid").write_text(str(other.pid))
+        with pytest.raises(FedticketError, match=f"being written by process {other.pid}"):
+            in_run_folder(tmp_path, "x", lambda folder: None, None, "x")
+        assert (tmp / "owner.pid").read_text() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    # once that process is gone, the run starts afresh in the same folder
+    assert in_run_folder(tmp_path, "x", lambda folder: (folder / "summary.json").write_text("{}"),
+                         None, "x") == tmp_path / "x"

@@ -236,3 +236,13 @@ def test_robust_aggregation_resists_one_large_finite_update(aggregation, expecte
                                    reply(codec, 2, [1e4, 0, 1e4, 1e4], 1)])
     assert strat.global_state["w"][0].item() == pytest.approx(expected)
     assert strat.global_state["w"][1].item() == 0.0
+
+
+def test_a_global_model_that_is_not_finite_stops_the_run(monkeypatch):
+    from fedticket.errors import DivergenceError
+
+    codec, strat, _ = setup()
+    ins = strat.configure_round(1)
+    monkeypatch.setattr(strat, "aggregate", lambda ups: {"w": torch.tensor([1.0, 0, 1, 1e39])})
+    with pytest.raises(DivergenceError, match="round 1: the aggregated model"):
+        strat.aggregate_round(1, ins, [reply(codec, 0, [1, 0, 1, 1], 1)])
