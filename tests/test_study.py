@@ -26,13 +26,13 @@ def test_the_shipped_study_and_its_quick_grid():
     assert full.partitions == ("iid", "dirichlet-0.5", "dirichlet-0.3")
     assert full.targets == (0.70, 0.80) and full.seeds == (0, 1, 2)
     grid = cells(full)
-    assert [len(v) for v in grid.values()] == [27, 27, 27]  # 9 methods x 3 seeds
+    assert [len(v) for v in grid.values()] == [24, 24, 24]  # 8 methods x 3 seeds
     spec = grid["dirichlet-0.3"][0]
     assert (spec.data.partition, spec.data.dirichlet_alpha) == ("dirichlet", 0.3)
     assert spec.federate.targets == (0.70, 0.80) and spec.data.pool_size == 10000
     quick = load_study(ROOT / "configs" / "study.toml", quick=True)
     q = cells(quick)["iid"][0]
-    assert quick.name == "study-quick" and q.federate.rounds == 12 and len(cells(quick)["iid"]) == 9
+    assert quick.name == "study-quick" and q.federate.rounds == 12 and len(cells(quick)["iid"]) == 8
 
 
 @pytest.mark.parametrize("name, settings", [

@@ -185,7 +185,7 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
     before = _finished(folder)
     started, start = time.time(), time.perf_counter()
     run_parallel(specs, folder, jobs, stream)
-    record = {
+    record: dict[str, Any] = {
         "study": study.name,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "partitions": sorted(partitions) or list(grid),

@@ -275,12 +275,12 @@ class TicketStrategy:
         seen: set[int] = set()
         for rep in replies:
             if rep.client not in sent or rep.client in seen:
-                why = "a second reply" if rep.client in seen else "reply from a client not sampled"
-                failed.append(Failure(round_, rep.client, why))
+                failed.append(Failure(round_, rep.client, "a second reply" if rep.client in seen
+                                      else "reply from a client not sampled"))
                 continue
             seen.add(rep.client)
             expected = None if self.client_sizes is None else self.client_sizes[rep.client]
-            why = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
+            why: str | None = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
             state = None
             try:
                 state = self.codec.decode(rep.payload) if why is None else None
@@ -288,7 +288,7 @@ class TicketStrategy:
                 why = str(e)
             if state is not None and why is None:
                 why = check_state(state, self.global_state, self.codec.mask)
-            if why is not None:
+            if why is not None or state is None:
                 failed.append(Failure(round_, rep.client, f"rejected: {why}"))
                 continue
             usable.append((rep, state))
