@@ -184,3 +184,68 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(world, capsys, args, f
 
 def test_there_are_at_least_30_cases():
     assert len(CASES) >= 30
+
+
+class Payload:
+    """Unpickling this runs a shell command that leaves a file behind."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_is_never_unpickled(tmp_path, capsys):
+    """Weights, masks, checkpoints and data are read as plain arrays: an .npz whose
+    object array would run code when unpickled is refused, and the code never runs."""
+    from fedticket.checkpoint import load as load_checkpoint
+    from fedticket.errors import FedticketError
+    from fedticket.io import load_states
+    from fedticket.pruning import Mask
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, x=np.array([Payload(marker)], dtype=object), y=np.zeros(1, np.int64))
+    states = tmp_path / "states.npz"
+    np.savez(states, **{"global/w": np.array([Payload(marker)], dtype=object),
+                        "meta/json": np.zeros(2, np.uint8)})
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_states(states)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        Mask.load(states)
+    run = tmp_path / ".tmp-run"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes(states.read_bytes())
+    with pytest.raises(FedticketError, match="is damaged"):
+        load_checkpoint(run, "run")
+    (tmp_path / "c.toml").write_text(GOOD)
+    code = main(["run", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"), "--quiet",
+                 "--set", 'data.dataset="npz"', "--set", f'data.path="{evil}"'])
+    assert code == 2 and "allow_pickle" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda run: (run / "metrics.jsonl").write_text('{"round": 0, "test_acc'), "metrics.jsonl"),
+    (lambda run: (run / "summary.json").write_text("{not json"), "summary.json"),
+    (lambda run: (run / "spec.json").unlink(), "spec.json"),
+])
+def test_a_damaged_run_folder_is_named_not_a_traceback(world, tmp_path, capsys, damage,
+                                                        fragment):
+    import shutil
+
+    _, out = world
+    [run] = [p for p in out.iterdir() if p.name.startswith("fedavg_")]
+    copy = tmp_path / "runs" / run.name
+    shutil.copytree(run, copy)
+    damage(copy)
+    before = snapshot(copy.parent)
+    capsys.readouterr()
+    code = main(["compare", str(copy.parent), "--no-plots"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("fedticket: error:") and "\n" not in err, err
+    assert fragment in err and snapshot(copy.parent) == before
