@@ -280,15 +280,8 @@ class TicketStrategy:
                 continue
             seen.add(rep.client)
             expected = None if self.client_sizes is None else self.client_sizes[rep.client]
-            why: str | None = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
-            state = None
-            try:
-                state = self.codec.decode(rep.payload) if why is None else None
-            except FedticketError as e:
-                why = str(e)
-            if state is not None and why is None:
-                why = check_state(state, self.global_state, self.codec.mask)
-            if why is not None or state is None:
+            state, why = self._check(rep, expected)
+            if state is None:
                 failed.append(Failure(round_, rep.client, f"rejected: {why}"))
                 continue
             usable.append((rep, state))
@@ -314,13 +307,26 @@ class TicketStrategy:
             )
         for rec in records:
             self.totals.add(rec)
-        self.global_state = self.aggregate([(s, rep.num_examples) for rep, s in usable])
-        if not all(bool(torch.isfinite(t).all()) for t in self.global_state.values()):
+        new = self.aggregate([(s, rep.num_examples) for rep, s in usable])
+        if not all(bool(torch.isfinite(t).all()) for t in new.values()):
             raise DivergenceError(f"round {round_}: the aggregated model has weights that are "
                                   "not finite; lower federate.lr")
+        self.global_state = new
         n = sum(rec.num_examples for rec in records)
         train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
         return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
+
+    def _check(self, rep: Reply, expected: int | None) -> tuple[State | None, str | None]:
+        """The decoded update of ``rep``, or None and why it may not be aggregated."""
+        why = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
+        if why is not None:
+            return None, why
+        try:
+            state = self.codec.decode(rep.payload)
+        except FedticketError as e:
+            return None, str(e)
+        why = check_state(state, self.global_state, self.codec.mask)
+        return (None, why) if why is not None else (state, None)
 
     def aggregate(self, updates: list[tuple[State, int]]) -> State:
         """The new global model from the checked updates (``spec.aggregation``)."""
