@@ -12,3 +12,15 @@ needs_fmnist = pytest.mark.skipif(
     not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason="Debian package dataset-fashion-mnist not installed (make test installs it)",
 )
+
+
+@pytest.fixture
+def flower_task_identity():
+    """Flower builds a Message's id from the run and task identity of the process it runs
+    in; outside a Flower process the tests set one, and restore it after."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    old = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old

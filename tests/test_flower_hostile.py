@@ -8,7 +8,6 @@ import torch
 flwr = pytest.importorskip("flwr", reason="Flower is not installed: pip install -e '.[flower]'")
 
 from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedticket.accounting import Codec  # noqa: E402
 from fedticket.federated import TicketStrategy  # noqa: E402
@@ -17,13 +16,7 @@ from fedticket.flower.server_app import GridEngine  # noqa: E402
 from fedticket.pruning import Mask  # noqa: E402
 from fedticket.spec import FederateSpec  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    old = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class Loopback:

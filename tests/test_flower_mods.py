@@ -9,7 +9,6 @@ flwr = pytest.importorskip("flwr", reason="Flower is not installed: pip install 
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedticket.flower.common import framework_bytes  # noqa: E402
 from fedticket.flower.mods import (  # noqa: E402
@@ -21,13 +20,7 @@ from fedticket.flower.mods import (  # noqa: E402
     sparse_update_mod,
 )
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    old = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def model(rng, density=0.25):
