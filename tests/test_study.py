@@ -172,8 +172,8 @@ def test_a_sweep_table_has_the_baseline_once_and_savings_against_it():
     rows = [line for line in text.splitlines() if line.startswith("| ") and ":--" not in line]
     assert len(rows) == 4  # header, fedavg once, one row per variant
     assert rows[1].startswith("| base | fedavg | 3/3 | 0.800±0.000 | ")
-    # traffic 25 vs 100 B -> 75.0% saved; CPU 8 vs 10 s -> 20.0%
-    assert rows[2].startswith("| a | dae-ticket |") and rows[2].endswith("| 75.0 | 20.0 |")
+    # traffic 25 vs 100 B -> 75.0% saved; FLOPs 50 vs 100 -> 50.0%; CPU 8 vs 10 s -> 20.0%
+    assert rows[2].startswith("| a | dae-ticket |") and rows[2].endswith("| 75.0 | 50.0 | 20.0 |")
     assert "**b** the base settings (dae-ticket-rewind)" in text
 
 
@@ -196,3 +196,18 @@ def test_sweep_and_grid_figures_are_drawn_from_a_summary(tmp_path):
     assert sorted(p.name for p in paths) == sorted(
         f"g-iid-accuracy_vs_{k}.png" for k in ("round", "traffic_mb", "client_gflops",
                                                "client_wall_s"))
+
+
+def test_a_grid_table_gives_mean_and_spread_of_every_number():
+    base = fields(0.80, 100e6, 100e9, 10.0)
+    ticket = fields(0.79, 25e6, 50e9, 8.0)
+    for f in (base, ticket):
+        f["best_accuracy"] = f["final_accuracy"]
+    ticket["final_accuracy"] = {"mean": 0.79, "std": 0.02, "n": 3}
+    summary = {"study": "g", "config": "base.toml", "seeds": [0, 1, 2], "overrides": [],
+               "git": {"commit": "abc"}, "partitions": ["iid"],
+               "results": {"iid": {"0.80": {"methods": {"fedavg": base, "dae-ticket": ticket}}}}}
+    rows = [line for line in render(summary).splitlines() if line.startswith("| dae-ticket |")]
+    # reached, final, best, rounds, held, MB, GFLOPs, CPU s, then the three savings
+    assert rows == ["| dae-ticket | 3/3 | 0.790±0.020 | 0.790±0.000 | 5.0±0.0 | 6.0±0.0 "
+                    "| 25.0±0.0 | 50±0 | 8.0±0.0 | 75.0 | 50.0 | 20.0 |"]

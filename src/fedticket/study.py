@@ -384,8 +384,9 @@ def render_sweep(summary: dict[str, Any]) -> str:
         for target in (f"{t:.2f}" for t in summary["targets"]):
             lines += [f"#### {part}, target {target}", "",
                       "| variant | method | reached | final acc | best acc | rounds→target | "
-                      "traffic MB | CPU s | traffic save % | CPU save % |",
-                      "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: |"]
+                      "traffic MB | GFLOPs | CPU s | traffic save % | GFLOPs save % | "
+                      "CPU save % |",
+                      "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
             first = True
             for variant, by_target in summary["results"][part].items():
                 result = by_target[target]
@@ -395,13 +396,14 @@ def render_sweep(summary: dict[str, Any]) -> str:
                         continue
                     n = f["final_accuracy"]["n"]
                     save = [_saving(f, base, k) if base and name != "fedavg" else None
-                            for k in (COSTS[0], COSTS[2])]
+                            for k in COSTS]
                     lines.append(
                         f"| {BASE if name == 'fedavg' else variant} | {name} | "
                         f"{f['rounds_to_target']['n']}/{n} | "
                         f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
                         f"{_pm(f['rounds_to_target'], '.1f')} | "
                         f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
+                        f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
                         f"{_pm(f['client_cpu_s_to_target'], '.0f')} | "
                         + " | ".join(_fmt(v, ".1f") for v in save) + " |")
                 first = False
@@ -425,10 +427,10 @@ def render(summary: dict[str, Any]) -> str:
     for part in summary["partitions"]:
         for target, result in summary["results"][part].items():
             lines += [f"### {part}, target {target}", "",
-                      "| method | reached | final acc | rounds→target | rounds→held | "
-                      "traffic MB | GFLOPs | CPU s | traffic save % | GFLOPs save % | "
-                      "CPU save % |",
-                      "| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
+                      "| method | reached | final acc | best acc | rounds→target | "
+                      "rounds→held | traffic MB | GFLOPs | CPU s | traffic save % | "
+                      "GFLOPs save % | CPU save % |",
+                      "| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
             base = result["methods"].get("fedavg")
             oracles = set(result.get("oracles", ()))
             for name, f in result["methods"].items():
@@ -437,12 +439,12 @@ def render(summary: dict[str, Any]) -> str:
                 save = [_saving(f, base, k) if base else None for k in COSTS]
                 lines.append(
                     f"| {label} | {f['rounds_to_target']['n']}/{n} | "
-                    f"{_fmt(_mean(f['final_accuracy']), '.3f')} | "
-                    f"{_fmt(_mean(f['rounds_to_target']), '.1f')} | "
-                    f"{_fmt(_mean(f['rounds_to_target_smoothed']), '.1f')} | "
-                    f"{_fmt(_scaled(f['traffic_bytes_to_target'], 1e-6), '.1f')} | "
-                    f"{_fmt(_scaled(f['client_flops_to_target'], 1e-9), '.0f')} | "
-                    f"{_fmt(_mean(f['client_cpu_s_to_target']), '.1f')} | "
+                    f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
+                    f"{_pm(f['rounds_to_target'], '.1f')} | "
+                    f"{_pm(f['rounds_to_target_smoothed'], '.1f')} | "
+                    f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
+                    f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
+                    f"{_pm(f['client_cpu_s_to_target'], '.1f')} | "
                     + " | ".join(_fmt(v, ".1f") for v in save) + " |")
             v = verdict(result)
             lines.append("")
