@@ -79,13 +79,13 @@ def plot_curves(study: str, partition: str, by_method: dict[str, dict[str, list[
 
 
 def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
-    """One figure per sweep: per partition, final accuracy (top) and traffic to the
-    first target (bottom) of each method across the variants, mean ± std over seeds,
-    with fedavg's as a dashed line."""
+    """One figure per sweep: per partition, final accuracy (top), traffic and client CPU
+    time to the first target of each method across the variants, mean ± std over
+    seeds, with fedavg's as a dashed line."""
     parts, variants = summary["partitions"], list(summary["variants"])
     target = f"{summary['targets'][0]:.2f}"
-    fig = Figure(figsize=(5.0 * len(parts), 6.4), dpi=110, layout="constrained")
-    axes = fig.subplots(2, len(parts), squeeze=False)
+    fig = Figure(figsize=(5.0 * len(parts), 9.0), dpi=110, layout="constrained")
+    axes = fig.subplots(3, len(parts), squeeze=False)
     for j, part in enumerate(parts):
         results = summary["results"][part]
         methods = list(dict.fromkeys(m for v in results.values()
@@ -93,18 +93,19 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
         base = next(iter(results.values()))[target]["methods"]["fedavg"]
         for i, (field, scale, label) in enumerate((
                 ("final_accuracy", 1.0, "final test accuracy"),
-                ("traffic_bytes_to_target", 1e-6, f"traffic to {target} (MB, log)"))):
+                ("traffic_bytes_to_target", 1e-6, f"traffic to {target} (MB, log)"),
+                ("client_cpu_s_to_target", 1.0, f"client CPU s to {target} (log)"))):
             ax = axes[i][j]
             for m in methods:
                 xs = [k for k, v in enumerate(variants)
                       if v in results and m in results[v][target]["methods"]]
-                stats = [results[variants[k]][target]["methods"][m][field] for k in xs]
+                stats = [results[variants[k]][target]["methods"][m].get(field) for k in xs]
                 pts = [(k, s["mean"] * scale, (s["std"] or 0.0) * scale)
-                       for k, s in zip(xs, stats, strict=True) if s["mean"] is not None]
+                       for k, s in zip(xs, stats, strict=True) if s and s["mean"] is not None]
                 if pts:
                     k, mean, std = zip(*pts, strict=True)
                     ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=m)
-            if base[field]["mean"] is not None:
+            if base.get(field) and base[field]["mean"] is not None:
                 ax.axhline(base[field]["mean"] * scale, color="gray", linestyle="--",
                            linewidth=1, label="fedavg")
             ax.set_xticks(range(len(variants)), variants, fontsize="small")
