@@ -12,8 +12,10 @@ from fedticket.study import (
     load_study,
     partition_settings,
     plot_summary,
+    q2_candidates,
     read_summary,
     render,
+    sweep_q2,
     variant_cells,
     verdict,
 )
@@ -211,3 +213,22 @@ def test_a_grid_table_gives_mean_and_spread_of_every_number():
     # reached, final, best, rounds, held, MB, GFLOPs, CPU s, then the three savings
     assert rows == ["| dae-ticket | 3/3 | 0.790±0.020 | 0.790±0.000 | 5.0±0.0 | 6.0±0.0 "
                     "| 25.0±0.0 | 50±0 | 8.0±0.0 | 75.0 | 50.0 | 20.0 |"]
+
+
+def testsweep_q2_counts_only_methods_every_seed_of_which_reached_the_target():
+    base = fields(0.80, 100.0, 100.0, 10.0)
+    results = {
+        "a": {"methods": {"fedavg": base, "dae-ticket": fields(0.798, 2.0, 50.0, 2.0)}},
+        # 100x less traffic, but one seed of three never reached the target
+        "b": {"methods": {"fedavg": base,
+                          "dae-ticket-fast": fields(0.80, 1.0, 1.0, 1.0, reached=2)}},
+        # 1 point below fedavg: outside the 0.5-point band
+        "c": {"methods": {"fedavg": base, "dae-ticket": fields(0.79, 1.0, 1.0, 1.0)}},
+        # within the band, 25x traffic, but only 2x client time
+        "d": {"methods": {"fedavg": base, "dae-ticket": fields(0.80, 4.0, 1.0, 5.0)}},
+    }
+    assert q2_candidates(results["b"]) == []
+    line = sweep_q2(results)
+    # a: 100/2 = 50x traffic, 10/2 = 5x time; d: 25x traffic, 2x time
+    assert "largest traffic factor a `dae-ticket`, 50.0x less traffic and 5.00x" in line
+    assert line.endswith("both met by: a `dae-ticket` (50.0x, 5.00x).")
