@@ -104,7 +104,10 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
                        for k, s in zip(xs, stats, strict=True) if s and s["mean"] is not None]
                 if pts:
                     k, mean, std = zip(*pts, strict=True)
-                    ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=m)
+                    # a line only joins neighbouring variants, never across another's
+                    joined = list(k) == list(range(k[0], k[0] + len(k)))
+                    ax.errorbar(k, mean, yerr=std, marker="o", capsize=3, label=m,
+                                linestyle="-" if joined else "none")
             if base.get(field) and base[field]["mean"] is not None:
                 ax.axhline(base[field]["mean"] * scale, color="gray", linestyle="--",
                            linewidth=1, label="fedavg")
