@@ -26,7 +26,7 @@ from fedticket.io import git_commit, versions
 from fedticket.paths import is_finished
 from fedticket.report.compare import compare
 from fedticket.report.runs import load_run
-from fedticket.report.study_plots import curves, plot_curves, plot_sweep
+from fedticket.report.study_plots import curves, plot_curves, plot_sweep, provenance
 from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set
 
 COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
@@ -531,4 +531,5 @@ def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     if "variants" in summary:
         return [plot_sweep(summary, out_dir)]
     return [p for part, by_method in summary.get("curves", {}).items()
-            for p in plot_curves(summary["study"], part, by_method, summary["targets"], out_dir)]
+            for p in plot_curves(summary["study"], part, by_method, summary["targets"], out_dir,
+                                 note=provenance(summary))]

@@ -48,9 +48,16 @@ def curves(runs: list[Run]) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def provenance(summary: dict[str, Any]) -> str:
+    """The commits a summary's runs were made at, for a figure's title."""
+    commits = summary.get("run_commits") or ["?"]
+    return "runs at " + ", ".join(c[:10] for c in commits)
+
+
 def plot_curves(study: str, partition: str, by_method: dict[str, dict[str, list[float]]],
-                targets: list[float], out_dir: Path) -> list[Path]:
-    """``STUDY-PARTITION-accuracy_vs_{round,traffic_mb,client_gflops,client_wall_s}.png``."""
+                targets: list[float], out_dir: Path, note: str = "") -> list[Path]:
+    """``STUDY-PARTITION-accuracy_vs_{round,traffic_mb,client_gflops,client_wall_s}.png``;
+    ``note`` (where the runs came from) goes under the title."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, (_, label, what) in AXES.items():
@@ -69,7 +76,8 @@ def plot_curves(study: str, partition: str, by_method: dict[str, dict[str, list[
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{study}, {partition}: accuracy vs {what}\n"
-                     "(mean over seeds; band: min–max; dashed: targets)", fontsize="medium")
+                     "(mean over seeds; band: min–max; dashed: targets)"
+                     + (f"\n{note}" if note else ""), fontsize="medium")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small", ncol=2)
         path = out_dir / f"{study}-{partition}-accuracy_vs_{key}.png"
@@ -122,8 +130,8 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
             ax.set_title(f"{part}" if i == 0 else "", fontsize="medium")
             if i == 0 and j == 0:
                 ax.legend(fontsize="x-small")
-    fig.suptitle(f"{summary['study']}: mean ± std over seeds {summary['seeds']}",
-                 fontsize="medium")
+    fig.suptitle(f"{summary['study']}: mean ± std over seeds {summary['seeds']} "
+                 f"({provenance(summary)})", fontsize="medium")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{summary['study']}.png"
     _save_atomic(fig, path)
