@@ -288,11 +288,6 @@ def _mean(stat: dict[str, Any] | None) -> float | None:
     return None if stat is None else stat.get("mean")
 
 
-def _scaled(stat: dict[str, Any] | None, scale: float) -> float | None:
-    m = _mean(stat)
-    return None if m is None else m * scale
-
-
 def _fmt(x: float | None, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
@@ -414,12 +409,9 @@ def render_sweep(summary: dict[str, Any]) -> str:
                         f"{_pm(f['client_cpu_s_to_target'], '.0f')} | "
                         + " | ".join(_fmt(v, ".1f") for v in save) + " |")
                 first = False
-            lines += ["", sweep_q2(by_variant_target(summary["results"][part], target)), ""]
+            at_target = {v: by_target[target] for v, by_target in summary["results"][part].items()}
+            lines += ["", sweep_q2(at_target), ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def by_variant_target(results: dict[str, Any], target: str) -> dict[str, Any]:
-    return {variant: by_target[target] for variant, by_target in results.items()}
 
 
 def sweep_q2(results: dict[str, Any]) -> str:
