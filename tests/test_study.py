@@ -232,3 +232,30 @@ def testsweep_q2_counts_only_methods_every_seed_of_which_reached_the_target():
     # a: 100/2 = 50x traffic, 10/2 = 5x time; d: 25x traffic, 2x time
     assert "largest traffic factor a `dae-ticket`, 50.0x less traffic and 5.00x" in line
     assert line.endswith("both met by: a `dae-ticket` (50.0x, 5.00x).")
+
+
+def test_a_stopped_study_records_the_runs_it_made_and_says_it_stopped(tmp_path, monkeypatch):
+    import json
+
+    import fedticket.runner
+    from fedticket.study import run_study, timings
+
+    study = load_study(ROOT / "configs" / "study.toml", quick=True)
+
+    def two_runs_then_ctrl_c(specs, folder, jobs, stream):
+        for spec in specs[:2]:
+            (folder / spec.run_name()).mkdir()
+            (folder / spec.run_name() / "summary.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedticket.runner, "run_parallel", two_runs_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, tmp_path, jobs=2, stream=None)
+    [record] = timings(tmp_path / study.folder_name, study.name)
+    assert record["ran"] == 2 and record["runs"] == 24 and record["stopped"] is True
+    line = (tmp_path / study.folder_name / "_timing.jsonl").read_text()
+    assert json.loads(line)["jobs"] == 2
+    summary = {"study": "g", "config": "c", "seeds": [0], "overrides": [], "git": {},
+               "partitions": [], "results": {}, "timings": [record]}
+    assert "Grid time: 2 of 24 runs" in render(summary)
+    assert "; stopped before the end)." in render(summary)

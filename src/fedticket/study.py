@@ -184,20 +184,25 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
     folder.mkdir(parents=True, exist_ok=True)
     before = _finished(folder)
     started, start = time.time(), time.perf_counter()
-    run_parallel(specs, folder, jobs, stream)
-    record: dict[str, Any] = {
-        "study": study.name,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "partitions": sorted(partitions) or list(grid),
-        "runs": len(specs),
-        "ran": len(_finished(folder) - before),
-        "jobs": jobs,
-        "cores": os.cpu_count(),
-        "wall_s": round(time.perf_counter() - start, 1),
-        "git": git_commit(),
-    }
-    with open(folder / TIMING, "a") as fh:  # one line per invocation, appended
-        fh.write(json.dumps(record) + "\n")
+    stopped = True
+    try:
+        run_parallel(specs, folder, jobs, stream)
+        stopped = False
+    finally:  # an interrupted invocation records what it made, marked as stopped
+        record: dict[str, Any] = {
+            "study": study.name,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "partitions": sorted(partitions) or list(grid),
+            "runs": len(specs),
+            "ran": len(_finished(folder) - before),
+            "jobs": jobs,
+            "cores": os.cpu_count(),
+            "wall_s": round(time.perf_counter() - start, 1),
+            "git": git_commit(),
+            **({"stopped": True} if stopped else {}),
+        }
+        with open(folder / TIMING, "a") as fh:  # one line per invocation, appended
+            fh.write(json.dumps(record) + "\n")
     if stream:
         print(f"study {study.name}: {record['ran']} of {len(specs)} runs made in "
               f"{record['wall_s'] / 60:.1f} min", file=stream, flush=True)
@@ -271,7 +276,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
                                for r in used}),
         "versions": versions(),
         "timings": [{k: r[k] for k in ("started", "partitions", "runs", "ran", "jobs",
-                                         "cores", "wall_s")}
+                                         "cores", "wall_s", "stopped") if k in r}
                     for r in timings(folder, study.name)],
         "results": parts,
     }
@@ -381,7 +386,8 @@ def render_sweep(summary: dict[str, Any]) -> str:
     for t in summary.get("timings", []):
         lines.insert(-1, f"Sweep time: {t['ran']} of {t['runs']} runs in "
                          f"{t['wall_s'] / 60:.1f} min with `--jobs {t['jobs']}` on "
-                         f"{t['cores']} cores (started {t['started']}).")
+                         f"{t['cores']} cores (started {t['started']}"
+                         f"{'; stopped before the end' if t.get('stopped') else ''}).")
     for part in summary["partitions"]:
         for target in (f"{t:.2f}" for t in summary["targets"]):
             lines += [f"#### {part}, target {target}", "",
@@ -443,7 +449,8 @@ def render(summary: dict[str, Any]) -> str:
     for t in summary.get("timings", []):
         lines.insert(-1, f"Grid time: {t['ran']} of {t['runs']} runs "
                          f"({', '.join(t['partitions'])}) in {t['wall_s'] / 60:.1f} min with "
-                         f"`--jobs {t['jobs']}` on {t['cores']} cores (started {t['started']}).")
+                         f"`--jobs {t['jobs']}` on {t['cores']} cores (started {t['started']}"
+                         f"{'; stopped before the end' if t.get('stopped') else ''}).")
     for part in summary["partitions"]:
         for target, result in summary["results"][part].items():
             lines += [f"### {part}, target {target}", "",
