@@ -105,28 +105,32 @@ def test_the_committed_reproduction_tables_are_render_of_the_committed_summaries
         assert block == render(read_summary(path)), path.name
 
 
-# sweep: (variants, how many of them are a main-grid setting)
-SWEEPS = {"sparsity": (4, 1), "noise": (5, 1), "init": (3, 2), "pool": (4, 1), "stateless": (2, 1)}
+# sweep: (variants, how many of them are a main-grid setting, partitions, seeds)
+MAIN_PARTS, TWO_SEEDS = ["iid", "dirichlet-0.5"], (0, 1)
+SWEEPS = {"sparsity": (4, 1, MAIN_PARTS, TWO_SEEDS), "noise": (5, 1, MAIN_PARTS, TWO_SEEDS),
+          "init": (3, 2, MAIN_PARTS, TWO_SEEDS), "pool": (4, 1, MAIN_PARTS, TWO_SEEDS),
+          "stateless": (2, 1, MAIN_PARTS, TWO_SEEDS),
+          "sparsity-skewed": (2, 1, ["dirichlet-0.3"], (0, 1, 2))}
 
 
 @pytest.mark.parametrize("name, counts", SWEEPS.items())
 def test_each_sweep_reuses_the_main_grid_cell_it_shares(name, counts):
-    n_variants, n_shared = counts
     """A sweep's variant that equals the base experiment names the same run folders as
     the main grid (so they are not run twice), and fedavg runs once per partition."""
+    n_variants, n_shared, partitions, seeds = counts
     main = {s.run_name() for specs in cells(load_study(ROOT / "configs" / "study.toml")).values()
             for s in specs}
     sweep = load_study(ROOT / "configs" / "sweeps" / f"{name}.toml")
     assert sweep.folder_name == "study" and len(sweep.variants) == n_variants
     grid = variant_cells(sweep)
-    assert list(grid) == ["iid", "dirichlet-0.5"]
+    assert list(grid) == partitions
     for by_variant in grid.values():
-        assert [s.method for s in by_variant[BASE]] == ["fedavg", "fedavg"]
+        assert [s.method for s in by_variant[BASE]] == ["fedavg"] * len(seeds)
         assert list(by_variant) == [BASE, *(v[0] for v in sweep.variants)]
         shared = [v for v, specs in by_variant.items()
                   if v != BASE and {s.run_name() for s in specs} <= main]
         assert len(shared) == n_shared, shared  # run once, in the main grid
-        assert all(s.seed in (0, 1) for specs in by_variant.values() for s in specs)
+        assert {s.seed for specs in by_variant.values() for s in specs} == set(seeds)
 
 
 def test_sweep_variants_change_what_they_name():
