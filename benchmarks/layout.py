@@ -16,13 +16,12 @@ weight difference after the client update is printed too).
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import median_cpu_s
 
 from fedticket.io import git_commit, versions
 from fedticket.models import build, fast_layout
@@ -30,16 +29,6 @@ from fedticket.pretrain.server import _Autoencoder
 from fedticket.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu(fn, repeat: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
 
 
 def net(channels_last: bool):
@@ -91,7 +80,7 @@ def main() -> None:
     rows = {}
     for name, make in (("client update", lambda cl: (lambda: update(net(cl)))),
                        ("evaluation", evaluation), ("DAE steps", dae)):
-        a, b = cpu(make(False)), cpu(make(True))
+        a, b = median_cpu_s(make(False)), median_cpu_s(make(True))
         rows[name] = {"default_s": a, "channels_last_s": b, "ratio": b / a}
         print(f"{name:14} default {a:6.3f} s   channels-last {b:6.3f} s   ratio {b / a:.2f}")
     da, db = update(net(False)).state_dict(), update(net(True)).state_dict()

@@ -18,10 +18,10 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _timing import median_cpu_s
 
 from fedticket.federated.aggregate import coordinate_median, fedavg, trimmed_mean
 from fedticket.io import git_commit, versions
@@ -32,15 +32,6 @@ from fedticket.spec import ModelSpec, load_config, parse_set
 ROOT = Path(__file__).resolve().parents[1]
 RULES = {"fedavg": [], "median": ['federate.aggregation="median"'],
          "trimmed-mean 0.2": ['federate.aggregation="trimmed-mean"', "federate.trim_fraction=0.2"]}
-
-
-def cpu_time(fn, repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,9 +49,9 @@ def main() -> None:
                 state[k][torch.rand(state[k].shape, generator=g) < 0.8] = 0.0
         updates.append(state)
     timed = {
-        "fedavg": cpu_time(lambda: fedavg([(u, 40) for u in updates])),
-        "median": cpu_time(lambda: coordinate_median(updates)),
-        "trimmed-mean 0.2": cpu_time(lambda: trimmed_mean(updates, 0.2)),
+        "fedavg": median_cpu_s(lambda: fedavg([(u, 40) for u in updates]), warmup=False),
+        "median": median_cpu_s(lambda: coordinate_median(updates), warmup=False),
+        "trimmed-mean 0.2": median_cpu_s(lambda: trimmed_mean(updates, 0.2), warmup=False),
     }
     print("aggregating 10 updates of the FedAvg CNN (CPU s, median of 5):")
     for rule, t in timed.items():

@@ -1,0 +1,19 @@
+"""A timing helper the benchmark scripts share (each still runs on its own:
+``python benchmarks/NAME.py`` puts this folder on the import path)."""
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def median_cpu_s(fn: Callable[[], object], repeat: int = 5, warmup: bool = True) -> float:
+    """The median CPU time of ``repeat`` calls of ``fn`` (after one untimed call with
+    ``warmup``): CPU time, not wall time, so a busy shared machine distorts it less."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
