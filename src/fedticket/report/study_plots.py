@@ -93,6 +93,7 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
     line."""
     parts, variants = summary["partitions"], list(summary["variants"])
     target = f"{summary['targets'][-1]:.2f}"  # the high target separates the variants
+    n_seeds = len(summary["seeds"])  # a cost is drawn only where every seed reached it
     fig = Figure(figsize=(5.0 * len(parts), 9.0), dpi=110, layout="constrained")
     axes = fig.subplots(3, len(parts), squeeze=False)
     for j, part in enumerate(parts):
@@ -109,7 +110,6 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
                 xs = [k for k, v in enumerate(variants)
                       if v in results and m in results[v][target]["methods"]]
                 stats = [results[variants[k]][target]["methods"][m].get(field) for k in xs]
-                n_seeds = len(summary["seeds"])  # a cost only where every seed reached
                 pts = [(k, s["mean"] * scale, (s["std"] or 0.0) * scale)
                        for k, s in zip(xs, stats, strict=True)
                        if s and s["mean"] is not None and s.get("n", n_seeds) == n_seeds]
