@@ -6,6 +6,7 @@ costs about 10 s of Flower's fixed overhead, so the runs are two rounds long.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -234,9 +235,11 @@ def test_a_killed_serverapp_resumes_from_its_checkpoint_in_a_new_run(tmp_path):
             done = [r for m in out.glob(".tmp-*/metrics.jsonl") for r in rows(m.parent, m.name)]
             if any(r["round"] >= 2 for r in done):
                 break
-            time.sleep(0.2)
+            if str(dep.status(first).get("status", "")).startswith("finished"):
+                pytest.fail(f"the first run ended before round 2: {dep.server_log(first)}")
+            time.sleep(1.0)
         else:
-            pytest.fail("round 2 never finished")
+            pytest.fail(f"round 2 never finished: {dep.server_log(first)}")
         killed = subprocess.run(["pkill", "-KILL", "-f", "flwr-serverapp"]).returncode
         assert killed == 0  # a ServerApp process was there and was killed
         dep.flwr("stop", str(first), CONNECTION)  # the SuperLink learns it is over
@@ -258,3 +261,33 @@ def test_a_killed_serverapp_resumes_from_its_checkpoint_in_a_new_run(tmp_path):
     with np.load(run / "final.npz") as f, np.load(only(tmp_path / "sim") / "final.npz") as s:
         for k in s.files:
             np.testing.assert_allclose(f[k], s[k], atol=1e-5)
+
+
+def test_a_taken_port_is_given_up_for_another(tmp_path, monkeypatch):
+    """The port a server is handed can be taken before it binds (an outgoing connection
+    from the ephemeral range, say): the SuperLink or SuperNode then exits with errno 98,
+    and the deployment starts it again on another port instead of running without it."""
+    import fedticket.flower.deploy as deploy_mod
+
+    holder = socket.socket()  # bound, not listening: like another process's connection
+    holder.bind(("127.0.0.1", 0))
+    taken = holder.getsockname()[1]
+    real, calls = deploy_mod.free_port, []
+
+    def handed() -> int:  # calls 1 and 3: the SuperLink's and SuperNode 0's first ports
+        calls.append(1)
+        return taken if len(calls) in (1, 3) else real()
+
+    monkeypatch.setattr(deploy_mod, "free_port", handed)
+    try:
+        with LocalDeployment(tmp_path / "work", [{"partition-id": 0}]) as dep:
+            assert dep.port != taken
+            urllib.request.urlopen(f"http://{dep.address}/health", timeout=5)
+            [node] = dep.nodes
+            assert node.popen.poll() is None  # the second SuperNode runs
+            logs = {p.name: p.read_text().lower() for p in (tmp_path / "work").glob("*.log")}
+    finally:
+        holder.close()
+    assert len(calls) == 4
+    for name in ("superlink.log", "supernode0.log"):
+        assert logs[name].count("address already in use") == 1, name

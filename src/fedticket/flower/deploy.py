@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -75,10 +76,44 @@ def _toml(v: Any) -> str:
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
+BIND_CLASH = "address already in use"  # what a Flower server logs when its port is taken
+START_ATTEMPTS = 3
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; else IANA's)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free TCP port on 127.0.0.1 for a server we are about to start.
+
+    It is taken below the ephemeral range: a port from inside it can go to any outgoing
+    connection (a SuperNode's own to the SuperLink, say) between this check and the
+    server's bind, and the server then exits with errno 98.
+    """
+    lo, _ = ephemeral_ports()
+    pool = list(range(max(1024, lo - 12000), lo))
+    for port in random.SystemRandom().sample(pool, min(len(pool), 200)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # nothing free below the range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cores() -> int:
@@ -95,6 +130,7 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log: Path
+    log_offset: int = 0  # where this process's lines start in ``log``
 
 
 @dataclass
@@ -147,7 +183,7 @@ class LocalDeployment:
 
             self.certs = make_certificates(self.workdir / "certs", len(self.node_configs))
         args = [str(self.bin / "flower-superlink"), "--host", "127.0.0.1",
-                "--port", str(self.port), "--database", str(self.workdir / "state.db")]
+                "--database", str(self.workdir / "state.db")]
         if self.tls:
             args += ["--ssl-ca-certfile", str(self.certs["ca"]),
                      "--ssl-certfile", str(self.certs["server"]),
@@ -155,32 +191,83 @@ class LocalDeployment:
                      "--enable-supernode-auth"]
         else:
             args += ["--insecure"]
-        self._spawn("superlink", args)
-        self._wait_healthy()
+        for attempt in range(START_ATTEMPTS):
+            proc = self._spawn("superlink", args + ["--port", str(self.port)])
+            try:
+                self._wait_healthy()
+                break
+            except FedticketError:
+                if attempt + 1 == START_ATTEMPTS or not self._clashed(proc):
+                    raise
+                self.procs.remove(proc)
+                self.port = free_port()  # someone took the port: try another
+                self.address = f"127.0.0.1:{self.port}"
         self._write_connection()
         for i in range(len(self.node_configs)):
             if self.tls:
                 self.register_node(self.certs[f"node{i}.pub"])
-            self.nodes.append(self.start_node(i))
+        self.nodes.extend(self._start_nodes(range(len(self.node_configs))))
 
     def start_node(self, i: int, key: Path | None = None) -> Proc:
-        """Start SuperNode ``i`` (with its own registered key under TLS, or ``key``)."""
+        """Start SuperNode ``i`` (with its own registered key under TLS, or ``key``) and
+        wait until it listens or exits."""
+        [proc] = self._start_nodes([i], key)
+        return proc
+
+    def _start_nodes(self, which: Sequence[int], key: Path | None = None) -> list[Proc]:
+        """Start SuperNodes side by side and wait until each listens on its port or has
+        exited; one that exited because its port was taken starts again on another."""
+        procs = {i: self._spawn_node(i, key) for i in which}
+        pending = list(procs)
+        for attempt in range(START_ATTEMPTS):
+            pending = [i for i in pending if not self._await_listening(*procs[i])
+                       and self._clashed(procs[i][0])]
+            if not pending or attempt + 1 == START_ATTEMPTS:
+                break
+            for i in pending:
+                self.procs.remove(procs[i][0])
+                procs[i] = self._spawn_node(i, key)
+        return [proc for proc, _ in procs.values()]
+
+    def _spawn_node(self, i: int, key: Path | None) -> tuple[Proc, int]:
+        port = free_port()
         cfg = " ".join(f"{k}={_toml(v)}" for k, v in self.node_configs[i].items())
         args = [str(self.bin / "flower-supernode"), "--superlink", self.address,
-                "--port", str(free_port()), "--node-config", cfg]
+                "--port", str(port), "--node-config", cfg]
         if self.tls:
             args += ["--root-certificates", str(self.certs["ca"]),
                      "--auth-supernode-private-key", str(key or self.certs[f"node{i}"])]
         else:
             args += ["--insecure"]
-        return self._spawn(f"supernode{i}", args)
+        return self._spawn(f"supernode{i}", args), port
+
+    def _await_listening(self, proc: Proc, port: int) -> bool:
+        """True once ``proc`` listens on ``port``; False if it exits first or times out."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                return False
+            if listening(port):
+                return True
+            time.sleep(0.2)
+        return False
+
+    @staticmethod
+    def _clashed(proc: Proc) -> bool:
+        """Did ``proc`` exit because its port was taken? (Only its own log lines count.)"""
+        if proc.popen.poll() is None:
+            return False
+        with open(proc.log, "rb") as f:
+            f.seek(proc.log_offset)
+            return BIND_CLASH in f.read().decode(errors="replace").lower()
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as f:
+            offset = f.tell()
             p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=self.env,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
-        proc = Proc(name, p, log)
+        proc = Proc(name, p, log, offset)
         self.procs.append(proc)
         return proc
 
