@@ -119,8 +119,11 @@ def test_tls_run_completes_and_strangers_are_refused(tmp_path):
             os.kill(pid, 0)
 
 
-def test_a_killed_supernode_is_logged_and_the_round_goes_on(tmp_path):
-    spec = _spec(tmp_path, client_fraction=1.0)
+def test_a_killed_supernode_is_logged_and_its_restart_takes_the_partition_back(tmp_path):
+    """SIGKILL SuperNode 2 after round 1 and start it again at once: round 2 goes on
+    without it (logged as a failure); the restarted node has a new node id and an empty
+    state, so from round 3 it holds partition 2 again and is sent the mask again."""
+    spec = _spec(tmp_path, client_fraction=1.0, rounds=3)
     app = write_app(tmp_path / "app")
     out = tmp_path / "out"
     nodes = [{"partition-id": i, "num-partitions": 3, "threads": 1} for i in range(3)]
@@ -138,16 +141,20 @@ def test_a_killed_supernode_is_logged_and_the_round_goes_on(tmp_path):
         else:
             pytest.fail("round 1 never finished")
         dep.kill_node(2)
+        dep.nodes[2] = dep.start_node(2)
         status = dep.wait(run_id, 400)
         log = dep.server_log(run_id)
-    assert status["status"] == "finished:completed"
+    assert status["status"] == "finished:completed", log
     run = only(out, "_flower")
     metrics = rows(run, "metrics.jsonl")
-    assert [(r["round"], r["clients"]) for r in metrics] == [(0, 0), (1, 3), (2, 2)]
+    assert [(r["round"], r["clients"]) for r in metrics] == [(0, 0), (1, 3), (2, 2), (3, 3)]
     [lost] = rows(run, "failures.jsonl")
     assert (lost["round"], lost["client"]) == (2, 2)
     assert json.loads((run / "summary.json").read_text())["failed_client_rounds"] == 1
     assert "client 2 lost" in log
+    assert "partition 2: node" in log and "(a restarted SuperNode)" in log
+    mask = metrics[1]["cum_mask_bytes"] // 3  # round 1 sent it to each of the 3 nodes
+    assert [r["cum_mask_bytes"] for r in metrics] == [0, 3 * mask, 3 * mask, 4 * mask]
 
 
 def test_sparse_mod_example_sends_fewer_bytes_and_keeps_pruned_weights_zero(tmp_path):

@@ -51,6 +51,32 @@ def test_mask_goes_once_to_each_client_that_replied():
     assert t.down_bytes == 3 * (12 + len(codec.encode_mask())) and t.up_bytes == 2 * 12
 
 
+def test_a_client_whose_engine_lost_its_state_is_sent_the_mask_again():
+    """A restarted SuperNode (the engine says so) gets the mask in the next round, and the
+    ledger books it: one more mask message than with every client keeping its state."""
+    codec, strat, _ = setup()
+    mask_len = len(codec.encode_mask())
+
+    class Restarts:  # client 1's node comes back empty before round 2
+        name = "restarts"
+
+        def __init__(self):
+            self.masks = []
+
+        def train_round(self, instructions):
+            self.masks.append({i.client: len(i.mask) for i in instructions})
+            return [reply(codec, i.client, [1.0, 0.0, 1.0, 1.0], 1) for i in instructions], []
+
+        def lost_state(self):
+            return {1} if len(self.masks) == 1 else set()
+
+    recorder = Recorder()
+    engine = Restarts()
+    strat.start(engine, [recorder])
+    assert engine.masks == [{0: mask_len, 1: mask_len, 2: mask_len}, {0: 0, 1: mask_len, 2: 0}]
+    assert recorder.logs[-1].totals.mask_bytes == 4 * mask_len
+
+
 def test_bad_payloads_are_failures_and_the_rest_is_averaged():
     codec, strat, _ = setup()
     ins = strat.configure_round(1)
@@ -85,6 +111,9 @@ def test_start_evaluates_round_zero_and_every_round_through_any_engine():
                 out.append(reply(codec, i.client, w.tolist(), 1))
             return out, []
 
+        def lost_state(self):
+            return set()
+
     rounds = []
     final = strat.start(Echo(), [type("CB", (), {"on_round": lambda s, log: rounds.append(
         (log.round, log.test_accuracy))})()])
@@ -115,6 +144,9 @@ def test_sparse_evaluation_scores_every_round_until_the_declared_targets_are_rea
 
             def train_round(self, instructions):
                 return [reply(codec, i.client, [float(i.round)], 1) for i in instructions], []
+
+            def lost_state(self):
+                return set()
 
         recorder = Recorder()
         strat.start(Count(), [recorder])

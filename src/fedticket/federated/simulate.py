@@ -49,6 +49,9 @@ class LocalEngine:
         ]
         return replies, []
 
+    def lost_state(self) -> set[int]:
+        return set()  # in-process clients lose nothing
+
 
 def run_fedavg(
     trainer: LocalTrainer,

@@ -185,6 +185,11 @@ class Engine(Protocol):
         self, instructions: Sequence[Instruction]
     ) -> tuple[list[Reply], list[Failure]]: ...
 
+    def lost_state(self) -> set[int]:
+        """Clients whose kept state (the mask) is gone since the last call, such as a
+        restarted Flower SuperNode's; the strategy sends them the mask again."""
+        ...
+
 
 def client_train(
     trainer: LocalTrainer, codec: Codec, received: Mapping[str, torch.Tensor], data: Labeled,
@@ -388,6 +393,7 @@ class TicketStrategy:
             emit(RoundLog(0, [], replace(self.totals), None, None), time.perf_counter())
         for r in range(after + 1, self.spec.rounds + 1):
             started = time.perf_counter()
+            self.has_mask -= engine.lost_state()
             instructions = self.configure_round(r)
             replies, failures = engine.train_round(instructions)
             emit(self.aggregate_round(r, instructions, replies, failures), started)

@@ -37,30 +37,48 @@ from fedticket.runner import run_one
 app = ServerApp()
 
 POLL_S = 0.5
+QUERY_TIMEOUT_S = 60.0  # a node asked mid-run for its partition (starts a ClientApp)
 
 
-def partition_map(grid: Grid, num_partitions: int, wait_s: float) -> dict[int, int]:
+def ask_partitions(grid: Grid, nodes: Sequence[int], num_partitions: int,
+                   timeout_s: float) -> list[tuple[int, int]]:
+    """``(partition id, node id)`` for each of ``nodes`` that says which partition it holds
+    (a QUERY message each); a node that errs, or names no partition of this run, is left
+    out with a warning."""
+    msgs = [Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
+                    message_type=MessageType.QUERY) for n in nodes]
+    out = []
+    for rep in grid.send_and_receive(msgs, timeout=max(timeout_s, 1.0)):
+        node = rep.metadata.src_node_id
+        if rep.has_error():
+            log(WARNING, "node %s did not say its partition: %s", node, rep.error.reason)
+            continue
+        pid = get(rep.content.config_records[RECORD], "partition-id", int)
+        if not 0 <= pid < num_partitions:
+            log(WARNING, "node %s holds partition %s; this run has partitions 0-%s",
+                node, pid, num_partitions - 1)
+            continue
+        out.append((pid, node))
+    return out
+
+
+def partition_map(grid: Grid, num_partitions: int, wait_s: float,
+                  asked: set[int] | None = None) -> dict[int, int]:
     """``partition id -> node id``, asking each connected node once (a QUERY message).
 
     Waits up to ``wait_s`` seconds for a node per partition; a partition held by two
-    nodes, or one that no node holds in time, is an error.
+    nodes, or one that no node holds in time, is an error. The nodes asked are added to
+    ``asked``.
     """
     found: dict[int, int] = {}
-    asked: set[int] = set()
+    asked = set() if asked is None else asked
     deadline = time.monotonic() + wait_s
     while len(found) < num_partitions:
         new = [n for n in grid.get_node_ids() if n not in asked]
         if new:
-            msgs = [Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
-                            message_type=MessageType.QUERY) for n in new]
             asked.update(new)
-            for rep in grid.send_and_receive(msgs, timeout=max(deadline - time.monotonic(), 1)):
-                if rep.has_error():
-                    log(WARNING, "node %s did not say its partition: %s",
-                        rep.metadata.src_node_id, rep.error.reason)
-                    continue
-                pid = get(rep.content.config_records[RECORD], "partition-id", int)
-                node = rep.metadata.src_node_id
+            for pid, node in ask_partitions(grid, new, num_partitions,
+                                            deadline - time.monotonic()):
                 if pid in found and found[pid] != node:
                     raise FedticketError(f"partition {pid} is held by nodes {found[pid]} "
                                          f"and {node}; give each SuperNode its own partition-id")
@@ -79,8 +97,29 @@ class GridEngine:
 
     name = "flower"
 
-    def __init__(self, grid: Grid, nodes: dict[int, int], timeout_s: float):
+    def __init__(self, grid: Grid, nodes: dict[int, int], timeout_s: float,
+                 asked: set[int] | None = None):
         self.grid, self.nodes, self.timeout_s = grid, nodes, timeout_s
+        self.asked = set(nodes.values()) if asked is None else asked
+
+    def lost_state(self) -> set[int]:
+        """Partitions whose SuperNode came back under a new node id (a restarted
+        SuperNode): from now on they go to the new node, whose ``context.state`` is empty,
+        so the strategy sends them the mask again. Nodes that joined since the last round
+        are asked once for their partition; the newest claim wins."""
+        new = [n for n in self.grid.get_node_ids() if n not in self.asked]
+        if not new:
+            return set()
+        self.asked.update(new)
+        moved = set()
+        for pid, node in ask_partitions(self.grid, new, len(self.nodes),
+                                        min(self.timeout_s, QUERY_TIMEOUT_S)):
+            if self.nodes.get(pid) != node:
+                log(WARNING, "partition %s: node %s replaces node %s (a restarted SuperNode)",
+                    pid, node, self.nodes.get(pid))
+                self.nodes[pid] = node
+                moved.add(pid)
+        return moved
 
     def train_round(
         self, instructions: Sequence[Instruction]
@@ -154,9 +193,10 @@ class FlowerEngine:
         self.timeout_s, self.node_wait_s = timeout_s, node_wait_s
 
     def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> GridEngine:
-        nodes = partition_map(self.grid, len(splits.clients), self.node_wait_s)
+        asked: set[int] = set()
+        nodes = partition_map(self.grid, len(splits.clients), self.node_wait_s, asked)
         log(INFO, "partitions -> nodes: %s", nodes)
-        return GridEngine(self.grid, nodes, self.timeout_s)
+        return GridEngine(self.grid, nodes, self.timeout_s, asked)
 
 
 @app.main()
