@@ -219,7 +219,7 @@ def test_a_grid_table_gives_mean_and_spread_of_every_number():
                     "| 25.0±0.0 | 50±0 | 8.0±0.0 | 75.0 | 50.0 | 20.0 |"]
 
 
-def testsweep_q2_counts_only_methods_every_seed_of_which_reached_the_target():
+def test_sweep_q2_counts_only_methods_every_seed_of_which_reached_the_target():
     base = fields(0.80, 100.0, 100.0, 10.0)
     results = {
         "a": {"methods": {"fedavg": base, "dae-ticket": fields(0.798, 2.0, 50.0, 2.0)}},
@@ -263,3 +263,61 @@ def test_a_stopped_study_records_the_runs_it_made_and_says_it_stopped(tmp_path, 
                "partitions": [], "results": {}, "timings": [record]}
     assert "Grid time: 2 of 24 runs" in render(summary)
     assert "; stopped before the end)." in render(summary)
+
+
+def test_sigterm_stops_a_study_like_ctrl_c_and_leaves_no_worker_behind(tmp_path):
+    """``kill PID`` (a scheduler's stop) on ``fedticket study --jobs 2``: the workers go
+    with it, the invocation's time is recorded as stopped, and the exit status is 143."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "base.toml").write_text(
+        'methods = ["fedavg", "dae-ticket"]\n[data]\ndataset = "digits"\npool_size = 400\n'
+        'num_clients = 3\n[model]\nname = "cnn-digits"\n[pretrain]\nepochs = 1\n'
+        '[federate]\nrounds = 200\nclient_fraction = 0.67\n')
+    (tmp_path / "s.toml").write_text("[study]\nconfig = 'base.toml'\npartitions = ['iid']\n"
+                                     "seeds = [0]\ntargets = [0.5]\n")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "fedticket"), "study",
+                             str(tmp_path / "s.toml"), "--jobs", "2", "--out",
+                             str(tmp_path / "runs")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+    def children() -> set[int]:
+        kids = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == proc.pid:
+                kids.add(int(stat.parent.name))
+        return kids
+
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait until a worker is training
+        if "round" in line and "acc" in line:
+            break
+    workers = children()
+    assert len(workers) >= 2  # the two --jobs processes (and spawn's resource tracker)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143
+    assert "fedticket: terminated; finished run folders are kept" in rest
+    [record] = [json.loads(x) for x in
+                next((tmp_path / "runs").glob("*/_timing.jsonl")).read_text().splitlines()]
+    assert record["stopped"] is True and record["runs"] == 2 and record["ran"] == 0
+    deadline = time.monotonic() + 30
+    alive = set(workers)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:  # gone, or a zombie waiting for a reaper: either way not running
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    alive.discard(pid)
+            except OSError:
+                alive.discard(pid)
+        time.sleep(0.2)
+    assert not alive, f"worker processes {sorted(alive)} outlived the study"

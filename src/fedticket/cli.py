@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
+import signal
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -242,8 +245,29 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``, ``timeout``): stop as Ctrl-C does, cleaning up on
+    the way out (timing records, Flower processes), then exit with 143."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    for child in multiprocessing.active_children():  # --jobs workers: gone with us
+        child.terminate()
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():  # handlers: main only
+        return _main(args)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return _run(args)
@@ -262,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt:
-        print("fedticket: interrupted; finished run folders are kept, and the unfinished "
+    except KeyboardInterrupt as e:
+        why = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"fedticket: {why}; finished run folders are kept, and the unfinished "
               "one keeps its last checkpoint: run the same command to resume",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":
