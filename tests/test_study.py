@@ -286,16 +286,15 @@ def test_sigterm_stops_a_study_like_ctrl_c_and_leaves_no_worker_behind(tmp_path)
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
+    def stat(pid: int | str) -> list[str]:  # /proc/PID/stat after the name: state, ppid, ...
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return []  # gone
+
     def children() -> set[int]:
-        kids = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == proc.pid:
-                kids.add(int(stat.parent.name))
-        return kids
+        return {int(d.name) for d in Path("/proc").glob("[0-9]*")
+                if stat(d.name)[1:2] == [str(proc.pid)]}
 
     assert proc.stderr is not None
     for line in proc.stderr:  # wait until a worker is training
@@ -314,10 +313,7 @@ def test_sigterm_stops_a_study_like_ctrl_c_and_leaves_no_worker_behind(tmp_path)
     alive = set(workers)
     while alive and time.monotonic() < deadline:
         for pid in list(alive):
-            try:  # gone, or a zombie waiting for a reaper: either way not running
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                    alive.discard(pid)
-            except OSError:
+            if stat(pid)[:1] in ([], ["Z"]):  # gone, or a zombie waiting for a reaper
                 alive.discard(pid)
         time.sleep(0.2)
     assert not alive, f"worker processes {sorted(alive)} outlived the study"
