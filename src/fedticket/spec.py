@@ -21,7 +21,7 @@ from typing import Any
 
 from fedticket.errors import ConfigError
 
-DATASETS = ("fashion-mnist", "digits", "npz")
+DATASETS = ("fashion-mnist", "digits", "npz", "folder")
 MODELS = ("cnn-fedavg", "mlp", "cnn-digits", "cnn-cifar")
 PARTITIONS = ("iid", "dirichlet", "shards")
 PRETRAIN_KINDS = ("none", "dae", "supervised")
