@@ -8,6 +8,9 @@ copies, and convert them with :func:`to_tensor`.
 from __future__ import annotations
 
 import functools
+import os
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,10 +165,199 @@ def load_npz(path: str) -> Source:
     return _npz(str(p), st.st_mtime_ns, st.st_size)
 
 
+# An image folder's listing: per split ("" when the folder has no train/ and test/),
+# per class (sorted names), the images as (path, mtime_ns, size) -- the cache key.
+_Files = tuple[tuple[str, int, int], ...]
+_Classes = tuple[tuple[str, _Files], ...]
+_Layout = tuple[tuple[str, _Classes], ...]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, struct.error, zlib.error)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_files(folder: Path) -> _Files:
+    """The images under one class folder (recursively, sorted; hidden entries skipped)."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if _is_image(name):
+                found.append(os.path.join(root, name))
+    files = []
+    for f in sorted(found):
+        st = os.stat(f)
+        files.append((f, st.st_mtime_ns, st.st_size))
+    return tuple(files)
+
+
+def _scan_classes(folder: Path) -> _Classes:
+    entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
+    classes = [e for e in entries if (folder / e).is_dir()]
+    loose = [e for e in entries if _is_image(e) and (folder / e).is_file()]
+    if not classes:
+        hint = f" (it holds images such as {loose[0]} directly)" if loose else ""
+        raise DataError(
+            f"image folder {folder} has no class sub-folders{hint}; put each class's "
+            "images in a sub-folder named after the class"
+        )
+    if loose:
+        raise DataError(
+            f"image folder {folder} holds images such as {loose[0]} beside its class "
+            "sub-folders; move them into the sub-folder of their class"
+        )
+    listed = tuple((c, _class_files(folder / c)) for c in classes)
+    if not any(files for _, files in listed):
+        raise DataError(
+            f"image folder {folder} has no .png, .jpg or .jpeg images in its class "
+            f"sub-folders ({', '.join(classes)}); add images to them"
+        )
+    for c, files in listed:
+        if not files:
+            raise DataError(
+                f"class folder {folder / c} has no .png, .jpg or .jpeg images; add "
+                "images to it or remove it"
+            )
+    return listed
+
+
+def _scan_folder(root: Path) -> _Layout:
+    has_train, has_test = (root / "train").is_dir(), (root / "test").is_dir()
+    if has_train != has_test:
+        there, missing = ("train", "test") if has_train else ("test", "train")
+        raise DataError(
+            f"image folder {root} has {there}/ but no {missing}/; add {missing}/ with the "
+            f"same class sub-folders, or rename {there}/ if it is a class"
+        )
+    if not has_train:
+        return (("", _scan_classes(root)),)
+    train, test = _scan_classes(root / "train"), _scan_classes(root / "test")
+    names_train, names_test = [c for c, _ in train], [c for c, _ in test]
+    if names_train != names_test:
+        only_train = sorted(set(names_train) - set(names_test))
+        only_test = sorted(set(names_test) - set(names_train))
+        raise DataError(
+            f"image folder {root}: train/ and test/ have different classes (only in "
+            f"train/: {', '.join(only_train) or '-'}; only in test/: "
+            f"{', '.join(only_test) or '-'}); give both the same class sub-folders"
+        )
+    return (("train", train), ("test", test))
+
+
+def _decode(path: str) -> np.ndarray:
+    """One image as uint8 (C, H, W): C = 1 for grayscale modes, 3 (RGB) for colour."""
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=("PNG", "JPEG")) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("1", "L", "LA", "La"):
+                a = np.asarray(im.convert("L"))
+            elif mode.startswith("I"):  # 16- or 32-bit grayscale: scale 0..65535 to 0..255
+                v = np.asarray(im).astype(np.float64)
+                a = np.rint(np.clip(v, 0, 65535) / 257.0).astype(np.uint8)
+            elif mode in ("P", "PA"):
+                rgb = np.asarray(im.convert("RGB"))
+                gray = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+                a = rgb[..., 0] if gray else rgb
+            else:
+                a = np.asarray(im.convert("RGB"))
+    except Image.UnidentifiedImageError:
+        raise DataError(
+            f"cannot read image {path}: not a PNG or JPEG file, or damaged; re-save it as "
+            "PNG or JPEG or remove it"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image {path} is too large to decode safely ({e}); "
+                        "resize it") from None
+    except _DECODE_ERRORS as e:
+        raise DataError(
+            f"cannot read image {path} ({e}); re-save it as PNG or JPEG or remove it"
+        ) from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _stack(classes: _Classes) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    images, labels, paths = [], [], []
+    for label, (_, files) in enumerate(classes):
+        for path, _, _ in files:
+            images.append(_decode(path))
+            labels.append(label)
+            paths.append(path)
+    return images, np.array(labels, dtype=np.int64), paths
+
+
+def _uniform(images: list[np.ndarray], paths: list[str]) -> np.ndarray:
+    """Stack (C, H, W) images of one size into (N, C, H, W); 1-channel ones become RGB
+    when any image is in colour."""
+    first = images[0].shape[1:]
+    for a, p in zip(images, paths, strict=True):
+        if a.shape[1:] != first:
+            raise DataError(
+                f"images differ in size: {paths[0]} is {first[1]}x{first[0]} but {p} is "
+                f"{a.shape[2]}x{a.shape[1]} (width x height); resize all images to one size"
+            )
+    c = max(a.shape[0] for a in images)
+    x = np.empty((len(images), c, *first), dtype=np.uint8)
+    for i, a in enumerate(images):
+        x[i] = a  # broadcasts a 1-channel image to all 3 channels, as Pillow's L -> RGB
+    return x
+
+
+@functools.lru_cache(maxsize=4)
+def _folder(root: str, layout: _Layout) -> Source:
+    num_classes = len(layout[0][1])
+    decoded = [_stack(classes) for _, classes in layout]
+    images = [a for im, _, _ in decoded for a in im]
+    paths = [p for _, _, ps in decoded for p in ps]
+    x = _uniform(images, paths)
+    del images
+    if len(layout) == 1:
+        return _holdout("folder", x, decoded[0][1], NPZ_TEST_FRACTION, num_classes)
+    n_train = len(decoded[0][1])
+    return Source("folder", x[:n_train], decoded[0][1], x[n_train:], decoded[1][1], num_classes)
+
+
+def load_folder(path: str) -> Source:
+    """A folder of PNG/JPEG images in torchvision's ImageFolder layout.
+
+    One sub-folder per class (label = index of its name in sorted order; images
+    found recursively; names starting with "." skipped), or ``train/`` and
+    ``test/`` sub-folders each in that layout with the same classes (other
+    sub-folders, e.g. ``val/``, are then ignored). Without ``train/``/``test/`` a
+    fixed 1/6 of the images is held out as test, as for ``.npz``. All images must
+    have one size; grayscale ones load as 1 channel, colour ones as RGB (and all
+    as RGB when both kinds occur). Alpha is dropped.
+    """
+    if not path:
+        raise DataError(
+            "data.dataset = 'folder' needs a folder; set data.path to a folder with one "
+            "sub-folder of images per class"
+        )
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise DataError(f"image folder not found: {p}; set data.path to an existing folder")
+    if not p.is_dir():
+        raise DataError(
+            f"data.path {p} is a file, not a folder; for data.dataset = 'folder' set it to "
+            "a folder with one sub-folder of images per class"
+        )
+    try:
+        layout = _scan_folder(p)
+    except OSError as e:
+        raise DataError(f"cannot list image folder {p} ({e}); check its permissions") from None
+    return _folder(str(p), layout)
+
+
 LOADERS: dict[str, Callable[[str], Source]] = {
     "fashion-mnist": load_fashion_mnist,
     "digits": load_digits,
     "npz": load_npz,
+    "folder": load_folder,
 }
 
 
