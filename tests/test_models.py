@@ -51,3 +51,29 @@ def test_model_refuses_input_it_was_not_made_for():
         build(ModelSpec(name="cnn-fedavg"), (1, 30, 30), 10)
     with pytest.raises(ConfigError, match="3-channel"):
         build(ModelSpec(name="cnn-cifar"), (1, 32, 32), 10)
+
+
+def test_resnet8_parameter_count_by_hand():
+    """3x3 convs without bias, BatchNorm weight + bias per channel, 1x1 shortcuts."""
+    m = build(ModelSpec(name="resnet8"), (1, 28, 28), 10)
+    convs = (9 * 1 * 16                              # stem
+             + 9 * 16 * 16 * 2                        # stage 1: two 16->16 convs
+             + 9 * 16 * 32 + 9 * 32 * 32 + 16 * 32    # stage 2 and its 1x1 shortcut
+             + 9 * 32 * 64 + 9 * 64 * 64 + 32 * 64)   # stage 3 and its 1x1 shortcut
+    bn = 2 * (16 + 16 + 16 + 32 + 32 + 32 + 64 + 64 + 64)
+    head = 64 * 10 + 10
+    assert convs == 76_432 and n_params(m) == convs + bn + head == 77_754
+    assert convs / n_params(m) == pytest.approx(0.983, abs=5e-4)
+    from fedticket.accounting.flops import layer_costs
+    macs = sum(c.forward_macs for c in layer_costs(m, (1, 28, 28)))
+    assert macs == 9_345_920  # 9.35 M; the FedAvg CNN's 12.3 M:
+    cnn = build(ModelSpec(name="cnn-fedavg"), (1, 28, 28), 10)
+    assert sum(c.forward_macs for c in layer_costs(cnn, (1, 28, 28))) == 12_273_152
+
+
+def test_prunable_tensors_are_conv_and_linear_weights_never_batchnorm():
+    m = build(ModelSpec(name="resnet8"), (1, 28, 28), 10)
+    names = prunable_names(m, include_head=True, include_biases=True)
+    assert "body.stem.weight" in names and "head.weight" in names and "head.bias" in names
+    assert not [n for n in names if ".bn" in n or "shortcut.1" in n]
+    assert len(names) == 9 + 2  # nine convs, the head's weight and bias

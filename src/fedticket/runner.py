@@ -29,6 +29,7 @@ from fedticket.federated.simulate import LocalEngine
 from fedticket.federated.strategy import Engine, TicketStrategy
 from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
+from fedticket.pruning.mask import model_tensors
 from fedticket.run_folder import MetricsWriter, Progress, in_run_folder
 from fedticket.spec import ExperimentSpec
 from fedticket.stages import (  # noqa: F401  (re-exported: the stages' public names)
@@ -60,7 +61,7 @@ class Simulator:
 
     def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> Engine:
         # one untimed update first: the first timed one then pays no start-up costs
-        trainer.warm_up(trainer.from_net(trainer.net.state_dict()), splits.clients[0])
+        trainer.warm_up(trainer.from_net(model_tensors(trainer.net)), splits.clients[0])
         return LocalEngine(trainer, codec, splits.clients)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from fedticket.errors import ConfigError
 
 DATASETS = ("fashion-mnist", "digits", "npz", "folder")
-MODELS = ("cnn-fedavg", "mlp", "cnn-digits", "cnn-cifar")
+MODELS = ("cnn-fedavg", "mlp", "cnn-digits", "cnn-cifar", "resnet8")
 PARTITIONS = ("iid", "dirichlet", "shards")
 PRETRAIN_KINDS = ("none", "dae", "supervised")
 NOISES = ("gaussian", "masking", "salt-pepper")
@@ -93,13 +93,36 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture name; ``hidden`` sizes are used by ``mlp`` only."""
+    """Architecture: a registry name, or ``"PACKAGE.MODULE:FACTORY"`` for a model of the
+    user's own, where ``FACTORY(num_classes: int) -> nn.Module`` (importable from the
+    current folder or ``PYTHONPATH``; :mod:`fedticket.models.adapt`). ``hidden`` sizes
+    are used by ``mlp`` only. ``head`` names the module path of a user model's head
+    (an ``nn.Linear``); empty: the last ``nn.Linear`` the forward pass calls."""
 
     name: str = "cnn-fedavg"
     hidden: tuple[int, ...] = (300, 100)
+    head: str = ""
+
+    @property
+    def is_user_model(self) -> bool:
+        return ":" in self.name
 
     def __post_init__(self) -> None:
-        _choice("model", "name", self.name, MODELS)
+        if self.is_user_model:
+            module, _, factory = self.name.partition(":")
+            if not module or not factory or not all(
+                part.isidentifier() for part in [*module.split("."), factory]
+            ):
+                raise ConfigError(
+                    f"model.name {self.name!r} is not PACKAGE.MODULE:FACTORY; name a "
+                    f"registry model ({', '.join(MODELS)}) or a factory such as "
+                    "'mymodels.net:build'"
+                )
+        else:
+            _choice("model", "name", self.name, MODELS)
+            if self.head:
+                raise ConfigError("model.head names the head of a user model "
+                                  "(model.name = 'PACKAGE.MODULE:FACTORY'); leave it out")
         if not self.hidden or any(h <= 0 for h in self.hidden):
             raise ConfigError(f"model.hidden must be positive sizes, got {list(self.hidden)}")
 
@@ -169,9 +192,14 @@ class PruneSpec:
     include_biases: bool = False
     structure: str = "none"
     flops_fraction: float = 0.0
+    channel_floor: float = 0.25
+    """``structure = "channels"``: every channel group keeps at least this fraction of
+    its units (rounded, at least one), whatever the FLOP budget asks."""
 
     def __post_init__(self) -> None:
         _choice("prune", "strategy", self.strategy, PRUNE_STRATEGIES)
+        if not 0.0 < self.channel_floor <= 1.0:
+            raise ConfigError(f"prune.channel_floor must be in (0, 1], got {self.channel_floor}")
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
         _choice("prune", "structure", self.structure, PRUNE_STRUCTURES)
         if not 0.0 <= self.flops_fraction <= 1.0:

@@ -22,8 +22,9 @@ from fedticket.io import atomic_write_json, load_states, save_states
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.pretrain.server import ServerTrainer
 from fedticket.pruning import STRATEGIES, Mask, level_fraction, prune_lowest
+from fedticket.pruning.mask import load_tensors, model_tensors
 from fedticket.pruning.strategies import magnitude_scores, random_like
-from fedticket.pruning.structured import chain, fraction_to_reach, structured_prune
+from fedticket.pruning.structured import channel_graph, fraction_to_reach, structured_prune
 from fedticket.spec import ExperimentSpec
 
 State = dict[str, torch.Tensor]
@@ -42,7 +43,8 @@ def fresh_model(spec: ExperimentSpec, splits: Splits, purpose: str) -> Classifie
 
 
 def _state(model: torch.nn.Module) -> State:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A copy of the tensors of ``model`` that travel (parameters, BatchNorm statistics)."""
+    return {k: v.detach().clone() for k, v in model_tensors(model).items()}
 
 
 # ---------------------------------------------------------------------------- stages
@@ -93,8 +95,9 @@ def pretrain_and_prune(
             trainer.g = torch.Generator().manual_seed(derived_seed(spec.seed, "retrain"))
         if spec.prune.structure == "channels":
             mask, structure = structured_prune(
-                dict(model.named_parameters()), mask, chain(model, splits.input_shape),
+                dict(model.named_parameters()), mask, channel_graph(model, splits.input_shape),
                 spec.prune.flops_fraction or (1.0 - spec.prune.sparsity) / 2,
+                spec.prune.channel_floor,
             )
             fraction = fraction_to_reach(mask, names, spec.prune.sparsity)
         for level in range(1, spec.prune.levels + 1):
@@ -145,7 +148,7 @@ def _pretrain(
     cache = paths.pretrain_cache(out, spec.stage_hash("data", "model", "pretrain"))
     if cache.is_file():
         # the whole trained net (a DAE keeps its decoder for retraining between levels)
-        trainer.net.load_state_dict(load_states(cache)["net"])
+        load_tensors(trainer.net, load_states(cache)["net"])
         log["pretrain"] = json.loads(cache.with_suffix(".json").read_text()) | {"cached": True}
         return trainer
     probe = splits.pool.x[:512]

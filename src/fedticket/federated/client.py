@@ -21,7 +21,7 @@ from fedticket.data import Labeled
 from fedticket.errors import ConfigError, DivergenceError
 from fedticket.models import Classifier, fast_layout
 from fedticket.pruning.compact import Compact
-from fedticket.pruning.mask import Mask
+from fedticket.pruning.mask import Mask, load_tensors, model_tensors
 from fedticket.pruning.masked import GradMask
 from fedticket.pruning.sparse import MAX_DENSITY, MIN_WEIGHTS, SparseLinear
 from fedticket.spec import FederateSpec
@@ -82,6 +82,10 @@ class LocalTrainer:
             self.net = copy.deepcopy(model)
         fast_layout(self.net)
         self.grad_mask = GradMask(self.net, net_mask)
+        params = {n for n, _ in model.named_parameters()}
+        # buffers of units the mask removes (a cut channel's BatchNorm statistics) are not
+        # moved by gradients: reset them after training, as nothing reads them
+        self.masked_buffers = [n for n in mask if n not in params and not bool(mask[n].all())]
 
     def _sparsify(self, mask: Mask, every: bool) -> None:
         """Put the linear layers where CSR kernels pay (all masked ones if ``every``)
@@ -116,11 +120,14 @@ class LocalTrainer:
             w = torch.zeros(layer.shape, dtype=values.dtype)
             w[layer.keep] = values
             out[f"{name}.weight"] = w
-        return out if self.compact is None else self.compact.expand(out)
+        out = out if self.compact is None else self.compact.expand(out)
+        for name in self.masked_buffers:
+            out[name] = out[name] * self.mask.float(name)
+        return out
 
     def evaluate(self, state: Mapping[str, torch.Tensor], data: Labeled) -> tuple[float, float]:
         """(accuracy, loss) of the full-size ``state`` on ``data``, computed on ``net``."""
-        self.net.load_state_dict(self.to_net(state))
+        load_tensors(self.net, self.to_net(state))
         return evaluate(self.net, data)
 
     def warm_up(self, state: Mapping[str, torch.Tensor], data: Labeled) -> None:
@@ -137,7 +144,7 @@ class LocalTrainer:
         """Train from ``state`` on ``data``; ``generator`` fixes the batch order."""
         start, start_cpu = time.perf_counter(), time.process_time()
         model, spec = self.net, self.spec
-        model.load_state_dict(self.to_net(state), strict=True)
+        load_tensors(model, self.to_net(state))
         model.train()
         opt = torch.optim.SGD(
             model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
@@ -163,7 +170,7 @@ class LocalTrainer:
             raise DivergenceError(
                 f"client training diverged (loss {mean_loss}); lower federate.lr"
             )
-        new_state = self.from_net(model.state_dict())
+        new_state = self.from_net(model_tensors(model))
         return ClientUpdate(
             state=new_state,
             num_examples=n,

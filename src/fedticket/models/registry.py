@@ -157,11 +157,23 @@ REGISTRY: dict[str, Builder] = {
     "cnn-digits": lambda s, shape, k: _conv_classifier(shape, k, (16, 32), 3, 64),
     "cnn-cifar": lambda s, shape, k: _conv_classifier(shape, k, (32, 64), 5, 512),
     "mlp": lambda s, shape, k: _mlp(shape, k, s.hidden),
+    "resnet8": lambda s, shape, k: _resnet(shape, k),
 }
 
 
+def _resnet(shape: tuple[int, int, int], num_classes: int) -> Classifier:
+    from fedticket.models.resnet import resnet
+
+    return resnet(shape, num_classes)
+
+
 def build(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int) -> Classifier:
-    """Build the classifier named by ``spec`` for the given input shape and classes."""
+    """Build the classifier named by ``spec`` for the given input shape and classes:
+    a registry model, or the user's ``PACKAGE.MODULE:FACTORY`` (:mod:`.adapt`)."""
+    if spec.is_user_model:
+        from fedticket.models.adapt import build_user_model
+
+        return build_user_model(spec.name, input_shape, num_classes, spec.head)
     if spec.name not in REGISTRY:
         raise ConfigError(f"unknown model {spec.name!r}; choose one of: {', '.join(REGISTRY)}")
     if spec.name == "cnn-cifar" and input_shape[0] != 3:
@@ -174,18 +186,22 @@ def prunable_names(
 ) -> list[str]:
     """Names of the parameters pruning may touch, in ``named_parameters`` order.
 
-    By default these are the conv and linear weights of the body: the part the
-    DAE pretrains and the part that holds nearly all parameters. The head is
-    not pretrained by the DAE (its magnitudes carry no information) and biases
-    are few (0.1% of the FedAvg CNN), so both stay dense unless asked.
+    Only the weights (and, if asked, biases) of convolution and linear layers: by
+    default those of the body, the part the DAE pretrains and the part that holds
+    nearly all parameters. The head is not pretrained by the DAE (its magnitudes carry
+    no information) and biases are few (0.1% of the FedAvg CNN), so both stay dense
+    unless asked. Normalisation layers (BatchNorm's weight, bias and running
+    statistics) and every buffer are never prunable: a BatchNorm bias or running mean
+    that is zero is a value, not a pruned weight.
     """
     names = []
-    for name, p in model.named_parameters():
-        in_head = name.startswith("head.")
-        is_bias = p.dim() == 1
-        if in_head and not include_head:
+    for path, m in model.named_modules():
+        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
             continue
-        if is_bias and not include_biases:
+        if (path == "head" or path.startswith("head.")) and not include_head:
             continue
-        names.append(name)
-    return names
+        names.append(f"{path}.weight")
+        if m.bias is not None and include_biases:
+            names.append(f"{path}.bias")
+    order = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    return sorted(names, key=order.__getitem__)

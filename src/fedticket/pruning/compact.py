@@ -1,13 +1,15 @@
 """A physically smaller copy of a model whose mask removes whole units.
 
-:class:`Compact` finds, from the mask alone, the units of each weight layer that are
-gone (row, bias and every weight of the row masked), builds a copy of the model with
-those rows and the matching inputs of the next layer sliced away, and maps state
-dicts between the two. Parameter names stay the full model's (``body.conv1.weight``),
-so the mask, the codec and the FLOP ledger keep working on logical names. Training
-the compact model under the sliced mask gives the model that dense kernels under the
-full mask give (up to the order of floating-point sums): removed units output
-``relu(0) = 0`` there and feed nothing.
+:class:`Compact` finds, from the mask alone, the units of each channel group
+(:mod:`fedticket.pruning.structured`) that are gone (every entry of their own outputs
+masked: weight rows, bias, BatchNorm), builds a copy of the model with them cut out by
+Torch-Pruning (the copy's conv, linear and BatchNorm layers shrink, and so do the
+inputs of every layer that read them, across residual adds), and maps state dicts
+between the two. Tensor names stay the full model's (``body.conv1.weight``), so the
+mask, the codec and the FLOP ledger keep working on logical names. Training the
+compact model under the sliced mask gives the model that dense kernels under the full
+mask give (up to the order of floating-point sums): a removed unit feeds only inputs
+that are masked, so nothing reads it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from fedticket.pruning.mask import Mask
-from fedticket.pruning.structured import chain, unit_rows
+from fedticket.pruning.mask import Mask, model_tensors
+from fedticket.pruning.structured import ChannelGraph, channel_graph, unit_removed
 
 State = dict[str, torch.Tensor]
 
@@ -27,55 +29,62 @@ State = dict[str, torch.Tensor]
 class Compact:
     """Index maps between the full model and its compact copy (built once per mask)."""
 
-    def __init__(self, model: nn.Module, mask: Mask, input_shape: tuple[int, ...]):
-        layers = chain(model, input_shape)
-        keep_out: dict[str, torch.Tensor] = {}
-        for layer in layers[:-1]:  # the head's outputs are the classes: always kept
-            alive = unit_rows(mask, layer)
-            bias = mask.get(f"{layer.name}.bias")
-            if bias is not None:
-                alive = alive | bias
-            keep_out[layer.name] = alive.nonzero().flatten()
+    def __init__(self, model: nn.Module, mask: Mask, input_shape: tuple[int, ...],
+                 graph: ChannelGraph | None = None):
+        graph = graph or channel_graph(model, input_shape)
+        self.shapes = {n: tuple(t.shape) for n, t in model_tensors(model).items()}
+        drop: dict[tuple[str, int], set[int]] = {}
+        removed_by_group: list[tuple[str, torch.Tensor]] = []
+        for g in graph.groups:
+            gone = unit_removed(mask, g).nonzero().flatten()
+            if len(gone) == 0:
+                continue
+            removed_by_group.append((g.name, gone))
+            for s in g.slices:
+                drop.setdefault((s.tensor, s.dim), set()).update(
+                    int(i) for i in s.index[gone].flatten())
+        self.removed = sum(len(gone) for _, gone in removed_by_group)
         self.index: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
-        prev: tuple[torch.Tensor, int] | None = None  # kept units of the previous layer
-        for layer in layers:
-            rows = keep_out.get(layer.name)
-            cols = None
-            if prev is not None:
-                kept, group = prev
-                cols = (kept[:, None] * group + torch.arange(group)).flatten()
-            self.index[f"{layer.name}.weight"] = (rows, cols)
-            self.index[f"{layer.name}.bias"] = (rows, None)
-            prev = (rows, layer.group) if rows is not None else None
-        self.shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-        self.removed = sum(
-            self.shapes[n][0] - len(r) for n, (r, _) in self.index.items()
-            if r is not None and n.endswith(".weight")
-        )
-        self.net = self._build(model)
+        for (name, dim), gone_idx in drop.items():
+            rows, cols = self.index.get(name, (None, None))
+            keep = torch.tensor([i for i in range(self.shapes[name][dim]) if i not in gone_idx],
+                                dtype=torch.long)
+            self.index[name] = (keep, cols) if dim == 0 else (rows, keep)
+        self.net = self._build(model, input_shape, removed_by_group)
         self.mask = Mask(self.compact(mask))
 
     @property
     def is_identity(self) -> bool:
         return self.removed == 0
 
-    def _build(self, model: nn.Module) -> nn.Module:
+    def _build(self, model: nn.Module, input_shape: tuple[int, ...],
+               removed: list[tuple[str, torch.Tensor]]) -> nn.Module:
+        """A copy of ``model`` with the removed units cut out by Torch-Pruning, holding the
+        compacted values of ``model``'s tensors (checked against our own index maps)."""
         net = copy.deepcopy(model)
-        mods = dict(net.named_modules())
+        if removed:
+            import torch_pruning as tp
+
+            mods = dict(net.named_modules())
+            was_training = net.training
+            net.eval()
+            graph = tp.DependencyGraph().build_dependency(
+                net, example_inputs=torch.zeros(1, *input_shape))
+            for name, gone in removed:
+                root = mods[name]
+                handler = (tp.prune_conv_out_channels if isinstance(root, nn.Conv1d | nn.Conv2d
+                                                                    | nn.Conv3d)
+                           else tp.prune_linear_out_channels)
+                graph.get_pruning_group(root, handler, idxs=[int(i) for i in gone]).prune()
+            net.train(was_training)
+        compacted = self.compact(model_tensors(model))
+        tensors = model_tensors(net)
         with torch.no_grad():
-            for name, (rows, cols) in self.index.items():
-                prefix, attr = name.rsplit(".", 1)
-                mod = mods[prefix]
-                p = getattr(mod, attr, None)
-                if p is None:
-                    continue
-                setattr(mod, attr, nn.Parameter(self._take(p.detach(), rows, cols).clone()))
-                if attr == "weight":
-                    out_n, in_n = mod.weight.shape[0], mod.weight.shape[1]
-                    if isinstance(mod, nn.Conv2d):
-                        mod.out_channels, mod.in_channels = out_n, in_n
-                    elif isinstance(mod, nn.Linear):
-                        mod.out_features, mod.in_features = out_n, in_n
+            for name, t in compacted.items():
+                if tuple(tensors[name].shape) != tuple(t.shape):
+                    raise AssertionError(f"compact model: {name} is {tuple(tensors[name].shape)}"
+                                         f" after Torch-Pruning, {tuple(t.shape)} by the mask")
+                tensors[name].copy_(t)
         return net
 
     @staticmethod

@@ -1,7 +1,9 @@
-"""A mask is a validated value: one 0/1 tensor per model parameter.
+"""A mask is a validated value: one 0/1 tensor per tensor of the model that travels.
 
-Every parameter of the model has an entry; tensors that are not prunable are
-all ones. ``Mask.full(model)`` is the dense model (nothing pruned).
+The tensors that travel (:func:`model_tensors`) are every parameter and every
+floating-point buffer, such as BatchNorm's running mean and variance. Every one has an
+entry; tensors that are not prunable are all ones. ``Mask.full(model)`` is the dense
+model (nothing pruned).
 """
 
 from __future__ import annotations
@@ -15,6 +17,30 @@ import torch
 from torch import nn
 
 from fedticket.errors import FedticketError
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors that define ``model`` and travel between server and clients, in
+    ``state_dict`` order: every parameter and every floating-point buffer (BatchNorm's
+    running statistics). Integer buffers, such as BatchNorm's ``num_batches_tracked``,
+    are local step counters: they are neither sent nor averaged (with BatchNorm's
+    default ``momentum`` they do not change what the layer computes). For a model
+    without buffers this is ``named_parameters`` in its own order."""
+    return {n: t for n, t in model.state_dict(keep_vars=True).items()
+            if t.is_floating_point()}
+
+
+def load_tensors(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state)`` for a state of :func:`model_tensors` only: the
+    integer buffers it lacks keep the values ``model`` holds. Any other missing or
+    unexpected tensor is an error, as with ``strict=True``."""
+    result = model.load_state_dict(state, strict=False)
+    buffers = dict(model.named_buffers())
+    missing = [k for k in result.missing_keys
+               if not (k in buffers and not buffers[k].is_floating_point())]
+    if missing or result.unexpected_keys:
+        raise FedticketError(f"the state does not fit the model: missing {missing[:3]}, "
+                             f"unexpected {list(result.unexpected_keys)[:3]}")
 
 
 class Mask(Mapping[str, torch.Tensor]):
@@ -43,11 +69,12 @@ class Mask(Mapping[str, torch.Tensor]):
 
     @classmethod
     def full(cls, model: nn.Module) -> Mask:
-        return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()})
+        return cls({n: torch.ones_like(p, dtype=torch.bool)
+                    for n, p in model_tensors(model).items()})
 
     def check_matches(self, model: nn.Module) -> None:
-        """Raise unless keys and shapes equal the model's parameters."""
-        params = dict(model.named_parameters())
+        """Raise unless keys and shapes equal the model's tensors (:func:`model_tensors`)."""
+        params = model_tensors(model)
         if set(params) != set(self._t):
             missing = sorted(set(params) - set(self._t))
             extra = sorted(set(self._t) - set(params))

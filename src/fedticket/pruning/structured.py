@@ -1,21 +1,25 @@
 """Structured, FLOP-aware pruning: remove whole conv channels (or hidden units) where the
 compute is, so that the subnetwork is a physically smaller dense model.
 
-A model's weight layers form a chain (``body`` conv / linear layers in order, then the
-head). Removing unit ``j`` of layer ``i`` zeroes row ``j`` of its weight, its bias
-entry, and the inputs of layer ``i + 1`` that read unit ``j`` (at a conv -> linear
-boundary, the ``H * W`` flattened positions of channel ``j``). The result is an
-ordinary :class:`~fedticket.pruning.Mask` on the full-size parameter names; a
-training path that skips the removed units (:mod:`fedticket.pruning.compact`) gives
-the same model as dense kernels under that mask.
+Which tensors a channel touches comes from a dependency graph of the model, built by
+Torch-Pruning's ``DependencyGraph`` (Fang et al. 2023, "DepGraph"), not from a walk of
+our own: removing output channel ``j`` of a convolution also removes entry ``j`` of
+its bias and of the BatchNorm that normalises it, and input ``j`` of every layer that
+reads it (at a conv -> linear boundary, the ``H * W`` flattened positions of channel
+``j``); channels joined by a residual add form one group and go together. A
+:class:`ChannelGroup` lists, for every unit of a group, the slices of every tensor it
+owns. The result is an ordinary :class:`~fedticket.pruning.Mask` on the full-size
+names; :mod:`fedticket.pruning.compact` turns it into a physically smaller model that
+computes the same function.
 
 Which units go is decided greedily: at every step the unit with the lowest
-``importance / saving`` goes, where importance is the L2 norm of the unit's incoming
-(DAE-trained) weights over the mean norm in its layer, and saving is the forward
-multiply-adds its removal saves (its own row and the next layer's inputs it feeds).
-Every layer but the last of the body is structured; the last body layer (the FedAvg
-CNN's fc1, which holds the bytes) is left to unstructured pruning. Each structured
-layer keeps at least ``MIN_KEEP`` of its units.
+``importance / saving`` goes, where importance is the L2 norm of the unit's outgoing
+weights (every convolution or linear layer writing into it; for a plain layer, its
+row) over the mean norm in its group, and saving is the forward multiply-adds its
+removal saves (its rows and the inputs of the layers it feeds). Every group but those
+that feed the head is structured (on the FedAvg CNN: conv1 and conv2, not fc1, which
+holds the bytes and is left to unstructured pruning); each keeps at least
+``channel_floor`` of its units.
 """
 
 from __future__ import annotations
@@ -26,126 +30,228 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedticket.accounting.flops import layer_costs
 from fedticket.errors import ConfigError
 from fedticket.pruning.mask import Mask
 
-MIN_KEEP = 0.25
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+ROOT = "head"
+"""Module path of the classifier's head: groups that feed it are never structured."""
 
 
-@dataclass(frozen=True)
-class ChainLayer:
-    """One weight layer of the chain: ``name`` is its module path (``body.conv1``)."""
+@dataclass(frozen=True, eq=False)
+class Slice:
+    """The entries of one tensor that belong to each unit of a group."""
+
+    tensor: str
+    """Full name (``body.conv1.weight``, ``body.bn.running_mean``)."""
+    dim: int
+    """0: the unit's own outputs (rows); 1: inputs of a layer that reads it (columns)."""
+    index: torch.Tensor
+    """``(units, per_unit)`` indices along ``dim``."""
+    positions: int
+    """Output positions per sample of the layer owning ``tensor`` when it is a conv or
+    linear weight (its multiply-adds per entry); 0 for anything else."""
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelGroup:
+    """Units (channels, hidden units) that must be removed together, and what each owns."""
 
     name: str
+    """Module path of the group's first layer (its root in the dependency graph)."""
     units: int
-    group: int
-    """How many inputs of the *next* layer each unit feeds (H*W at conv -> linear)."""
-    positions: int
-    """Output positions per sample (H*W for a conv, 1 for a linear layer)."""
+    slices: tuple[Slice, ...]
+    feeds_head: bool
+
+    def rows(self) -> tuple[Slice, ...]:
+        """The slices of the units' own outputs (conv / linear weights and biases, norms)."""
+        return tuple(s for s in self.slices if s.dim == 0)
+
+    def out_weights(self) -> tuple[Slice, ...]:
+        """Rows of conv / linear weights: the layers that write into the units."""
+        return tuple(s for s in self.slices if s.dim == 0 and s.positions)
 
 
-def chain(model: nn.Module, input_shape: tuple[int, ...]) -> list[ChainLayer]:
-    """The weight layers of ``model`` in execution order, with how each feeds the next.
+@dataclass(frozen=True, eq=False)
+class ChannelGraph:
+    """Every channel group of a model and the positions of each conv / linear weight."""
 
-    Raises ConfigError for a model that is not a plain chain of conv / linear layers.
+    groups: tuple[ChannelGroup, ...]
+    positions: Mapping[str, int]
+    """``{weight name: output positions per sample}`` of every conv / linear layer."""
+
+    def macs(self, mask: Mapping[str, torch.Tensor]) -> int:
+        """Forward multiply-adds per sample under ``mask``."""
+        return sum(int(mask[n].sum()) * p for n, p in self.positions.items())
+
+    @property
+    def structured(self) -> tuple[ChannelGroup, ...]:
+        return tuple(g for g in self.groups if not g.feeds_head)
+
+
+def channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
+    """The channel groups of ``model`` on ``(1, *input_shape)`` inputs.
+
+    A group whose units touch a module with parameters that is neither a conv / linear
+    layer nor a BatchNorm is left out (nothing of it is removed). Raises ConfigError
+    when the graph cannot be built.
     """
-    costs = layer_costs(model, input_shape)
-    mods = dict(model.named_modules())
-    out = []
-    for i, c in enumerate(costs):
-        m = mods[c.name]
-        assert isinstance(m, nn.Conv2d | nn.Linear)
-        units = int(m.weight.shape[0])
-        group = 1
-        if i + 1 < len(costs):
-            nxt = mods[costs[i + 1].name]
-            assert isinstance(nxt, nn.Conv2d | nn.Linear)
-            fan_in = int(nxt.weight.shape[1])
-            if fan_in % units:
-                raise ConfigError(f"{costs[i + 1].name} does not read {c.name} unit by unit; "
-                                  "structured pruning needs a plain chain of layers")
-            group = fan_in // units
-        out.append(ChainLayer(c.name, units, group, c.positions))
+    import torch_pruning as tp
+
+    from fedticket.accounting.flops import layer_costs
+
+    positions = {f"{c.name}.weight": c.positions for c in layer_costs(model, input_shape)}
+    paths = {m: p for p, m in model.named_modules()}
+    head = dict(model.named_modules()).get(ROOT)
+    was_training = model.training
+    model.eval()
+    try:
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=torch.zeros(1, *input_shape))
+        roots = list(graph.get_all_groups(ignored_layers=[head] if head is not None else [],
+                                          root_module_types=list(WEIGHTED)))
+    except Exception as e:  # the tracer failing on a user's model
+        raise ConfigError(f"cannot build the channel dependency graph of the model "
+                          f"({type(e).__name__}: {e}); use prune.structure = 'none'") from None
+    finally:
+        model.train(was_training)
+    groups = []
+    for root in roots:
+        dep = root[0].dep
+        module, handler, units = dep.target.module, dep.handler, len(root[0].idxs)
+        per_unit = [_unit_slices(graph.get_pruning_group(module, handler, idxs=[j]), paths)
+                    for j in range(units)]
+        if any(s is None for s in per_unit):
+            continue
+        keys = list(per_unit[0])  # type: ignore[arg-type]
+        if any(list(s) != keys or any(len(s[k]) != len(per_unit[0][k]) for k in keys)  # type: ignore
+               for s in per_unit):
+            continue  # units of unequal shape: not a group we can slice
+        slices = tuple(
+            Slice(tensor, dim, torch.tensor([s[(tensor, dim)] for s in per_unit]),  # type: ignore
+                  positions.get(tensor, 0) if tensor.endswith(".weight") else 0)
+            for tensor, dim in keys
+        )
+        feeds_head = any(s.tensor.startswith(f"{ROOT}.") for s in slices)
+        groups.append(ChannelGroup(paths[module], units, slices, feeds_head))
+    order = {p: i for i, (p, _) in enumerate(model.named_modules())}
+    groups.sort(key=lambda g: order[g.name])
+    return ChannelGraph(tuple(groups), positions)
+
+
+def _unit_slices(group, paths: Mapping[nn.Module, str]
+                 ) -> dict[tuple[str, int], list[int]] | None:
+    """``{(tensor, dim): indices}`` of one unit's dependency group, or None when it touches
+    a module we do not know how to slice."""
+    out: dict[tuple[str, int], list[int]] = {}
+    for item in group:
+        module = item.dep.target.module
+        if module not in paths:
+            continue  # an operation of the traced graph (add, relu, flatten), no tensors
+        path, fn = paths[module], item.dep.handler.__name__
+        idxs = sorted(int(i) for i in item.idxs)
+        if isinstance(module, WEIGHTED):
+            if fn == "prune_out_channels":
+                out[(f"{path}.weight", 0)] = idxs
+                if module.bias is not None:
+                    out[(f"{path}.bias", 0)] = idxs
+            elif fn == "prune_in_channels":
+                out[(f"{path}.weight", 1)] = idxs
+            else:
+                return None
+        elif isinstance(module, NORMS):
+            for t in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(module, t, None) is not None:
+                    out[(f"{path}.{t}", 0)] = idxs
+        elif any(True for _ in module.parameters(recurse=False)):
+            return None
     return out
 
 
-def unit_rows(mask: Mapping[str, torch.Tensor], layer: ChainLayer) -> torch.Tensor:
-    """Bool per unit of ``layer``: does any of its weights survive?"""
-    w = mask[f"{layer.name}.weight"]
-    return w.reshape(w.shape[0], -1).any(dim=1)
+def _take(t: torch.Tensor, s: Slice) -> torch.Tensor:
+    """``(units, entries)`` view of what each unit owns of tensor ``t`` (a copy)."""
+    moved = t.movedim(s.dim, 0)
+    picked = moved[s.index.flatten()]
+    return picked.reshape(s.index.shape[0], -1)
 
 
-def remove_units(mask: dict[str, torch.Tensor], layers: list[ChainLayer], i: int,
-                 units: torch.Tensor) -> None:
-    """Zero, in place, everything of ``units`` (indices) of layer ``i``."""
-    layer, nxt = layers[i], layers[i + 1]
-    mask[f"{layer.name}.weight"][units] = False
-    if f"{layer.name}.bias" in mask:
-        mask[f"{layer.name}.bias"][units] = False
-    cols = (units[:, None] * layer.group + torch.arange(layer.group)).flatten()
-    w = mask[f"{nxt.name}.weight"]
-    w.view(w.shape[0], w.shape[1], -1)[:, cols] = False
+def unit_alive(mask: Mapping[str, torch.Tensor], group: ChannelGroup) -> torch.Tensor:
+    """Bool per unit of ``group``: does any weight writing into it survive?"""
+    alive = torch.zeros(group.units, dtype=torch.bool)
+    for s in group.out_weights():
+        alive |= _take(mask[s.tensor], s).any(dim=1)
+    return alive
+
+
+def unit_removed(mask: Mapping[str, torch.Tensor], group: ChannelGroup) -> torch.Tensor:
+    """Bool per unit: is every entry of its own outputs masked (weights, biases and
+    normalisation), so that it outputs nothing and can be cut out?"""
+    gone = torch.ones(group.units, dtype=torch.bool)
+    for s in group.rows():
+        if s.tensor in mask:
+            gone &= ~_take(mask[s.tensor], s).any(dim=1)
+    return gone
+
+
+def remove_units(mask: dict[str, torch.Tensor], group: ChannelGroup, units: torch.Tensor) -> None:
+    """Mask, in place, everything of ``units`` (indices) of ``group``."""
+    for s in group.slices:
+        if s.tensor not in mask:
+            continue
+        idx = s.index[units].flatten()
+        mask[s.tensor].index_fill_(s.dim, idx, False)
 
 
 def structured_prune(
     weights: Mapping[str, torch.Tensor],
     mask: Mask,
-    layers: list[ChainLayer],
+    graph: ChannelGraph,
     flops_fraction: float,
+    channel_floor: float = 0.25,
 ) -> tuple[Mask, dict]:
-    """Remove units of the structured layers until the forward multiply-adds are at most
-    ``flops_fraction`` of the dense model's (or every layer is at ``MIN_KEEP``).
+    """Remove units of the structured groups until the forward multiply-adds are at most
+    ``flops_fraction`` of the dense model's (or every group is at its floor).
 
-    Returns the new mask and a report (units kept per layer, MACs before and after).
+    Returns the new mask and a report (units kept per group, MACs before and after).
     """
     new = {n: mask[n].clone() for n in mask}
-    structured = layers[:-2]  # every body layer but the last; never the head
+    structured = graph.structured
     importance = {}
-    for layer in structured:
-        w = weights[f"{layer.name}.weight"].detach()
-        norms = w.reshape(w.shape[0], -1).norm(dim=1)
-        importance[layer.name] = norms / norms.mean().clamp_min(1e-12)
-
-    def macs() -> int:
-        total = 0
-        for layer in layers:
-            total += int(new[f"{layer.name}.weight"].sum()) * layer.positions
-        return total
-
-    dense = sum(int(mask[f"{ly.name}.weight"].numel()) * ly.positions for ly in layers)
+    for g in structured:
+        sq = sum(_take(weights[s.tensor].detach(), s).pow(2).sum(dim=1) for s in g.out_weights())
+        norms = torch.as_tensor(sq).sqrt()
+        importance[g.name] = norms / norms.mean().clamp_min(1e-12)
+    dense = sum(mask[n].numel() * p for n, p in graph.positions.items())
     budget = flops_fraction * dense
-    floor = {ly.name: max(1, int(round(MIN_KEEP * ly.units))) for ly in structured}
-    current = macs()
+    floor = {g.name: max(1, int(round(channel_floor * g.units))) for g in structured}
+    current = graph.macs(new)
     while current > budget:
         best: tuple[float, int, int, int] | None = None
-        for i, layer in enumerate(structured):
-            alive = unit_rows(new, layer)
-            if int(alive.sum()) <= floor[layer.name]:
+        for i, g in enumerate(structured):
+            alive = unit_alive(new, g)
+            if int(alive.sum()) <= floor[g.name]:
                 continue
-            w = new[f"{layer.name}.weight"]
-            row_macs = w.reshape(w.shape[0], -1).sum(dim=1) * layer.positions
-            nxt = layers[i + 1]
-            nw = new[f"{nxt.name}.weight"]
-            per_in = nw.reshape(nw.shape[0], nw.shape[1], -1).sum(dim=(0, 2))
-            col_macs = per_in.view(layer.units, layer.group).sum(dim=1) * nxt.positions
-            saving = (row_macs + col_macs).float()
-            ratio = importance[layer.name] / saving.clamp_min(1.0)
+            saving = sum(_take(new[s.tensor], s).sum(dim=1) * s.positions
+                         for s in g.slices if s.positions)
+            saving = torch.as_tensor(saving).float()
+            ratio = importance[g.name] / saving.clamp_min(1.0)
             ratio[~alive] = float("inf")
             j = int(torch.argmin(ratio))
             if best is None or float(ratio[j]) < best[0]:
                 best = (float(ratio[j]), i, j, int(saving[j]))
         if best is None:
-            break  # every structured layer is at its floor
+            break  # every structured group is at its floor
         _, i, j, saved = best
-        remove_units(new, layers, i, torch.tensor([j]))
+        remove_units(new, structured[i], torch.tensor([j]))
         current -= saved
-    current = macs()
+    current = graph.macs(new)
     report = {
-        "kept_units": {ly.name: int(unit_rows(new, ly).sum()) for ly in structured},
-        "units": {ly.name: ly.units for ly in structured},
+        "kept_units": {g.name: int(unit_alive(new, g).sum()) for g in structured},
+        "units": {g.name: g.units for g in structured},
         "forward_macs_fraction": current / dense,
         "flops_fraction_target": flops_fraction,
+        "channel_floor": channel_floor,
     }
     return Mask(new), report
 
