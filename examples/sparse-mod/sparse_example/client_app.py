@@ -4,7 +4,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedticket.flower.mods import mask_from_arrays, mask_gradients, sparse_update_mod
+from fedticket.flower.mods import mask_from_model, mask_gradients, sparse_update_mod
 from sparse_example import task
 
 app = ClientApp(mods=[sparse_update_mod])  # <- the one line
@@ -17,7 +17,8 @@ def train(msg: Message, context: Context) -> Message:
     arrays = msg.content["arrays"]
     net.load_state_dict(arrays.to_torch_state_dict())
     # train only the subnetwork: the pruned weights arrive as zeros and keep zero gradients
-    mask_gradients(net, mask_from_arrays(arrays))
+    # (mask_from_model looks at the nn.Linear weights only, never at the BatchNorm layer)
+    mask_gradients(net, mask_from_model(net))
     x, y = task.data(int(context.node_config["partition-id"]),
                      int(context.node_config["num-partitions"]))
     cfg = context.run_config

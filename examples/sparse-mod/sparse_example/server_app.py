@@ -7,7 +7,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedticket.flower.mods import SparseGrid, mask_from_arrays
+from fedticket.flower.mods import SparseGrid, mask_from_model
 from sparse_example import task
 
 app = ServerApp()
@@ -21,7 +21,7 @@ def main(grid: Grid, context: Context) -> None:
     task.prune(net, float(cfg["sparsity"]))
     arrays = ArrayRecord(net.state_dict())
     if cfg["sparse"]:
-        grid = SparseGrid(grid, mask_from_arrays(arrays))  # <- the one line
+        grid = SparseGrid(grid, mask_from_model(net))  # <- the one line
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=2)
     result = strategy.start(grid=grid, initial_arrays=arrays,
                             num_rounds=int(cfg["num-rounds"]))

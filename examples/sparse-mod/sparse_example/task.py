@@ -10,19 +10,21 @@ from torch import nn
 
 
 def model() -> nn.Module:
+    """An MLP with one BatchNorm layer: its bias and running mean start at exactly 0."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    return nn.Sequential(nn.Linear(64, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 10))
 
 
 def prune(net: nn.Module, sparsity: float) -> None:
-    """Zero the smallest-magnitude ``sparsity`` of every weight matrix, in place."""
+    """Zero the smallest-magnitude ``sparsity`` of every nn.Linear weight matrix, in place
+    (biases and the BatchNorm layer are not pruned)."""
     with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("weight"):
-                k = int(sparsity * p.numel())
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                k = int(sparsity * m.weight.numel())
                 if k:
-                    cut = p.abs().flatten().kthvalue(k).values
-                    p.mul_(p.abs() > cut)
+                    cut = m.weight.abs().flatten().kthvalue(k).values
+                    m.weight.mul_(m.weight.abs() > cut)
 
 
 def data(partition: int, partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +40,7 @@ def test_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float) -> float:
+    net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     g = torch.Generator().manual_seed(0)
     loss = torch.zeros(())
@@ -47,11 +50,12 @@ def train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: flo
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 @torch.no_grad()
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()  # BatchNorm: use the running statistics
     return float((net(x).argmax(1) == y).float().mean())
 
 
