@@ -95,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
     c.add_argument("--plots", help="where to write the PNG plots (default: DIR/plots)")
     c.add_argument("--no-plots", action="store_true", help="do not write plots")
+
+    e = sub.add_parser("export", help="write the final global model of a finished run as "
+                                      "ONNX or safetensors (docs/export.md)")
+    e.add_argument("run_dir", help="a finished run folder written by `fedticket run`")
+    e.add_argument("--format", dest="fmt", metavar="FORMAT",
+                   help="onnx or safetensors (default: from the --out suffix)")
+    e.add_argument("--out", required=True, help="file to write; its folder must exist")
+    e.add_argument("--full-size", action="store_true",
+                   help="export the full-size model even when the mask removes whole units "
+                        "(default: the compact model then)")
     return p
 
 
@@ -245,6 +255,20 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from fedticket.export import FORMATS, describe, export_run
+
+    fmt = args.fmt
+    if fmt is None:
+        fmt = Path(args.out).suffix.lstrip(".").lower()
+        if fmt not in FORMATS:
+            raise FedticketError(f"cannot tell the format from --out {args.out}; give "
+                                 f"--format ({' or '.join(FORMATS)})")
+    print(describe(export_run(Path(args.run_dir), fmt, Path(args.out),
+                              compact=not args.full_size)))
+    return 0
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler, ``kill``, ``timeout``): stop as Ctrl-C does, cleaning up on
     the way out (timing records, Flower processes), then exit with 143."""
@@ -277,6 +301,8 @@ def _main(args: argparse.Namespace) -> int:
             return _flower_app(args)
         if args.command == "study":
             return _study(args)
+        if args.command == "export":
+            return _export(args)
         return _compare(args)
     except FedticketError as e:
         print(f"fedticket: error: {e}", file=sys.stderr)
