@@ -211,11 +211,11 @@ def test_residual_channels_are_one_group():
             ("body.stages.0.conv2.weight", 0), ("body.stages.0.bn2.running_mean", 0),
             ("body.stages.0.conv1.weight", 1), ("body.stages.1.conv1.weight", 1),
             ("body.stages.1.shortcut.0.weight", 1)} <= stem
-    stage2 = {(s.tensor, s.dim) for s in by_name["body.stages.1.shortcut.0"].slices}
+    stage2 = {(s.tensor, s.dim) for s in by_name["body.stages.1.conv2"].slices}
     assert {("body.stages.1.shortcut.0.weight", 0), ("body.stages.1.conv2.weight", 0),
             ("body.stages.1.bn2.bias", 0), ("body.stages.2.conv1.weight", 1)} <= stage2
     # the last stage's stream feeds the head: left to unstructured pruning
-    assert [g.name for g in graph.groups if g.feeds_head] == ["body.stages.2.shortcut.0"]
+    assert [g.name for g in graph.groups if g.feeds_head] == ["body.stages.2.conv2"]
 
 
 @pytest.mark.parametrize("flops", [0.1, 0.4])

@@ -25,7 +25,7 @@ from fedticket.pruning import STRATEGIES, Mask, level_fraction, prune_lowest
 from fedticket.pruning.mask import load_tensors, model_tensors
 from fedticket.pruning.strategies import magnitude_scores, random_like
 from fedticket.pruning.structured import channel_graph, fraction_to_reach, structured_prune
-from fedticket.spec import ExperimentSpec
+from fedticket.spec import ExperimentSpec, PruneSpec
 
 State = dict[str, torch.Tensor]
 
@@ -83,45 +83,8 @@ def pretrain_and_prune(
 
     mask = Mask.full(model)
     if strategy != "none":
-        start = time.perf_counter()
-        retrain_s, retrain_flops = (trainer.log.wall_s, trainer.log.flops) if trainer else (0, 0)
-        g = torch.Generator().manual_seed(derived_seed(spec.seed, "prune"))
-        fraction = level_fraction(spec.prune.sparsity, spec.prune.levels)
-        levels = []
-        structure: dict | None = None
-        if trainer is not None:
-            # retraining between levels draws from its own stream: the pretraining stream
-            # is where it is only when pretraining ran here, not when it came from the cache
-            trainer.g = torch.Generator().manual_seed(derived_seed(spec.seed, "retrain"))
-        if spec.prune.structure == "channels":
-            mask, structure = structured_prune(
-                dict(model.named_parameters()), mask, channel_graph(model, splits.input_shape),
-                spec.prune.flops_fraction or (1.0 - spec.prune.sparsity) / 2,
-                spec.prune.channel_floor,
-            )
-            fraction = fraction_to_reach(mask, names, spec.prune.sparsity)
-        for level in range(1, spec.prune.levels + 1):
-            losses: list[float] = []
-            if level > 1 and trainer is not None:
-                losses = trainer.train(spec.prune.retrain_epochs, mask)
-            if strategy == "random-matched":  # the magnitude mask's per-tensor counts, at random
-                ref = prune_lowest(magnitude_scores(dict(model.named_parameters()), names, g),
-                                   mask, names, fraction, spec.prune.scope)
-                mask = random_like(ref, names, g)
-            else:
-                scores = STRATEGIES[strategy](dict(model.named_parameters()), names, g)
-                mask = prune_lowest(scores, mask, names, fraction, spec.prune.scope)
-            levels.append({"level": level, "density": mask.density, "retrain_losses": losses})
-        if trainer:
-            retrain_s, retrain_flops = (trainer.log.wall_s - retrain_s,
-                                        trainer.log.flops - retrain_flops)
-        log["prune"] = {
-            "levels": levels,
-            "structure": structure,
-            "wall_s": time.perf_counter() - start,
-            "retrain_wall_s": retrain_s,
-            "retrain_flops": retrain_flops,
-        }
+        mask, log["prune"] = prune_model(spec.prune, model, splits.input_shape, names, trainer,
+                                         spec.seed)
     pre = log.get("pretrain", {})
     log["server_flops"] = pre.get("flops", 0) + log.get("prune", {}).get("retrain_flops", 0)
     log["server_wall_s"] = pre.get("wall_s", 0.0) + log.get("prune", {}).get("wall_s", 0.0)
@@ -130,6 +93,55 @@ def pretrain_and_prune(
     atomic_write_json(prune_file.with_suffix(".json"), log)
     save_states(prune_file, {"trained": trained, "mask": dict(mask)})
     return ServerStages(init, trained, mask, names, log)
+
+
+def prune_model(
+    prune: PruneSpec, model: Classifier, input_shape: tuple[int, int, int], names: list[str],
+    trainer: ServerTrainer | None, seed: int,
+) -> tuple[Mask, dict]:
+    """The mask of ``prune`` for the (pretrained) ``model``: the structured step first when
+    asked, then magnitude / random levels over ``names``, retraining with ``trainer``'s
+    objective between levels. Returns the mask and the stage's log."""
+    strategy = prune.strategy
+    mask = Mask.full(model)
+    start = time.perf_counter()
+    retrain_s, retrain_flops = (trainer.log.wall_s, trainer.log.flops) if trainer else (0, 0)
+    g = torch.Generator().manual_seed(derived_seed(seed, "prune"))
+    fraction = level_fraction(prune.sparsity, prune.levels)
+    levels = []
+    structure: dict | None = None
+    if trainer is not None:
+        # retraining between levels draws from its own stream: the pretraining stream
+        # is where it is only when pretraining ran here, not when it came from the cache
+        trainer.g = torch.Generator().manual_seed(derived_seed(seed, "retrain"))
+    if prune.structure == "channels":
+        mask, structure = structured_prune(
+            dict(model.named_parameters()), mask, channel_graph(model, input_shape),
+            prune.flops_fraction or (1.0 - prune.sparsity) / 2, prune.channel_floor,
+        )
+        fraction = fraction_to_reach(mask, names, prune.sparsity)
+    for level in range(1, prune.levels + 1):
+        losses: list[float] = []
+        if level > 1 and trainer is not None:
+            losses = trainer.train(prune.retrain_epochs, mask)
+        if strategy == "random-matched":  # the magnitude mask's per-tensor counts, at random
+            ref = prune_lowest(magnitude_scores(dict(model.named_parameters()), names, g),
+                               mask, names, fraction, prune.scope)
+            mask = random_like(ref, names, g)
+        else:
+            scores = STRATEGIES[strategy](dict(model.named_parameters()), names, g)
+            mask = prune_lowest(scores, mask, names, fraction, prune.scope)
+        levels.append({"level": level, "density": mask.density, "retrain_losses": losses})
+    if trainer:
+        retrain_s, retrain_flops = (trainer.log.wall_s - retrain_s,
+                                    trainer.log.flops - retrain_flops)
+    return mask, {
+        "levels": levels,
+        "structure": structure,
+        "wall_s": time.perf_counter() - start,
+        "retrain_wall_s": retrain_s,
+        "retrain_flops": retrain_flops,
+    }
 
 
 def _pretrain(

@@ -54,6 +54,7 @@ class LocalTrainer:
     def __init__(self, model: Classifier, mask: Mask, spec: FederateSpec, input_shape):
         mask.check_matches(model)
         self.model, self.mask, self.spec = model, mask, spec
+        self.input_shape = tuple(input_shape)
         self.costs = layer_costs(model, tuple(input_shape), mask)
         self.flops_per_sample = train_flops_per_sample(self.costs)
         self.compact: Compact | None = None

@@ -23,7 +23,7 @@ from fedticket.federated.strategy import Instruction, client_train
 from fedticket.flower.common import RECORD, get, set_threads, spec_from_run_config
 from fedticket.models import Classifier
 from fedticket.pruning.mask import Mask
-from fedticket.spec import ExperimentSpec
+from fedticket.spec import ExperimentSpec, FederateSpec
 from fedticket.stages import fresh_model
 
 app = ClientApp()
@@ -67,24 +67,34 @@ def train(msg: Message, context: Context) -> Message:
     set_threads(dict(context.node_config), dict(context.run_config))
     spec = _spec(context)
     pid = _partition(context, spec)
+    client = get(msg.content.config_records[RECORD], "client", int)
+    if client != pid:
+        raise FedticketError(f"instruction for client {client} sent to partition {pid}")
+    splits = load_splits(spec.data, spec.seed)
+    model = fresh_model(spec, splits, "init")
+    return train_reply(msg, context, model, spec.federate, splits.input_shape,
+                       splits.clients[pid])
+
+
+def train_reply(msg: Message, context: Context, model: Classifier, federate: FederateSpec,
+                input_shape: tuple[int, int, int], data: Labeled) -> Message:
+    """The reply to a TRAIN message: decode the global subnetwork (the mask from this
+    message, kept in ``context.state``, or from there), train ``model`` on ``data``,
+    encode the result. Shared by this ClientApp and any ClientApp that holds its data in
+    memory (:mod:`fedticket.flower.inprocess`)."""
     rec = msg.content.config_records[RECORD]
     ins = Instruction(
         round=get(rec, "round", int), client=get(rec, "client", int),
         payload=get(rec, "payload", bytes), mask=get(rec, "mask", bytes),
         seed=get(rec, "seed", int),
     )
-    if ins.client != pid:
-        raise FedticketError(f"instruction for client {ins.client} sent to partition {pid}")
-    splits = load_splits(spec.data, spec.seed)
-    model = fresh_model(spec, splits, "init")
     mask = _mask(context, model, ins.mask)
-    codec = Codec(mask, spec.federate.values)
-    trainer = LocalTrainer(model, mask, spec.federate, splits.input_shape)
-    data = splits.clients[pid]
+    codec = Codec(mask, federate.values)
+    trainer = LocalTrainer(model, mask, federate, input_shape)
     received = codec.decode(ins.payload)
     # one untimed update first: this is a fresh process, so the timed update would
     # otherwise pay torch's one-off start-up costs (thread pool, allocator growth)
-    warm = min(len(data), spec.federate.batch_size)
+    warm = min(len(data), federate.batch_size)
     trainer.warm_up(received, Labeled(data.x[:warm], data.y[:warm]))
     rep = client_train(trainer, codec, received, data, ins)
     out = ConfigRecord({

@@ -59,7 +59,7 @@ class ChannelGroup:
     """Units (channels, hidden units) that must be removed together, and what each owns."""
 
     name: str
-    """Module path of the group's first layer (its root in the dependency graph)."""
+    """Module path of the first (in module order) conv / linear layer writing the units."""
     units: int
     slices: tuple[Slice, ...]
     feeds_head: bool
@@ -116,6 +116,7 @@ def channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGrap
                           f"({type(e).__name__}: {e}); use prune.structure = 'none'") from None
     finally:
         model.train(was_training)
+    order = {p: i for i, (p, _) in enumerate(model.named_modules())}
     groups = []
     for root in roots:
         dep = root[0].dep
@@ -134,8 +135,9 @@ def channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGrap
             for tensor, dim in keys
         )
         feeds_head = any(s.tensor.startswith(f"{ROOT}.") for s in slices)
-        groups.append(ChannelGroup(paths[module], units, slices, feeds_head))
-    order = {p: i for i, (p, _) in enumerate(model.named_modules())}
+        writers = [s.tensor.rsplit(".", 1)[0] for s in slices if s.dim == 0 and s.positions]
+        name = min(writers or [paths[module]], key=order.__getitem__)
+        groups.append(ChannelGroup(name, units, slices, feeds_head))
     groups.sort(key=lambda g: order[g.name])
     return ChannelGraph(tuple(groups), positions)
 
