@@ -122,3 +122,40 @@ def test_a_user_factory_by_name(tmp_path, monkeypatch):
         build(ModelSpec(name="mynets:ten"), (1, 8, 8), 3)  # ignores num_classes
     with pytest.raises(ConfigError, match="is not PACKAGE.MODULE:FACTORY"):
         ModelSpec(name="my-nets:build")
+
+
+CONFIG = """
+methods = ["fedavg"]
+[data]
+dataset = "digits"
+pool_size = 200
+num_clients = 4
+[model]
+name = "{name}"
+[federate]
+rounds = 1
+"""
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nosuchmodule:build", "cannot import 'nosuchmodule'"),
+    ("mynets2:missing", "mynets2 has no callable 'missing'"),
+    ("mynets2:ten", "expected (2, 10) logits"),  # the factory's model ignores num_classes
+    ("mynets2:softmaxed", "is not the output of its head"),
+])
+def test_a_bad_factory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, name, message):
+    from fedticket.cli import main
+
+    (tmp_path / "mynets2.py").write_text(
+        "from torch import nn\n"
+        "def ten(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 7))\n"
+        "def softmaxed(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes), nn.Softmax(1))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(CONFIG.format(name=name))
+    assert main(["run", "c.toml", "--out", "runs", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not list((tmp_path / "runs").glob("fedavg_*"))  # nothing half-written
