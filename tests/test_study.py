@@ -317,3 +317,56 @@ def test_sigterm_stops_a_study_like_ctrl_c_and_leaves_no_worker_behind(tmp_path)
                 alive.discard(pid)
         time.sleep(0.2)
     assert not alive, f"worker processes {sorted(alive)} outlived the study"
+
+
+def resnet_facts() -> dict[str, str]:
+    """The numbers the prose about the resnet8 study quotes, from its committed summary:
+    savings of `dae-ticket` and `dae-ticket-fast` against `fedavg` to 0.70 (IID /
+    Dirichlet(0.3)), CPU time as a change (+: more), and final accuracies."""
+    from fedticket.models import build, prunable_names
+    from fedticket.spec import ModelSpec
+    from fedticket.study import _saving
+
+    s = read_summary(ROOT / "docs" / "results" / "study-resnet.json")
+    low = [s["results"][p]["0.70"]["methods"] for p in ("iid", "dirichlet-0.3")]
+
+    def pct(method, key, sign=1):
+        return " / ".join(f"{sign * _saving(m[method], m['fedavg'], key):+.1f}%"
+                          if sign < 0 else f"{_saving(m[method], m['fedavg'], key):.1f}%"
+                          for m in low)
+
+    def final(method):
+        return " / ".join(f"{m[method]['final_accuracy']['mean']:.3f}" for m in low)
+
+    def kept(name):
+        m = build(ModelSpec(name=name), (1, 28, 28), 10)
+        params = dict(m.named_parameters())
+        return f"{round(0.2 * sum(params[n].numel() for n in prunable_names(m))):,}"
+
+    high = [s["results"][p]["0.80"]["methods"] for p in ("iid", "dirichlet-0.3")]
+    assert all(m[k]["rounds_to_target"]["n"] == 0 for m in high
+               for k in ("random-ticket", "dae-ticket", "dae-ticket-fast"))
+    return {"RESNET_TRAFFIC": pct("dae-ticket", "traffic_bytes_to_target"),
+            "RESNET_FLOPS": pct("dae-ticket", "client_flops_to_target"),
+            "RESNET_CPU": pct("dae-ticket", "client_cpu_s_to_target", -1),
+            "RESNET_FAST_FLOPS": pct("dae-ticket-fast", "client_flops_to_target"),
+            "RESNET_FAST_CPU": pct("dae-ticket-fast", "client_cpu_s_to_target", -1),
+            "RESNET_FINAL": final("dae-ticket"), "RESNET_FEDAVG_FINAL": final("fedavg"),
+            "CNN_KEPT": kept("cnn-fedavg"), "RESNET_KEPT": kept("resnet8")}
+
+
+def test_the_prose_about_the_resnet_study_quotes_its_summary():
+    facts = resnet_facts()
+    doc = (ROOT / "docs" / "REPRODUCTION.md").read_text()
+    section = doc[doc.index("## Results: a residual network"):
+                  doc.index("<!-- BEGIN study-resnet.json -->")]
+    readme = (ROOT / "README.md").read_text()
+    bullet = readme[readme.index("- **On a residual network"):]
+    bullet = bullet[:bullet.index("\n- ")]
+    for key in ("RESNET_TRAFFIC", "RESNET_FLOPS", "RESNET_CPU", "RESNET_FAST_FLOPS",
+                "RESNET_FAST_CPU", "RESNET_FINAL", "RESNET_FEDAVG_FINAL", "CNN_KEPT",
+                "RESNET_KEPT"):
+        assert facts[key] in " ".join(section.split()), (key, facts[key])
+    for key in ("RESNET_TRAFFIC", "RESNET_CPU", "RESNET_FAST_CPU", "RESNET_FINAL",
+                "RESNET_FEDAVG_FINAL"):
+        assert facts[key] in " ".join(bullet.split()), (key, facts[key])
