@@ -36,7 +36,7 @@ from fedticket.errors import ConfigError, DataError
 from fedticket.federated.client import LocalTrainer
 from fedticket.federated.strategy import RoundLog, TicketStrategy
 from fedticket.models import Classifier, prunable_names
-from fedticket.models.adapt import from_module
+from fedticket.models.adapt import from_module, probe_output
 from fedticket.pretrain.server import ServerTrainer
 from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask, load_tensors, model_tensors
@@ -259,16 +259,7 @@ def federate(
 
 
 def _output_classes(model: nn.Module, probe: torch.Tensor) -> int:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(probe)
-    except Exception as e:
-        raise ConfigError(f"the model fails on a {tuple(probe.shape)} batch of the unlabeled "
-                          f"images: {type(e).__name__}: {e}") from None
-    finally:
-        model.train(was)
+    out = probe_output(model, probe, "the model")
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ConfigError("the model must return (N, classes) logits, got "
                           f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)}")

@@ -1,7 +1,9 @@
 """The wire formats: what a client downloads and uploads, byte for byte.
 
-Parameters travel in the model's ``named_parameters`` order, with no header (both
-ends know the architecture and the mask):
+The model's tensors travel in the mask's order (``state_dict`` order: every parameter and
+every floating-point buffer, such as BatchNorm's running statistics;
+:func:`~fedticket.pruning.mask.model_tensors`), with no header (both ends know the
+architecture and the mask):
 
 * dense payload: every value of every tensor;
 * sparse payload: only the values the mask keeps.

@@ -111,14 +111,8 @@ def from_module(
                 calls.append((path, mod))  # type: ignore[arg-type]
                 seen[path] = (args[0].detach(), out.detach())
             hooks.append(m.register_forward_hook(hook))
-    was_training = net.training
-    net.eval()
     try:
-        with torch.no_grad():
-            out = net(probe)
-    except Exception as e:
-        raise ConfigError(f"{where} fails on a {tuple(probe.shape)} batch of images: "
-                          f"{type(e).__name__}: {e}") from None
+        out = probe_output(net, probe, where)
     finally:
         for h in hooks:
             h.remove()
@@ -147,15 +141,28 @@ def from_module(
     parent_path, _, child = head.rpartition(".")
     parent = net.get_submodule(parent_path) if parent_path else net
     setattr(parent, child, nn.Identity())
-    with torch.no_grad():
-        body_out = net(probe)
+    body_out = probe_output(net, probe, where)
     if not torch.equal(body_out, feats):
         raise ConfigError(f"{where}: without its head {head!r} it does not return what the head "
                           "read (the head is used more than once?); name the head with model.head")
-    net.train(was_training)
     if decoder is None:
         decoder = auto_decoder(int(feats.shape[1]), input_shape)
     return Classifier(net, head_mod, decoder)
+
+
+def probe_output(net: nn.Module, probe: torch.Tensor, where: str) -> torch.Tensor:
+    """``net(probe)`` in eval mode without gradients (BatchNorm statistics untouched),
+    the mode restored after; a model that fails on the probe is a ConfigError."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return net(probe)
+    except Exception as e:  # the user's forward failing on images of this shape
+        raise ConfigError(f"{where} fails on a {tuple(probe.shape)} batch of images: "
+                          f"{type(e).__name__}: {e}") from None
+    finally:
+        net.train(was_training)
 
 
 def _check_batchnorm(net: nn.Module, where: str) -> None:
