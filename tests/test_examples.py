@@ -74,3 +74,22 @@ def test_the_python_api_script_runs_the_whole_path(folder):
     assert any(line.startswith("simulator: test accuracy") for line in lines)
     assert any(line.startswith("flower: test accuracy") for line in lines)
     assert (folder / "api.onnx").stat().st_size > 0
+
+
+def test_the_users_model_and_folder_run_on_a_real_flower_deployment(folder):
+    """`fedticket deploy` from the example's folder: the SuperNodes import mymodel.py and
+    read the image folder themselves; the run matches the simulator's bytes."""
+    pytest.importorskip("flwr", reason="Flower is not installed: pip install -e '.[flower]'")
+    small = ["--method", "dae-ticket-fast", "--set", "data.num_clients=2",
+             "--set", "federate.rounds=1", "--set", "federate.client_fraction=1.0"]
+    sh([BIN / "fedticket", "deploy", "config.toml", "--out", "dep", "--nodes", "2", *small],
+       folder)
+    sh([BIN / "fedticket", "run", "config.toml", "--out", "sim", "--threads", "1", "--quiet",
+        *small], folder)
+    [dep] = list((folder / "dep").glob("dae-ticket-fast_s0_*_flower"))
+    [sim] = list((folder / "sim").glob("dae-ticket-fast_s0_*"))
+    a, b = (json.loads((p / "summary.json").read_text()) for p in (sim, dep))
+    assert b["engine"] == "flower" and b["compute"] == a["compute"] == "structured"
+    for key in ("total_down_bytes", "total_up_bytes", "total_mask_bytes", "total_client_flops"):
+        assert a[key] == b[key], key
+    assert abs(a["final_accuracy"] - b["final_accuracy"]) <= 1e-4
