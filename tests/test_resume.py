@@ -157,3 +157,50 @@ def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, capsys)
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and "\n" not in err, err
         assert ckpt.read_bytes() == damage
+
+
+def test_a_run_stopped_between_its_summary_and_the_rename_keeps_its_checkpoint(
+        reference, tmp_path, monkeypatch, capsys):
+    """The last moment of a run: final.npz and summary.json are written, the folder is
+    not yet renamed into place. A stop there keeps the checkpoint, and the next start
+    resumes after the last round instead of training all 8 again."""
+    import fedticket.run_folder as rf
+
+    cfg, ref = reference
+    out = tmp_path / "out"
+    real = os.replace
+
+    def stop_at_the_rename(src, dst):
+        if Path(src).name.startswith(".tmp-"):
+            assert (Path(src) / "summary.json").is_file()
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    import torch
+
+    from fedticket.runner import run_one
+    from fedticket.spec import load_config
+
+    monkeypatch.setattr(rf.os, "replace", stop_at_the_rename)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference's --threads 1: the same sums
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            [spec] = load_config(cfg).specs()
+            run_one(spec, out, None)
+    finally:
+        torch.set_num_threads(threads)
+    [tmp] = list(out.glob(".tmp-*"))
+    assert (tmp / "checkpoint.npz").is_file()  # kept: the run need not start over
+    monkeypatch.setattr(rf.os, "replace", real)
+    try:
+        assert main(["run", str(cfg), "--out", str(out), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # --threads sets the whole process's
+    err = capsys.readouterr().err
+    assert "resuming from the checkpoint after round 8" in err
+    assert not [line for line in err.splitlines() if " round " in line and "/8" in line
+                and "resuming" not in line]  # no round trained again
+    run = finished(out)
+    assert timeless(rows(run / "metrics.jsonl")) == timeless(rows(ref / "metrics.jsonl"))
+    assert not (run / "checkpoint.npz").exists()

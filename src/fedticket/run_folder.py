@@ -28,7 +28,8 @@ def in_run_folder(
     error (it is not ours to delete). The temporary folder of a run that was killed
     after a checkpoint is reused (``write`` resumes from it); one without a checkpoint
     is started afresh. If ``write`` fails, the folder is kept only if it holds a
-    checkpoint to resume from.
+    checkpoint to resume from. The checkpoint is removed only once the finished folder
+    is in place, so no moment of a run's life is without one after round 0.
     """
     final = paths.run_dir(out, name)
     if final.exists():
@@ -53,6 +54,8 @@ def in_run_folder(
         write(tmp)
         (tmp / paths.OWNER).unlink()
         os.replace(tmp, final)
+        # only now: until the rename, a kill leaves the checkpoint to resume from
+        (final / paths.CHECKPOINT).unlink(missing_ok=True)
     except BaseException:
         if (tmp / paths.CHECKPOINT).is_file():
             (tmp / paths.OWNER).unlink(missing_ok=True)

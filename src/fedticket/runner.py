@@ -160,7 +160,8 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     finally:
         writer.close()
     save_states(folder / paths.FINAL, {"global": strategy.global_state})
-    (folder / paths.CHECKPOINT).unlink(missing_ok=True)  # final.npz holds the same model
+    # the checkpoint stays until the finished folder is in place (in_run_folder removes
+    # it then): a kill before the rename resumes after the last round, not from round 0
     rows = writer.rows
     last = rows[-1]
     best = max(rows, key=lambda r: r["test_accuracy"])
