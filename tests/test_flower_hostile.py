@@ -55,6 +55,11 @@ ATTACKS = [  # what client 1 sends instead of its update, and how it is logged
     ({"num-examples": "2"}, "malformed reply"),
     ({"train-loss": float("inf")}, "rejected: reported train loss inf"),
     ({"client": 2}, "malformed reply"),  # it claims to be another client
+    # costs enter the ledger only if believable: FLOPs are known exactly (5 a sample here)
+    ({"flops": -1}, "rejected: reported FLOPs -1 are not a non-negative integer"),
+    ({"flops": 10**12}, "rejected: reported FLOPs 1000000000000 differ from the 10"),
+    ({"wall-s": -1.0}, "rejected: reported wall time -1.0 is not a finite number"),
+    ({"cpu-s": float("nan")}, "rejected: reported CPU time nan is not a finite number"),
 ]
 
 
@@ -69,11 +74,12 @@ def test_a_hostile_flower_reply_is_rejected_and_the_rest_aggregated(attack, logg
 
     spec = FederateSpec(rounds=1, client_fraction=1.0, local_epochs=1, batch_size=1)
     strat = TicketStrategy(CODEC, {"w": torch.zeros(4)}, spec, 0, 3, lambda s: (0.5, 1.0),
-                           client_sizes=[2, 2, 2])
+                           client_sizes=[2, 2, 2], flops_per_example=5)
     engine = GridEngine(Loopback(answer), {0: 10, 1: 11, 2: 12}, timeout_s=5)
     ins = strat.configure_round(1)
     replies, failures = engine.train_round(ins)
     log = strat.aggregate_round(1, ins, replies, failures)
     assert strat.global_state["w"].tolist() == [3.0, 0.0, 3.0, 3.0]  # (1 + 5) / 2
+    assert strat.totals.client_flops == 2 * 10  # the two honest clients' 5 x 2 x 1
     [f] = log.failures
     assert f.client == 1 and f.reason.startswith(logged), f.reason

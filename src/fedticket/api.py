@@ -241,7 +241,8 @@ def federate(
         raise ConfigError(f"unknown engine {engine!r}; choose 'simulator' or 'flower'")
     strategy = TicketStrategy(codec, ticket.state, spec, seed, len(parts),
                               lambda s: trainer.evaluate(s, held_out),
-                              client_sizes=[len(c) for c in parts])
+                              client_sizes=[len(c) for c in parts],
+                              flops_per_example=trainer.flops_per_sample)
     rows: list[dict] = []
 
     class _Rows:

@@ -133,6 +133,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     strategy = TicketStrategy(
         codec, state, spec.federate, spec.seed, len(splits.clients), evaluate_fn,
         min_replies=engine.min_replies, client_sizes=[len(c) for c in splits.clients],
+        flops_per_example=trainer.flops_per_sample,
     )
     resumed = checkpoint.load(folder, spec.run_name())
     after = 0

@@ -34,7 +34,7 @@ from fedticket.federated.aggregate import (
     trimmed_mean,
 )
 from fedticket.federated.client import LocalTrainer
-from fedticket.federated.validate import check_reply_numbers, check_state
+from fedticket.federated.validate import check_reply_costs, check_reply_numbers, check_state
 from fedticket.spec import FederateSpec
 
 State = dict[str, torch.Tensor]
@@ -227,6 +227,10 @@ class TicketStrategy:
     client_sizes : sequence of int, optional
         Each client's partition size, when the server knows it: a reply must report
         exactly that many examples.
+    flops_per_example : int, optional
+        Training FLOPs of one example under the mask (one forward and backward pass):
+        a reply must report exactly ``flops_per_example * examples * local_epochs``.
+        Seconds are only checked to be finite and non-negative.
     """
 
     def __init__(
@@ -239,7 +243,9 @@ class TicketStrategy:
         evaluate_fn: Callable[[State], tuple[float, float]],
         min_replies: int = 1,
         client_sizes: Sequence[int] | None = None,
+        flops_per_example: int | None = None,
     ):
+        self.flops_per_example = flops_per_example
         self.codec, self.spec, self.seed = codec, spec, seed
         self.client_sizes = None if client_sizes is None else list(client_sizes)
         self.num_clients = num_clients
@@ -324,6 +330,10 @@ class TicketStrategy:
     def _check(self, rep: Reply, expected: int | None) -> tuple[State | None, str | None]:
         """The decoded update of ``rep``, or None and why it may not be aggregated."""
         why = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
+        if why is None:
+            flops = (None if self.flops_per_example is None else
+                     self.flops_per_example * rep.num_examples * self.spec.local_epochs)
+            why = check_reply_costs(rep.flops, rep.wall_s, rep.cpu_s, flops)
         if why is not None:
             return None, why
         try:

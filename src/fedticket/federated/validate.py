@@ -49,3 +49,20 @@ def check_reply_numbers(num_examples: object, train_loss: object,
     if not isinstance(train_loss, (int, float)) or not math.isfinite(train_loss):
         return f"reported train loss {train_loss!r} is not a finite number"
     return None
+
+
+def check_reply_costs(flops: object, wall_s: object, cpu_s: object,
+                      expected_flops: int | None) -> str | None:
+    """Why a reply's reported costs may not enter the ledger, or None. FLOPs are a
+    non-negative integer and seconds a finite non-negative number; with
+    ``expected_flops`` (the server knows the mask, the client's sample count and the
+    local epochs, so it knows the update's FLOPs exactly) the count must equal it."""
+    if isinstance(flops, bool) or not isinstance(flops, int) or flops < 0:
+        return f"reported FLOPs {flops!r} are not a non-negative integer"
+    if expected_flops is not None and flops != expected_flops:
+        return f"reported FLOPs {flops} differ from the {expected_flops} this update costs"
+    for name, value in (("wall", wall_s), ("CPU", cpu_s)):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < 0):
+            return f"reported {name} time {value!r} is not a finite number of seconds >= 0"
+    return None
