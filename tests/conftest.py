@@ -18,9 +18,7 @@ needs_fmnist = pytest.mark.skipif(
 def flower_task_identity():
     """Flower builds a Message's id from the run and task identity of the process it runs
     in; outside a Flower process the tests set one, and restore it after."""
-    from flwr.supercore.task_identity import TaskIdentity
+    from fedticket.flower.inprocess import SERVER_NODE, identity
 
-    old = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+    with identity(SERVER_NODE):
+        yield

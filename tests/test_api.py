@@ -92,7 +92,7 @@ def test_structured_ticket_compact_model_is_smaller_and_computes_the_same():
 
 
 @pytest.mark.parametrize("structured", [False, True])
-def test_simulator_and_flower_messages_train_the_same_model(structured, flower_task_identity):
+def test_simulator_and_flower_messages_train_the_same_model(structured):
     pytest.importorskip("flwr", reason="Flower is not installed: pip install -e '.[flower]'")
     t = ticket(structured)
     x, y = data(240, 2)

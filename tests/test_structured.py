@@ -38,6 +38,20 @@ def fast_mask(m, flops=0.3, sparsity=0.8, shape=(1, 8, 8), floor=0.25):
     return mask, report, graph
 
 
+def both_paths(m, fresh, mask, spec, n, shape):
+    """One client update from ``m``'s masked state on ``n`` random images, with dense
+    kernels under the mask and on the compact model: (state, dense update, compact one)."""
+    state = {k: v * mask.float(k) for k, v in model_tensors(m).items()}
+    g = torch.Generator().manual_seed(1)
+    data = Labeled(torch.rand(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
+    out = {}
+    for path in ("dense-masked", "structured"):
+        t = LocalTrainer(fresh(), mask, replace(spec, compute=path), shape)
+        assert t.compute == path
+        out[path] = t.update(state, data, torch.Generator().manual_seed(0))
+    return state, out["dense-masked"], out["structured"]
+
+
 def test_the_graph_knows_how_each_layer_feeds_the_next():
     graph = channel_graph(digits_cnn(), (1, 8, 8))
     got = [(g.name, g.units, g.feeds_head,
@@ -116,16 +130,8 @@ def test_compact_round_trip_and_smaller_layers():
 def test_structured_path_trains_the_same_model_as_dense_masked_kernels():
     m = digits_cnn()
     mask, _, _ = fast_mask(m)
-    state = {k: v * mask.float(k) for k, v in m.state_dict().items()}
-    g = torch.Generator().manual_seed(1)
-    data = Labeled(torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
     spec = FederateSpec(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.01)
-    out = {}
-    for path in ("dense-masked", "structured"):
-        t = LocalTrainer(digits_cnn(), mask, replace(spec, compute=path), (1, 8, 8))
-        assert t.compute == path
-        out[path] = t.update(state, data, torch.Generator().manual_seed(0))
-    a, b = out["dense-masked"], out["structured"]
+    state, a, b = both_paths(m, digits_cnn, mask, spec, 40, (1, 8, 8))
     assert a.flops == b.flops and a.steps == b.steps == 10
     for k in a.state:
         torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-5)
@@ -246,16 +252,8 @@ def test_compact_resnet_computes_what_the_masked_model_computes(flops):
 def test_structured_resnet_trains_the_same_model_as_dense_masked_kernels():
     m = resnet()
     mask, _, _ = fast_mask(m, flops=0.2, shape=(1, 28, 28))
-    state = {k: v * mask.float(k) for k, v in model_tensors(m).items()}
-    g = torch.Generator().manual_seed(1)
-    data = Labeled(torch.rand(24, 1, 28, 28, generator=g), torch.randint(0, 10, (24,), generator=g))
     spec = FederateSpec(local_epochs=1, batch_size=8, lr=0.05, momentum=0.9)
-    out = {}
-    for path in ("dense-masked", "structured"):
-        t = LocalTrainer(resnet(), mask, replace(spec, compute=path), (1, 28, 28))
-        assert t.compute == path
-        out[path] = t.update(state, data, torch.Generator().manual_seed(0))
-    a, b = out["dense-masked"], out["structured"]
+    state, a, b = both_paths(m, resnet, mask, spec, 24, (1, 28, 28))
     assert set(a.state) == set(b.state) == set(state)  # running statistics travel
     for k in a.state:
         torch.testing.assert_close(a.state[k], b.state[k], rtol=1e-4, atol=1e-5)

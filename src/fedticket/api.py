@@ -179,25 +179,11 @@ class Federated:
         logits out. Returns the export's report (bytes, parameters)."""
         from pathlib import Path
 
-        from fedticket.export import ExportedModel, write
+        from fedticket.export import exported_model, write
 
-        state = model_tensors(self.model)
-        net: nn.Module = self.model
-        packed = False
-        if compact:
-            cut = Compact(self.model, self.mask, self.input_shape)
-            if not cut.is_identity:
-                net, packed = cut.net, True
-                state = cut.compact(state)
-        net = copy.deepcopy(net)
-        load_tensors(net, state)
-        net.eval()
-        meta = {"engine": self.engine, "compact": str(packed).lower(),
-                "input_shape": ",".join(map(str, self.input_shape)),
-                "num_classes": str(self.num_classes)}
-        exported = ExportedModel(net, {k: v.detach().contiguous() for k, v in state.items()},
-                                 meta, packed, self.input_shape, self.num_classes,
-                                 self.test_images)
+        exported = exported_model(copy.deepcopy(self.model), self.mask, self.input_shape,
+                                  self.num_classes, model_tensors(self.model),
+                                  self.test_images, {"engine": self.engine}, compact)
         return write(exported, fmt, Path(out))
 
 

@@ -42,6 +42,7 @@ from torch import nn
 from fedticket import __version__, paths
 from fedticket.errors import ConfigError, FedticketError
 from fedticket.io import atomic_write_bytes, load_states
+from fedticket.pruning.mask import Mask, load_tensors
 
 FORMATS = ("onnx", "safetensors")
 INPUT_NAME = "images"
@@ -149,8 +150,6 @@ def load_run_model(run_dir: Path, compact: bool = True) -> ExportedModel:
     """
     from fedticket.data import load_splits
     from fedticket.models import build
-    from fedticket.pruning.compact import Compact
-    from fedticket.pruning.mask import Mask, load_tensors
     from fedticket.spec import spec_from_dict
 
     check_run_dir(run_dir)
@@ -175,8 +174,26 @@ def load_run_model(run_dir: Path, compact: bool = True) -> ExportedModel:
     input_shape = (shape[0], shape[1], shape[2])
     model = build(spec.model, input_shape, splits.num_classes)
     mask.check_matches(model)
-    load_tensors(model, state)
+    return exported_model(model, mask, input_shape, splits.num_classes, state,
+                          splits.test.x[:CHECK_IMAGES].clone(), {
+                              "method": str(summary.get("method", spec.method)),
+                              "run_name": str(summary.get("run_name", spec.run_name())),
+                              "seed": str(spec.seed),
+                              "model": spec.model.name,
+                              "final_accuracy": json.dumps(summary.get("final_accuracy")),
+                          }, compact)
 
+
+def exported_model(model: nn.Module, mask: Mask, input_shape: tuple[int, int, int],
+                   num_classes: int, state: Mapping[str, torch.Tensor],
+                   test_images: torch.Tensor, metadata: Mapping[str, str],
+                   compact: bool = True) -> ExportedModel:
+    """``model`` holding ``state``, ready to export: the compact copy when ``compact`` and
+    the mask removes whole units, else ``model`` itself (loaded in place); in eval mode,
+    with the format's metadata added to ``metadata``."""
+    from fedticket.pruning.compact import Compact
+
+    load_tensors(model, state)
     net: nn.Module = model
     net_state: State = dict(state)
     is_compact = False
@@ -191,22 +208,17 @@ def load_run_model(run_dir: Path, compact: bool = True) -> ExportedModel:
             load_tensors(net, net_state)
             is_compact = True
     net.eval()
-    metadata = {
+    meta = {
         "format": "fedticket-export-1",
-        "method": str(summary.get("method", spec.method)),
-        "run_name": str(summary.get("run_name", spec.run_name())),
-        "seed": str(spec.seed),
-        "model": spec.model.name,
+        **metadata,
         "input_shape": json.dumps(list(input_shape)),
         "input": INPUT_DOC,
-        "num_classes": str(splits.num_classes),
+        "num_classes": str(num_classes),
         "compact": json.dumps(is_compact),
-        "final_accuracy": json.dumps(summary.get("final_accuracy")),
         "fedticket_version": __version__,
     }
     return ExportedModel(net, {k: v.detach().contiguous() for k, v in net_state.items()},
-                         metadata, is_compact, input_shape, splits.num_classes,
-                         splits.test.x[:CHECK_IMAGES].clone())
+                         meta, is_compact, input_shape, num_classes, test_images)
 
 
 @contextlib.contextmanager

@@ -35,9 +35,10 @@ def load_tensors(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     integer buffers it lacks keep the values ``model`` holds. Any other missing or
     unexpected tensor is an error, as with ``strict=True``."""
     result = model.load_state_dict(state, strict=False)
-    buffers = dict(model.named_buffers())
-    missing = [k for k in result.missing_keys
-               if not (k in buffers and not buffers[k].is_floating_point())]
+    missing = list(result.missing_keys)
+    if missing:  # only integer buffers may be missing (every update loads: keep it cheap)
+        buffers = dict(model.named_buffers())
+        missing = [k for k in missing if not (k in buffers and not buffers[k].is_floating_point())]
     if missing or result.unexpected_keys:
         raise FedticketError(f"the state does not fit the model: missing {missing[:3]}, "
                              f"unexpected {list(result.unexpected_keys)[:3]}")
