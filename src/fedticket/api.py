@@ -215,10 +215,9 @@ def federate(
     trainer = LocalTrainer(model, ticket.mask, spec, ticket.input_shape)
     codec = Codec(ticket.mask, spec.values)
     if engine == "simulator":
-        from fedticket.federated.simulate import LocalEngine
+        from fedticket.federated.simulate import local_engine
 
-        trainer.warm_up(trainer.from_net(model_tensors(trainer.net)), parts[0])
-        carrier: Any = LocalEngine(trainer, codec, parts)
+        carrier: Any = local_engine(trainer, codec, parts)
     elif engine == "flower":
         from fedticket.flower.inprocess import InProcessFlower
 
@@ -239,7 +238,11 @@ def federate(
                 if on_round is not None:
                     on_round(row)
 
-    final = strategy.start(carrier, [_Rows()])
+    try:
+        final = strategy.start(carrier, [_Rows()])
+    finally:
+        if hasattr(carrier, "close"):
+            carrier.close()
     load_tensors(model, final)
     return Federated(model, rows, engine, trainer.compute, ticket.mask, ticket.input_shape,
                      ticket.num_classes, held_out.x[:16])

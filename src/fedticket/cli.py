@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=int, default=1,
                    help="run the runs in this many processes, the cores split between them "
                         "(default: 1)")
+    r.add_argument("--workers", type=int,
+                   help="processes that train a run's clients, one torch thread each "
+                        "(default: cores / jobs; jobs x workers may not exceed the cores)")
 
     d = sub.add_parser("deploy", help="run the config's methods on a local Flower deployment "
                                       "(one SuperLink, one SuperNode per client partition)")
@@ -76,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--quick", action="store_true", help="the study file's small [quick] grid")
     st.add_argument("--jobs", type=int, default=1, help="processes, the cores split between "
                                                        "them (default: 1)")
+    st.add_argument("--workers", type=int,
+                    help="processes that train a run's clients (default: cores / jobs)")
     st.add_argument("--summary", help="where to write the JSON summary (default: "
                                       "OUT/STUDY/summary.json)")
     st.add_argument("--plots", help="also draw the study's figures into this folder")
@@ -142,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     specs = _specs(args)
     stream = None if args.quiet else sys.stderr
     out = Path(args.out)
-    folders = run_parallel(specs, out, args.jobs, stream)
+    folders = run_parallel(specs, out, args.jobs, stream, args.workers)
     for f in folders:
         print(f)
     return 0
@@ -207,7 +212,7 @@ def _study(args: argparse.Namespace) -> int:
     study = load_study(args.study, quick=args.quick)
     out = Path(args.out)
     folder = run_study(study, out, args.jobs, None if args.quiet else sys.stderr,
-                       tuple(args.partition))
+                       tuple(args.partition), args.workers)
     summary = summarize(study, folder)
     default = ("summary.json" if study.folder_name == study.name
                else f"{study.name}.summary.json")

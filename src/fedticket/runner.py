@@ -23,13 +23,12 @@ from fedticket import checkpoint, paths
 from fedticket.accounting.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.accounting.wire import Codec
 from fedticket.data import Splits, load_splits
-from fedticket.errors import DivergenceError
+from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.client import LocalTrainer
-from fedticket.federated.simulate import LocalEngine
+from fedticket.federated.simulate import local_engine
 from fedticket.federated.strategy import Engine, TicketStrategy
 from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
-from fedticket.pruning.mask import model_tensors
 from fedticket.run_folder import MetricsWriter, Progress, in_run_folder
 from fedticket.spec import ExperimentSpec
 from fedticket.stages import (  # noqa: F401  (re-exported: the stages' public names)
@@ -53,16 +52,18 @@ class EngineFactory(Protocol):
 
 
 class Simulator:
-    """The default engine: every client trains in this process."""
+    """The default engine: the clients train on this machine, one torch thread each, in
+    ``workers`` processes (1: in this one; :mod:`fedticket.federated.simulate`)."""
 
     name = "simulator"
     min_replies = 1
     clients_keep_state = True
 
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+
     def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> Engine:
-        # one untimed update first: the first timed one then pays no start-up costs
-        trainer.warm_up(trainer.from_net(model_tensors(trainer.net)), splits.clients[0])
-        return LocalEngine(trainer, codec, splits.clients)
+        return local_engine(trainer, codec, splits.clients, self.workers)
 
 
 def folder_name(spec: ExperimentSpec, engine: str) -> str:
@@ -129,7 +130,6 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     def evaluate_fn(s: dict[str, torch.Tensor]) -> tuple[float, float]:
         return trainer.evaluate(s, splits.test)
 
-    carrier = engine(trainer, codec, splits)
     strategy = TicketStrategy(
         codec, state, spec.federate, spec.seed, len(splits.clients), evaluate_fn,
         min_replies=engine.min_replies, client_sizes=[len(c) for c in splits.clients],
@@ -151,6 +151,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     saver = checkpoint.Checkpointer(folder, strategy, spec.run_name(),
                                     spec.federate.checkpoint_every, spec.federate.rounds,
                                     [writer])
+    carrier = engine(trainer, codec, splits)
     try:
         strategy.start(carrier, after=after, callbacks=[
             writer, saver, Progress(label, spec.federate.rounds, stream)])
@@ -160,6 +161,8 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         raise DivergenceError(f"{e}{kept}") from None
     finally:
         writer.close()
+        if hasattr(carrier, "close"):
+            carrier.close()
     save_states(folder / paths.FINAL, {"global": strategy.global_state})
     # the checkpoint stays until the finished folder is in place (in_run_folder removes
     # it then): a kill before the rename resumes after the last round, not from round 0
@@ -172,6 +175,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         "run_name": spec.run_name(),
         "engine": engine.name,
         "threads": torch.get_num_threads(),
+        "workers": getattr(engine, "workers", None),
         "compute": trainer.compute,
         "mask_once": spec.federate.mask_once,
         "rounds": spec.federate.rounds,
@@ -205,15 +209,39 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _job(specs: list[ExperimentSpec], out: Path, stream: bool, threads: int) -> list[Path]:
+def _job(specs: list[ExperimentSpec], out: Path, stream: bool, threads: int,
+         workers: int) -> list[Path]:
     torch.set_num_threads(threads)
-    return run_many(specs, out, sys.stderr if stream else None, precheck=False)
+    return run_many(specs, out, sys.stderr if stream else None, precheck=False,
+                    engine=Simulator(workers))
+
+
+def client_workers(jobs: int, workers: int | None = None) -> int:
+    """Simulator workers per run when ``jobs`` runs share the machine: ``workers``, or
+    one per core of the run's share (``cores // jobs``, at least 1).
+
+    Raises
+    ------
+    FedticketError
+        If ``jobs * workers`` is more than the cores: the clients' CPU time is only
+        robust when no two of them wait for one core.
+    """
+    if workers is None:
+        return max(1, cores() // jobs)
+    if workers < 1:
+        raise FedticketError(f"--workers must be >= 1, got {workers}")
+    if jobs * workers > cores():
+        raise FedticketError(f"--jobs {jobs} x --workers {workers} needs {jobs * workers} "
+                             f"cores; this machine has {cores()}")
+    return workers
 
 
 def run_parallel(
-    specs: Sequence[ExperimentSpec], out: Path, jobs: int, stream: TextIO | None = sys.stderr
+    specs: Sequence[ExperimentSpec], out: Path, jobs: int, stream: TextIO | None = sys.stderr,
+    workers: int | None = None,
 ) -> list[Path]:
-    """Run ``specs`` in ``jobs`` processes with ``cores // jobs`` torch threads each.
+    """Run ``specs`` in ``jobs`` processes with ``cores // jobs`` torch threads each, the
+    clients of each run in ``workers`` simulator processes (:func:`client_workers`).
 
     Runs that share a server stage (same seed, data, model and pretraining) wait for
     the first of them, which builds the stage cache; after that every run is its own
@@ -221,8 +249,9 @@ def run_parallel(
     through a long queue. Results are the same as :func:`run_many`'s at that thread
     count (the cache holds exactly what a run would compute).
     """
+    workers = client_workers(jobs, workers)
     if jobs <= 1:
-        return run_many(specs, out, stream)
+        return run_many(specs, out, stream, engine=Simulator(workers))
     check(specs)
     groups: dict[str, list[ExperimentSpec]] = {}
     for s in specs:
@@ -230,17 +259,18 @@ def run_parallel(
     threads = max(1, cores() // jobs)
     if stream:
         print(f"{len(specs)} runs ({len(groups)} server stages) on {jobs} processes, "
-              f"{threads} torch thread(s) each", file=stream, flush=True)
+              f"{threads} torch thread(s) each, clients in {workers} process(es) per run",
+              file=stream, flush=True)
     ctx = multiprocessing.get_context("spawn")
     done: dict[ExperimentSpec, Path] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        heads = {pool.submit(_job, [g[0]], out, stream is not None, threads): g
+        heads = {pool.submit(_job, [g[0]], out, stream is not None, threads, workers): g
                  for g in groups.values()}
         rest: dict = {}
         for f in as_completed(heads):
             g = heads[f]
             done[g[0]] = f.result()[0]
-            rest.update({pool.submit(_job, [s], out, stream is not None, threads): s
+            rest.update({pool.submit(_job, [s], out, stream is not None, threads, workers): s
                          for s in g[1:]})
         for f in as_completed(rest):
             done[rest[f]] = f.result()[0]

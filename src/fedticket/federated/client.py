@@ -38,8 +38,19 @@ class ClientUpdate:
     flops: int
     wall_s: float
     cpu_s: float
-    """CPU time of this process during the update (all its threads): unlike ``wall_s``
-    it does not grow when other programs share the machine."""
+    """CPU time of the update (:func:`cpu_clock`)."""
+
+
+def cpu_clock() -> float:
+    """Seconds of CPU time for timing a client's work.
+
+    With one torch thread all of the work runs on the calling thread, so this is that
+    thread's CPU time: it does not grow while the thread waits for a core another
+    program holds, and no other thread of the process (a pipe, a gRPC stack) enters it.
+    With more threads it is the whole process's CPU time, which is *not* robust: idle
+    OpenMP threads spin while they wait for a busy core and burn CPU time doing so.
+    """
+    return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
 
 
 class LocalTrainer:
@@ -143,7 +154,7 @@ class LocalTrainer:
         self, state: Mapping[str, torch.Tensor], data: Labeled, generator: torch.Generator
     ) -> ClientUpdate:
         """Train from ``state`` on ``data``; ``generator`` fixes the batch order."""
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start, start_cpu = time.perf_counter(), cpu_clock()
         model, spec = self.net, self.spec
         load_tensors(model, self.to_net(state))
         model.train()
@@ -179,7 +190,7 @@ class LocalTrainer:
             steps=steps,
             flops=self.flops_per_sample * seen,
             wall_s=time.perf_counter() - start,
-            cpu_s=time.process_time() - start_cpu,
+            cpu_s=cpu_clock() - start_cpu,
         )
 
 

@@ -96,7 +96,7 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
     # otherwise pay torch's one-off start-up costs (thread pool, allocator growth)
     warm = min(len(data), federate.batch_size)
     trainer.warm_up(received, Labeled(data.x[:warm], data.y[:warm]))
-    rep = client_train(trainer, codec, received, data, ins)
+    rep = client_train(trainer, codec, ins.payload, data, ins)
     out = ConfigRecord({
         "client": rep.client,
         "payload": rep.payload,

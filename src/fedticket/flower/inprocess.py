@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from fedticket.accounting.wire import Codec
 from fedticket.data import Labeled
 from fedticket.federated.client import LocalTrainer
+from fedticket.federated.simulate import CLIENT_THREADS, threads
 from fedticket.federated.strategy import Failure, Instruction, Reply
 from fedticket.flower.client_app import train_reply
 from fedticket.flower.server_app import GridEngine
@@ -136,7 +137,7 @@ class InProcessFlower:
 
     def train_round(self, instructions: Sequence[Instruction]
                     ) -> tuple[list[Reply], list[Failure]]:
-        with identity(SERVER_NODE):
+        with identity(SERVER_NODE), threads(CLIENT_THREADS):  # as the simulator's clients
             return self.engine.train_round(instructions)
 
     def lost_state(self) -> set[int]:
