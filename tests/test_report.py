@@ -122,7 +122,8 @@ def test_compare_costs_to_target_and_savings(results: Path) -> None:
     assert result["target"] == 0.8 and result["baseline"] == "fedavg"
     fedavg, dae = result["methods"]["fedavg"], result["methods"]["dae-ticket"]
 
-    assert fedavg["rounds_to_target"] == {"mean": 5.0, "std": pytest.approx(math.sqrt(2)), "n": 2}
+    assert fedavg["rounds_to_target"] == {"mean": 5.0, "std": pytest.approx(math.sqrt(2)), "n": 2,
+                                          "seeds": {"0": 4.0, "1": 6.0}}
     traffic = fedavg["traffic_bytes_to_target"]
     assert traffic["mean"] == 500.0 and traffic["n"] == 2
     assert traffic["std"] == pytest.approx(141.4213562)  # sample std of 400, 600
@@ -130,12 +131,16 @@ def test_compare_costs_to_target_and_savings(results: Path) -> None:
     assert fedavg["client_wall_s_to_target"]["mean"] == 10.0
     assert fedavg["final_accuracy"]["mean"] == pytest.approx(0.82)
 
-    # dae-ticket reaches 0.8 at round 3 (300 B, 6e8 FLOPs) and round 7 (350 B, 1.4e9 FLOPs)
+    # dae-ticket reaches 0.8 at round 3 (300 B, 6e8 FLOPs) and round 7 (350 B, 1.4e9 FLOPs);
+    # savings pair the seeds: 1 - geometric mean of 300/400 and 350/600 (two seeds: no
+    # interval)
     assert dae["traffic_bytes_to_target"]["mean"] == 325.0
-    assert dae["traffic_saving_pct"] == {"mean": pytest.approx(35.0), "std": None, "n": 2}
-    assert dae["client_flops_saving_pct"]["mean"] == pytest.approx(80.0)
-    assert dae["rounds_saving_pct"]["mean"] == pytest.approx(0.0)
-    assert dae["client_wall_s_saving_pct"]["mean"] == pytest.approx(0.0)
+    assert dae["traffic_saving_pct"] == {"mean": pytest.approx(33.86, abs=0.01), "lo": None,
+                                         "hi": None, "std": None, "n": 2}
+    assert dae["client_flops_saving_pct"]["mean"] == pytest.approx(  # 6e8/4e9, 1.4e9/6e9
+        100 * (1 - math.sqrt(0.15 * 1.4 / 6)))
+    assert dae["rounds_saving_pct"]["mean"] == pytest.approx(100 * (1 - math.sqrt(3 / 4 * 7 / 6)))
+    assert dae["client_wall_s_saving_pct"]["mean"] == dae["rounds_saving_pct"]["mean"]
     assert dae["density"] == {"mean": 0.2, "std": 0.0, "n": 2}
     assert fedavg["density"] == {"mean": None, "std": None, "n": 0}
     assert fedavg["traffic_saving_pct"]["mean"] == 0.0
@@ -144,15 +149,18 @@ def test_compare_costs_to_target_and_savings(results: Path) -> None:
 def test_run_that_never_reaches_target_is_null(results: Path) -> None:
     rm = compare(load_runs(results), target=0.8)["methods"]["random-mask-unscaled"]
     # seeds 0 and 1 reach 0.8 at round 2 (200 B); seed 2 never does
-    assert rm["rounds_to_target"] == {"mean": 2.0, "std": 0.0, "n": 2}
+    assert rm["rounds_to_target"] == {"mean": 2.0, "std": 0.0, "n": 2,
+                                      "seeds": {"0": 2.0, "1": 2.0, "2": None}}
     assert rm["traffic_bytes_to_target"]["n"] == 2
     assert rm["final_accuracy"]["n"] == 3
     # no saving over the two lucky seeds: one of three never got there
-    assert rm["traffic_saving_pct"] == {"mean": None, "std": None, "n": 2}
+    assert rm["traffic_saving_pct"] == {"mean": None, "lo": None, "hi": None, "std": None,
+                                        "n": 2}
 
     unreachable = compare(load_runs(results), target=0.95)["methods"]
     for fields in unreachable.values():
-        assert fields["rounds_to_target"] == {"mean": None, "std": None, "n": 0}
+        assert fields["rounds_to_target"]["mean"] is None
+        assert fields["rounds_to_target"]["n"] == 0
         assert fields["traffic_saving_pct"]["mean"] is None
 
 
@@ -197,8 +205,9 @@ def test_canonical_method_order(tmp_path: Path) -> None:
 def test_missing_baseline_gives_null_savings(tmp_path: Path) -> None:
     write_run(tmp_path, "dae-ticket", 0, [0.1, 0.9])
     fields = compare(load_runs(tmp_path), target=0.5)["methods"]["dae-ticket"]
-    assert fields["traffic_saving_pct"] == {"mean": None, "std": None, "n": 0}
-    assert fields["rounds_to_target"] == {"mean": 1.0, "std": 0.0, "n": 1}
+    assert fields["traffic_saving_pct"] == {"mean": None, "lo": None, "hi": None, "std": None,
+                                            "n": 0}
+    assert fields["rounds_to_target"] == {"mean": 1.0, "std": 0.0, "n": 1, "seeds": {"0": 1.0}}
 
 
 def test_result_is_strict_json(results: Path) -> None:
@@ -231,7 +240,7 @@ def test_tables(results: Path) -> None:
     fedavg_row = next(line for line in lines if line.startswith("fedavg"))
     assert "5.0±1.4" in fedavg_row and "0.001±0.000" in fedavg_row  # 500±141 B in MB
     assert "—" in fedavg_row  # no density for fedavg
-    assert "35.0" in next(line for line in lines if line.startswith("dae-ticket"))
+    assert "33.9" in next(line for line in lines if line.startswith("dae-ticket"))
     assert "2/3" in next(line for line in lines if line.startswith("random-mask-unscaled"))
 
     md = to_markdown(result).splitlines()

@@ -75,22 +75,68 @@ def fields(acc, traffic, flops, cpu, reached=3):
     return {"final_accuracy": stat(acc), **costs}
 
 
-def test_verdict_needs_35_percent_of_every_cost_against_both_baselines():
-    result = {"methods": {
-        "fedavg": fields(0.80, 100.0, 100.0, 10.0),
-        "fedavg-dae": fields(0.80, 80.0, 80.0, 8.0),
-        "dae-ticket": fields(0.798, 20.0, 50.0, 6.0),
-    }}
-    v = verdict(result)
-    # vs fedavg: traffic 80%, FLOPs 50%, CPU 40% -> yes
-    assert v["fedavg"]["yes"] and v["fedavg"]["savings_pct"]["client_cpu_s_to_target"] == 40.0
-    # vs fedavg-dae: CPU 1 - 6/8 = 25% -> no
-    assert not v["fedavg-dae"]["yes"]
-    b = best_variant(result)
-    assert b["method"] == "dae-ticket" and b["traffic_x"] == 5.0 and b["cpu_x"] == 10.0 / 6.0
-    # a seed that never reached the target: no saving can be claimed
-    result["methods"]["dae-ticket"] = fields(0.798, 20.0, 50.0, 6.0, reached=2)
-    assert not verdict(result)["fedavg"]["yes"]
+def seeds(*values):
+    """A stat with its values per seed (None: that seed never reached the target)."""
+    kept = [v for v in values if v is not None]
+    return {"mean": sum(kept) / len(kept) if kept else None, "std": 0.0, "n": len(kept),
+            "seeds": {str(i): v for i, v in enumerate(values)}}
+
+
+def per_seed(acc, traffic, flops, cpu):
+    """A method's fields over seeds from one value per seed of each."""
+    out = {"final_accuracy": seeds(*acc), "traffic_bytes_to_target": seeds(*traffic),
+           "client_flops_to_target": seeds(*flops), "client_cpu_s_to_target": seeds(*cpu)}
+    return out | {"rounds_to_target": seeds(*(None if t is None else 5.0 for t in traffic))}
+
+
+def test_q1_is_yes_no_or_inconclusive_from_the_paired_intervals():
+    fedavg = per_seed([0.80] * 3, [100.0] * 3, [100.0] * 3, [10.0, 10.0, 10.0])
+    dae = per_seed([0.80] * 3, [80.0] * 3, [80.0] * 3, [5.0, 6.1, 7.0])
+    # traffic 20/100 and FLOPs 50/100 on every seed: 80% and 50% saved, no spread
+    ticket = per_seed([0.798] * 3, [20.0] * 3, [50.0] * 3, [5.0, 6.0, 7.0])
+    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}})
+    cpu = v["fedavg"]["savings"]["client_cpu_s_to_target"]
+    # CPU ratios 0.5, 0.6, 0.7: log mean -0.5202, sd 0.1684, t(2) = 4.3027 -> half 0.4184,
+    # so the ratio lies in [exp(-0.9386), exp(-0.1018)] = [0.3912, 0.9032]
+    assert cpu["mean"] == pytest.approx(100 * (1 - (0.5 * 0.6 * 0.7) ** (1 / 3)))
+    assert (cpu["lo"], cpu["hi"]) == (pytest.approx(9.68, abs=0.01),
+                                      pytest.approx(60.88, abs=0.01))
+    # the CPU interval [9.68, 60.88] straddles 35%: inconclusive, and more seeds would settle it
+    assert v["fedavg"]["answer"] == "inconclusive"
+    assert "CPU time straddles the bar; about" in v["fedavg"]["why"]
+    # vs fedavg-dae: CPU ratios 5/5, 6/6.1, 7/7 -> the whole CPU interval is below 35%: no
+    assert v["fedavg-dae"]["answer"] == "no"
+    assert v["fedavg-dae"]["savings"]["client_cpu_s_to_target"]["hi"] < 35
+    # tight CPU times clear the bar
+    ticket["client_cpu_s_to_target"] = seeds(5.0, 5.1, 4.9)
+    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}})
+    assert v["fedavg"]["answer"] == "yes" and v["fedavg"]["why"] == ""
+    # a seed of the ticket that never reached the target: no
+    ticket = per_seed([0.798] * 3, [20.0, None, 20.0], [50.0, None, 50.0], [5.0, None, 5.0])
+    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}})
+    assert v["fedavg"]["answer"] == "no" and "on 1 of 3 seeds" in v["fedavg"]["why"]
+    # two seeds: no interval, no verdict
+    two = {k: seeds(*list(f["seeds"].values())[:2]) for k, f in fedavg.items()}
+    ticket2 = {k: seeds(*list(f["seeds"].values())[:2]) for k, f in
+               per_seed([0.8] * 3, [20.0] * 3, [50.0] * 3, [5.0] * 3).items()}
+    v = verdict({"methods": {"fedavg": two, "dae-ticket": ticket2}})
+    assert v["fedavg"]["answer"] == "inconclusive" and "2 seeds: no interval" in v["fedavg"]["why"]
+
+
+def test_q2_needs_every_bar_cleared_by_the_interval():
+    fedavg = per_seed([0.80, 0.81, 0.82], [100.0] * 3, [100.0] * 3, [10.0] * 3)
+    # 50x less traffic and 5x less CPU on every seed, accuracy 0.1 point below: yes
+    fast = per_seed([0.799, 0.809, 0.819], [2.0] * 3, [1.0] * 3, [2.0] * 3)
+    b = best_variant({"methods": {"fedavg": fedavg, "dae-ticket-fast": fast}})
+    assert b["overall"] == "yes" and b["method"] == "dae-ticket-fast"
+    assert b["traffic_x"] == pytest.approx(50.0) and b["cpu_x"] == pytest.approx(5.0)
+    # 1 point below fedavg on every seed: the accuracy bar fails -> no
+    fast["final_accuracy"] = seeds(0.79, 0.80, 0.81)
+    assert best_variant({"methods": {"fedavg": fedavg, "dae-ticket-fast": fast}})["overall"] == "no"
+    # accuracy from 1 point below to 1 point above: straddles -0.5 -> inconclusive
+    fast["final_accuracy"] = seeds(0.79, 0.82, 0.82)
+    b = best_variant({"methods": {"fedavg": fedavg, "dae-ticket-fast": fast}})
+    assert b["overall"] == "inconclusive" and "accuracy straddles the bar" in b["why"]
 
 
 def test_the_committed_reproduction_tables_are_render_of_the_committed_summaries():
@@ -217,25 +263,34 @@ def test_a_grid_table_gives_mean_and_spread_of_every_number():
     # reached, final, best, rounds, held, MB, GFLOPs, CPU s, then the three savings
     assert rows == ["| dae-ticket | 3/3 | 0.790±0.020 | 0.790±0.000 | 5.0±0.0 | 6.0±0.0 "
                     "| 25.0±0.0 | 50±0 | 8.0±0.0 | 75.0 | 50.0 | 20.0 |"]
+    # with values per seed the savings carry their paired 95% intervals
+    base["client_cpu_s_to_target"] = seeds(10.0, 10.0, 10.0)
+    ticket["client_cpu_s_to_target"] = seeds(7.0, 8.0, 9.0)
+    rows = [line for line in render(summary).splitlines() if line.startswith("| dae-ticket |")]
+    # ratios 0.7, 0.8, 0.9: log mean -0.2284, sd 0.1257, half 4.3027 * 0.1257 / sqrt(3) =
+    # 0.3124 -> 1 - exp(-0.2284) = 20.4%, from 1 - exp(0.0840) to 1 - exp(-0.5407)
+    assert rows[0].endswith("| 75.0 | 50.0 | 20.4 [-8.8, 41.8] |")
 
 
 def test_sweep_q2_counts_only_methods_every_seed_of_which_reached_the_target():
-    base = fields(0.80, 100.0, 100.0, 10.0)
+    base = per_seed([0.80] * 3, [100.0] * 3, [100.0] * 3, [10.0] * 3)
     results = {
-        "a": {"methods": {"fedavg": base, "dae-ticket": fields(0.798, 2.0, 50.0, 2.0)}},
+        "a": {"methods": {"fedavg": base, "dae-ticket": per_seed(
+            [0.798] * 3, [2.0, 2.1, 1.9], [50.0] * 3, [2.0, 2.1, 1.9])}},
         # 100x less traffic, but one seed of three never reached the target
-        "b": {"methods": {"fedavg": base,
-                          "dae-ticket-fast": fields(0.80, 1.0, 1.0, 1.0, reached=2)}},
-        # 1 point below fedavg: outside the 0.5-point band
-        "c": {"methods": {"fedavg": base, "dae-ticket": fields(0.79, 1.0, 1.0, 1.0)}},
-        # within the band, 25x traffic, but only 2x client time
-        "d": {"methods": {"fedavg": base, "dae-ticket": fields(0.80, 4.0, 1.0, 5.0)}},
+        "b": {"methods": {"fedavg": base, "dae-ticket-fast": per_seed(
+            [0.80] * 3, [1.0, 1.0, None], [1.0, 1.0, None], [1.0, 1.0, None])}},
+        # 1 point below fedavg on every seed: outside the 0.5-point band
+        "c": {"methods": {"fedavg": base, "dae-ticket": per_seed(
+            [0.79] * 3, [1.0] * 3, [1.0] * 3, [1.0] * 3)}},
     }
-    assert q2_candidates(results["b"]) == []
+    assert [r["answer"] for r in q2_candidates(results["b"])] == ["no"]
     line = sweep_q2(results)
-    # a: 100/2 = 50x traffic, 10/2 = 5x time; d: 25x traffic, 2x time
-    assert "largest traffic factor a `dae-ticket`, 50.0x less traffic and 5.00x" in line
-    assert line.endswith("both met by: a `dae-ticket` (50.0x, 5.00x).")
+    # a: about 50x traffic and 5x time, every seed within the band: yes
+    assert line.startswith("- Q2: **yes** (a `dae-ticket`: 50.0x [")
+    assert "5.00x [" in line and "3x asked" in line
+    del results["a"]
+    assert sweep_q2(results).startswith("- Q2: **no** (c `dae-ticket`: 100.0x")
 
 
 def test_a_stopped_study_records_the_runs_it_made_and_says_it_stopped(tmp_path, monkeypatch):

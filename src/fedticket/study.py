@@ -24,7 +24,19 @@ from typing import Any, TextIO
 from fedticket.errors import ConfigError
 from fedticket.io import git_commit, versions
 from fedticket.paths import is_finished
-from fedticket.report.compare import compare
+from fedticket.report.compare import compare, saving_pct
+from fedticket.report.intervals import (
+    INCONCLUSIVE,
+    MIN_SEEDS,
+    NO,
+    YES,
+    against,
+    all_of,
+    any_of,
+    factor,
+    paired_difference,
+    seeds_to_settle,
+)
 from fedticket.report.runs import load_run
 from fedticket.report.study_plots import curves, plot_curves, plot_sweep, provenance
 from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set
@@ -166,10 +178,10 @@ def variant_cells(study: Study) -> dict[str, dict[str, list[ExperimentSpec]]]:
 
 
 def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sys.stderr,
-              partitions: tuple[str, ...] = ()) -> Path:
+              partitions: tuple[str, ...] = (), workers: int | None = None) -> Path:
     """Run every cell (finished ones are skipped) into one folder, ``OUT/STUDY``, so the
     partitions share the server stages' cache (pretraining once per seed)."""
-    from fedticket.runner import run_parallel
+    from fedticket.runner import client_workers, run_parallel
 
     grid = cells(study)
     unknown = set(partitions) - set(grid)
@@ -178,6 +190,7 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
                           f"{', '.join(grid)}")
     specs = [s for name, group in grid.items() if not partitions or name in partitions
              for s in group]
+    workers = client_workers(jobs, workers)
     folder = out / study.folder_name
     if stream:
         print(f"study {study.name}: {len(specs)} runs in {folder}", file=stream, flush=True)
@@ -186,7 +199,7 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
     started, start = time.time(), time.perf_counter()
     stopped = True
     try:
-        run_parallel(specs, folder, jobs, stream)
+        run_parallel(specs, folder, jobs, stream, workers)
         stopped = False
     finally:  # an interrupted invocation records what it made, marked as stopped
         record: dict[str, Any] = {
@@ -196,6 +209,7 @@ def run_study(study: Study, out: Path, jobs: int = 1, stream: TextIO | None = sy
             "runs": len(specs),
             "ran": len(_finished(folder) - before),
             "jobs": jobs,
+            "workers": workers,
             "cores": os.cpu_count(),
             "wall_s": round(time.perf_counter() - start, 1),
             "git": git_commit(),
@@ -276,7 +290,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
                                for r in used}),
         "versions": versions(),
         "timings": [{k: r[k] for k in ("started", "partitions", "runs", "ran", "jobs",
-                                         "cores", "wall_s", "stopped") if k in r}
+                                         "workers", "cores", "wall_s", "stopped") if k in r}
                     for r in timings(folder, study.name)],
         "results": parts,
     }
@@ -297,18 +311,80 @@ def _fmt(x: float | None, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def saving(fields: dict, base: dict, key: str) -> dict[str, Any]:
+    """The saving of ``key`` against ``base`` with its 95% interval, paired by seed
+    (:func:`~fedticket.report.compare.saving_pct`); mean None unless every seed of both
+    reached the target."""
+    return saving_pct(fields[key], base[key], fields["final_accuracy"]["n"],
+                      base["final_accuracy"]["n"])
+
+
 def _saving(fields: dict, base: dict, key: str) -> float | None:
-    m, b = _mean(fields.get(key)), _mean(base.get(key))
-    n, bn = fields["final_accuracy"]["n"], base["final_accuracy"]["n"]
-    if m is None or b is None or b == 0 or fields[key]["n"] < n or base[key]["n"] < bn:
-        return None
-    return 100 * (1 - m / b)
+    return saving(fields, base, key)["mean"]
+
+
+def _pct(stat: dict[str, Any]) -> str:
+    """``88.4% [85.1, 91.0]``, or without the interval when there is none."""
+    if stat["mean"] is None:
+        return "—"
+    text = f"{stat['mean']:.1f}%"
+    return text if stat.get("lo") is None else f"{text} [{stat['lo']:.1f}, {stat['hi']:.1f}]"
+
+
+def _times(stat: dict[str, Any], fmt: str = ".1f") -> str:
+    """A saving as a factor, ``22.9x [20.1, 25.3]``."""
+    x = factor(stat["mean"])
+    if x is None:
+        return "—"
+    lo, hi = factor(stat.get("lo")), factor(stat.get("hi"))
+    text = f"{x:{fmt}}x"
+    return text if lo is None or hi is None else f"{text} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+Q1_BAR = 35.0
+"""Question 1's bar: percent saved of traffic, FLOPs and client CPU time to the target."""
+Q2_TRAFFIC_X, Q2_CPU_X, Q2_ACCURACY_GAP = 25.0, 3.0, 0.005
+"""Question 2's bars: 25x less traffic, 3x less client CPU time, and a final accuracy
+no more than 0.5 points below ``fedavg``'s."""
+COST_NAMES = {"traffic_bytes_to_target": "traffic", "client_flops_to_target": "FLOPs",
+              "client_cpu_s_to_target": "CPU time"}
+
+
+def _missed(fields: dict, key: str) -> int:
+    return fields["final_accuracy"]["n"] - fields[key]["n"]
+
+
+def _settle(stats: dict[str, tuple[dict[str, Any], float]], log_scale: dict[str, bool]) -> str:
+    """What would settle an inconclusive answer: the straddling intervals, and how many
+    seeds would clear them if their means and spreads held."""
+    parts, needs = [], []
+    for name, (stat, bar) in stats.items():
+        if against(stat, bar) != INCONCLUSIVE:
+            continue
+        if stat.get("lo") is None and stat.get("n", 0) >= MIN_SEEDS:
+            return ("this summary keeps no values per seed, so no interval; summarising "
+                    "its runs again would settle it")
+        if stat.get("lo") is None:
+            return (f"{stat.get('n', 0)} seeds: no interval with fewer than {MIN_SEEDS}; "
+                    f"{MIN_SEEDS} or more seeds would settle it")
+        parts.append(name)
+        needs.append(seeds_to_settle(stat, bar, log_scale.get(name, True)))
+    if not parts:
+        return ""
+    known = [n for n in needs if n is not None]
+    more = (f"about {max(known)} seeds would settle it if the means and spreads held"
+            if len(known) == len(needs) else "its mean is too close to the bar for more "
+            "seeds to settle it soon")
+    return f"the interval of {' and '.join(parts)} straddles the bar; {more}"
 
 
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
     """Question 1 for one partition and target: does ``dae-ticket`` reach the target with
     at least 35% less traffic and 35% less client compute (FLOPs and CPU time) than
-    ``fedavg`` and than ``fedavg-dae``? Every seed must reach it."""
+    ``fedavg`` and than ``fedavg-dae``? Per baseline ``{"answer", "savings", "why"}``:
+    ``yes`` when every saving's 95% interval over seeds is above 35%, ``no`` when one is
+    below it (or some seed of ``dae-ticket`` never reached the target), ``inconclusive``
+    otherwise (:mod:`fedticket.report.intervals`)."""
     methods = result["methods"]
     ticket = methods.get("dae-ticket")
     answer: dict[str, Any] = {}
@@ -317,16 +393,29 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
         if ticket is None or base is None:
             answer[base_name] = None
             continue
-        savings = {k: _saving(ticket, base, k) for k in COSTS}
-        ok = all(v is not None and v >= 35.0 for v in savings.values())
-        answer[base_name] = {"yes": ok, "savings_pct": savings}
+        savings = {k: saving(ticket, base, k) for k in COSTS}
+        n = ticket["final_accuracy"]["n"]
+        if _missed(ticket, COSTS[0]):
+            word, why = NO, (f"dae-ticket never reached the target on "
+                             f"{_missed(ticket, COSTS[0])} of {n} seeds")
+        elif _missed(base, COSTS[0]):
+            word, why = INCONCLUSIVE, (
+                f"{base_name} never reached the target on {_missed(base, COSTS[0])} of "
+                f"{base['final_accuracy']['n']} seeds, so there is no saving to measure")
+        else:
+            word = all_of([against(v, Q1_BAR) for v in savings.values()])
+            why = "" if word != INCONCLUSIVE else _settle(
+                {COST_NAMES[k]: (v, Q1_BAR) for k, v in savings.items()}, {})
+        answer[base_name] = {"answer": word, "savings": savings, "why": why}
     return answer
 
 
 def q2_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Question 2's candidates: fedticket's own methods whose final accuracy is within
-    0.5 points of ``fedavg``'s, every seed of both reaching the target, with their
-    traffic and client-CPU-time ratios to ``fedavg``."""
+    """Question 2 per fedticket method: does it end within 0.5 points of ``fedavg``'s final
+    accuracy with 25x less traffic and 3x less client CPU time to the target? Each row
+    has the paired accuracy difference, the two savings (factors: ``traffic_x``,
+    ``cpu_x``) and its ``answer``; a method some seed of which never reached the target
+    is ``no``."""
     methods = result["methods"]
     base = methods.get("fedavg")
     if base is None:
@@ -336,27 +425,55 @@ def q2_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:
         f = methods.get(name)
         if f is None:
             continue
-        acc, bacc = _mean(f["final_accuracy"]), _mean(base["final_accuracy"])
-        t, bt = _mean(f["traffic_bytes_to_target"]), _mean(base["traffic_bytes_to_target"])
-        c, bc = _mean(f["client_cpu_s_to_target"]), _mean(base["client_cpu_s_to_target"])
-        if None in (acc, bacc, t, bt, c, bc) or not t or not c:
-            continue
-        if any(g[k]["n"] < g["final_accuracy"]["n"] for g in (f, base)
-               for k in ("traffic_bytes_to_target", "client_cpu_s_to_target")):
-            continue  # a seed that never reached the target: no ratio can be claimed
-        assert acc is not None and bacc is not None and t and bt and c and bc
-        if bacc - acc > 0.005:
-            continue
-        rows.append({"method": name, "accuracy_gap": bacc - acc, "traffic_x": bt / t,
-                     "cpu_x": bc / c})
+        acc = paired_difference(f["final_accuracy"].get("seeds", {}),
+                                base["final_accuracy"].get("seeds", {}))
+        if acc["mean"] is None and not f["final_accuracy"].get("seeds"):  # an old summary
+            a, b = _mean(f["final_accuracy"]), _mean(base["final_accuracy"])
+            acc = {"mean": None if None in (a, b) else a - b, "lo": None, "hi": None,  # type: ignore[operator]
+                   "n": min(f["final_accuracy"]["n"], base["final_accuracy"]["n"])}
+        traffic = saving(f, base, "traffic_bytes_to_target")
+        cpu = saving(f, base, "client_cpu_s_to_target")
+        reached = not (_missed(f, COSTS[0]) or _missed(base, COSTS[0]))
+        bars = {"accuracy": (acc, -Q2_ACCURACY_GAP),
+                "traffic": (traffic, 100 * (1 - 1 / Q2_TRAFFIC_X)),
+                "CPU time": (cpu, 100 * (1 - 1 / Q2_CPU_X))}
+        word = all_of([against(v, bar) for v, bar in bars.values()]) if reached else NO
+        rows.append({"method": name, "answer": word, "reached": reached, "accuracy": acc,
+                     "traffic": traffic, "cpu": cpu, "traffic_x": factor(traffic["mean"]),
+                     "cpu_x": factor(cpu["mean"]),
+                     "why": "" if word != INCONCLUSIVE else _settle(bars, {"accuracy": False})})
     return rows
 
 
 def best_variant(result: dict[str, Any]) -> dict[str, Any] | None:
-    """Question 2: of :func:`q2_candidates`, the one with the largest traffic ratio to
-    target (how far its traffic and client-time ratios are from 25x and 3x)."""
+    """Question 2's answer and the method that decides it: the first ``yes``, else, of
+    those every seed of which reached the target, the one with the largest traffic
+    factor."""
     rows = q2_candidates(result)
-    return max(rows, key=lambda r: r["traffic_x"]) if rows else None
+    word = any_of([r["answer"] for r in rows])
+    pick = [r for r in rows if r["answer"] == YES] or sorted(
+        (r for r in rows if r["reached"] and r["traffic_x"] is not None),
+        key=lambda r: -r["traffic_x"])
+    return None if not pick else pick[0] | {"overall": word}
+
+
+def _acc_points(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return "—"
+    text = f"{100 * stat['mean']:+.1f}"
+    return text if stat.get("lo") is None else \
+        f"{text} [{100 * stat['lo']:+.1f}, {100 * stat['hi']:+.1f}]"
+
+
+def q2_line(best: dict[str, Any] | None, where: str = "") -> str:
+    """The Q2 sentence of a table."""
+    if best is None:
+        return ("- Q2: **no**: no fedticket method reaches the target on every seed.")
+    why = f"; {best['why']}" if best.get("why") and best["overall"] == INCONCLUSIVE else ""
+    return (f"- Q2: **{best['overall']}** ({where}`{best['method']}`: {_times(best['traffic'])} "
+            f"less traffic, 25x asked; {_times(best['cpu'], '.2f')} less client CPU time, 3x "
+            f"asked; final accuracy {_acc_points(best['accuracy'])} points against fedavg, "
+            f"-0.5 allowed{why}).")
 
 
 def _pm(stat: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
@@ -366,6 +483,14 @@ def _pm(stat: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
     if stat.get("n", 0) > 1 and stat.get("std") is not None:
         return f"{stat['mean'] * scale:{fmt}}±{stat['std'] * scale:{fmt}}"
     return f"{stat['mean'] * scale:{fmt}}"
+
+
+def _save_cell(stat: dict[str, Any]) -> str:
+    """A table's saving cell: ``88.4 [85.1, 91.0]``."""
+    if stat["mean"] is None:
+        return "—"
+    text = f"{stat['mean']:.1f}"
+    return text if stat.get("lo") is None else f"{text} [{stat['lo']:.1f}, {stat['hi']:.1f}]"
 
 
 def render_sweep(summary: dict[str, Any]) -> str:
@@ -403,8 +528,8 @@ def render_sweep(summary: dict[str, Any]) -> str:
                     if name == "fedavg" and not first:
                         continue
                     n = f["final_accuracy"]["n"]
-                    save = [_saving(f, base, k) if base and name != "fedavg" else None
-                            for k in COSTS]
+                    save = [_save_cell(saving(f, base, k)) if base and name != "fedavg"
+                            else "—" for k in COSTS]
                     lines.append(
                         f"| {BASE if name == 'fedavg' else variant} | {name} | "
                         f"{f['rounds_to_target']['n']}/{n} | "
@@ -413,7 +538,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
                         f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
                         f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
                         f"{_pm(f['client_cpu_s_to_target'], '.0f')} | "
-                        + " | ".join(_fmt(v, ".1f") for v in save) + " |")
+                        + " | ".join(save) + " |")
                 first = False
             at_target = {v: by_target[target] for v, by_target in summary["results"][part].items()}
             lines += ["", sweep_q2(at_target), ""]
@@ -421,20 +546,18 @@ def render_sweep(summary: dict[str, Any]) -> str:
 
 
 def sweep_q2(results: dict[str, Any]) -> str:
-    """Question 2 across a sweep's variants: every (variant, method) within 0.5 points of
-    fedavg that reaches 25x less traffic and 3x less client CPU time, and the one with
-    the largest traffic factor."""
+    """Question 2 across a sweep's variants: ``yes`` if some (variant, method) clears all
+    three bars with its whole interval, ``no`` if every one fails one, else
+    ``inconclusive``; with the (variant, method) that decides it."""
     rows = [(v, r) for v, result in results.items() for r in q2_candidates(result)]
-    if not rows:
-        return ("- Q2: no fedticket variant ends within 0.5 points of fedavg with every "
-                "seed reaching the target.")
-    met = [f"{v} `{r['method']}` ({r['traffic_x']:.1f}x, {r['cpu_x']:.2f}x)"
-           for v, r in rows if r["traffic_x"] >= 25 and r["cpu_x"] >= 3]
-    v, b = max(rows, key=lambda row: row[1]["traffic_x"])
-    return (f"- Q2 (final accuracy within 0.5 points of fedavg, every seed reaching the "
-            f"target): largest traffic factor {v} `{b['method']}`, {b['traffic_x']:.1f}x less "
-            f"traffic and {b['cpu_x']:.2f}x less client CPU time. 25x less traffic and 3x "
-            f"less client CPU time both met by: {', '.join(met) or 'none'}.")
+    word = any_of([r["answer"] for _, r in rows])
+    pick = [row for row in rows if row[1]["answer"] == YES] or sorted(
+        (row for row in rows if row[1]["reached"] and row[1]["traffic_x"] is not None),
+        key=lambda row: -row[1]["traffic_x"])
+    if not pick:
+        return q2_line(None)
+    v, best = pick[0]
+    return q2_line(best | {"overall": word}, f"{v} ")
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -463,7 +586,7 @@ def render(summary: dict[str, Any]) -> str:
             for name, f in result["methods"].items():
                 n = f["final_accuracy"]["n"]
                 label = f"{name} (oracle)" if name in oracles else name
-                save = [_saving(f, base, k) if base else None for k in COSTS]
+                save = [_save_cell(saving(f, base, k)) if base else "—" for k in COSTS]
                 lines.append(
                     f"| {label} | {f['rounds_to_target']['n']}/{n} | "
                     f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
@@ -472,29 +595,20 @@ def render(summary: dict[str, Any]) -> str:
                     f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
                     f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
                     f"{_pm(f['client_cpu_s_to_target'], '.1f')} | "
-                    + " | ".join(_fmt(v, ".1f") for v in save) + " |")
+                    + " | ".join(save) + " |")
             v = verdict(result)
             lines.append("")
             for base_name, ans in v.items():
                 if ans is None:
                     lines.append(f"- Q1 vs `{base_name}`: no runs to compare.")
                     continue
-                s = ans["savings_pct"]
+                s = ans["savings"]
+                why = f"; {ans['why']}" if ans["why"] else ""
                 lines.append(
-                    f"- Q1 vs `{base_name}`: **{'yes' if ans['yes'] else 'no'}** "
-                    f"(dae-ticket saves traffic {_fmt(s[COSTS[0]], '.1f')}%, FLOPs "
-                    f"{_fmt(s[COSTS[1]], '.1f')}%, CPU time {_fmt(s[COSTS[2]], '.1f')}%; "
-                    "35% of each needed, every seed reaching the target).")
-            b = best_variant(result)
-            if b is None:
-                lines.append("- Q2: no fedticket variant ends within 0.5 points of fedavg "
-                             "and reaches the target.")
-            else:
-                lines.append(
-                    f"- Q2: best within 0.5 points of fedavg: `{b['method']}`, "
-                    f"{b['traffic_x']:.1f}x less traffic (25x asked) and {b['cpu_x']:.1f}x less "
-                    f"client CPU time (3x asked) to the target.")
-            lines.append("")
+                    f"- Q1 vs `{base_name}`: **{ans['answer']}** (dae-ticket saves traffic "
+                    f"{_pct(s[COSTS[0]])}, FLOPs {_pct(s[COSTS[1]])}, CPU time "
+                    f"{_pct(s[COSTS[2]])}; 35% of each needed{why}).")
+            lines += [q2_line(best_variant(result)), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

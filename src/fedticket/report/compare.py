@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from fedticket.errors import FedticketError
+from fedticket.report.intervals import paired_saving
 from fedticket.report.runs import Run, group_by_method
 
 # field in the result -> key of the metrics row at the first round reaching the target
@@ -51,26 +52,44 @@ def aggregate(values: list[float | None]) -> Stat:
     return {"mean": float(np.mean(kept)), "std": std, "n": len(kept)}
 
 
+def by_seed(stat: Stat, runs: list[Run], values: list[float | None]) -> Stat:
+    """``stat`` with the value of every run keyed by its seed (``"seeds"``, what the
+    paired intervals of :mod:`fedticket.report.intervals` need); left out when two runs
+    share a seed, as they then cannot be paired."""
+    seeds = [str(r.seed) for r in runs]
+    if len(set(seeds)) < len(seeds):
+        return stat
+    return stat | {"seeds": dict(zip(seeds, values, strict=True))}
+
+
 def saving_pct(
     method: Stat, baseline: Stat | None, method_runs: int | None = None,
     baseline_runs: int | None = None,
 ) -> Stat:
-    """``100 * (1 - mean_method / mean_baseline)``; std is None, n is the smaller n.
+    """The saving of ``method`` against ``baseline`` in percent, with its 95% interval
+    over seeds paired by seed (:func:`~fedticket.report.intervals.paired_saving`):
+    ``{"mean", "lo", "hi", "std": None, "n"}``, n the paired seeds.
 
-    The mean is None when either mean is None, the baseline mean is 0, or (when the
-    run counts are given) some run of either method never reached the target: a
-    saving over only the seeds that got there would compare a method's lucky seeds
-    with all of the baseline's.
+    The mean is None when some run of either never reached the target (when the run
+    counts are given, a run with no value counts too), or a cost is not positive: a
+    saving over only the seeds that got there would compare a method's lucky seeds with
+    all of the baseline's. Without values per seed (runs that share a seed) it is
+    ``100 * (1 - mean_method / mean_baseline)`` with no interval.
     """
+    none = {"mean": None, "lo": None, "hi": None, "std": None, "n": 0}
     if baseline is None:
-        return {"mean": None, "std": None, "n": 0}
-    n = min(method["n"], baseline["n"])
-    m, b = method["mean"], baseline["mean"]
+        return none
     missed = (method_runs is not None and method["n"] < method_runs) or (
         baseline_runs is not None and baseline["n"] < baseline_runs
     )
-    mean = None if m is None or b is None or b == 0 or missed else 100.0 * (1.0 - m / b)
-    return {"mean": mean, "std": None, "n": n}
+    if missed:
+        return none | {"n": min(method["n"], baseline["n"])}
+    if "seeds" in method and "seeds" in baseline:
+        return paired_saving(method["seeds"], baseline["seeds"]) | {"std": None}
+    n = min(method["n"], baseline["n"])
+    m, b = method["mean"], baseline["mean"]
+    mean = None if m is None or b is None or b == 0 else 100.0 * (1.0 - m / b)
+    return none | {"mean": mean, "n": n}
 
 
 ORACLES = ("supervised-ticket",)
@@ -172,12 +191,13 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
     and sample std (ddof=1, 0.0 when n == 1) are over those, and null when n == 0.
     ``density`` comes from the mask reports.
 
-    The ``*_saving_pct`` fields compare means against ``baseline``:
-    ``100 * (1 - mean_method / mean_baseline)``; null when either mean is null, the
-    baseline mean is 0, the baseline is absent, or some run of the method or of the
-    baseline never reached the target (the table shows how many did). Their std is
-    null and their n is ``min(n_method, n_baseline)``. Positive means cheaper than the
-    baseline.
+    Every field also holds ``seeds``, its value per seed (unless two runs of a method
+    share a seed). The ``*_saving_pct`` fields compare the method with ``baseline``
+    seed by seed (:func:`saving_pct`): the saving from the geometric mean of the
+    per-seed cost ratios, with ``lo`` and ``hi``, its 95% t-interval on the log ratios
+    (null with fewer than 3 seeds); null when the baseline is absent or some run of the
+    method or of the baseline never reached the target (the table shows how many did).
+    Positive means cheaper than the baseline.
 
     Parameters
     ----------
@@ -200,14 +220,17 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
         raise FedticketError(f"target accuracy {target} is not finite; pass a number in [0, 1]")
     methods: dict[str, dict[str, Stat]] = {}
     for method, group in group_by_method(runs).items():
+        def stat(values: list[float | None], group: list[Run] = group) -> Stat:
+            return by_seed(aggregate(values), group, values)
+
         costs = [costs_to_target(r, target) for r in group]
         fields: dict[str, Stat] = {
-            key: aggregate([_finite(r.summary.get(key)) for r in group])
+            key: stat([_finite(r.summary.get(key)) for r in group])
             for key in ("final_accuracy", "best_accuracy")
         }
-        fields |= {name: aggregate([c[name] for c in costs]) for name in COST_FIELDS}
+        fields |= {name: stat([c[name] for c in costs]) for name in COST_FIELDS}
         smoothed = [costs_to_target(r, target, smooth=True) for r in group]
-        fields |= {f"{name}_smoothed": aggregate([c[name] for c in smoothed])
+        fields |= {f"{name}_smoothed": stat([c[name] for c in smoothed])
                    for name in COST_FIELDS}
         fields["density"] = aggregate([_finite(r.density) for r in group])
         methods[method] = fields

@@ -31,11 +31,14 @@ REACH_FIELD = "rounds_to_target"
 
 
 def format_stat(stat: dict[str, Any], scale: float = 1.0, fmt: str = ".3f") -> str:
-    """``mean±std`` (``mean`` alone when std is null or n == 1), or ``—`` when null."""
+    """``mean±std`` (``mean`` alone when std is null or n == 1), ``mean [lo, hi]`` for a
+    saving with an interval, or ``—`` when null."""
     if stat["mean"] is None:
         return NULL
     text = format(stat["mean"] * scale, fmt)
-    if stat["std"] is not None and stat["n"] >= 2:
+    if stat.get("lo") is not None:
+        return f"{text} [{stat['lo'] * scale:{fmt}}, {stat['hi'] * scale:{fmt}}]"
+    if stat.get("std") is not None and stat["n"] >= 2:
         text += "±" + format(stat["std"] * scale, fmt)
     return text
 
@@ -61,7 +64,9 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def _title(result: dict[str, Any]) -> str:
     title = (
         f"target test accuracy {result['target']:.3f}, reached by a trained round (round >= 1);"
-        f" savings vs {result['baseline']} (mean±sample std over seeds)"
+        f" savings vs {result['baseline']}, paired by seed: 100 x (1 - geometric mean of the"
+        f" per-seed cost ratios) [95% t-interval; none with fewer than 3 seeds];"
+        f" other columns mean±sample std over seeds"
     )
     if result.get("oracles"):
         title += "; (oracle): uses the server pool's labels, which the method does not have"
