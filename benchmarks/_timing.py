@@ -4,6 +4,7 @@
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def median_cpu_s(fn: Callable[[], object], repeat: int = 5, warmup: bool = True) -> float:
@@ -17,3 +18,14 @@ def median_cpu_s(fn: Callable[[], object], repeat: int = 5, warmup: bool = True)
         fn()
         times.append(time.process_time() - start)
     return statistics.median(times)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (ratios that hold on one CPU may not on another)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import cpu_model
 
 from fedticket.accounting.flops import layer_costs
 from fedticket.export import ExportedModel, onnx_bytes
@@ -43,16 +44,6 @@ from fedticket.stages import prune_model
 SHAPE = (1, 28, 28)
 CLASSES = 10
 BATCHES = (1, 64)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 @dataclass

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,24 @@ def test_evaluation_every_r_rounds_and_at_the_end():
     # totals are snapshots: each log keeps the costs of its own round
     ups = [log.totals.up_bytes for log in rec.logs]
     assert ups == [i * 2 * 4 * mask.nnz for i in range(6)]
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-4),
+                                                    (0.9, 5e-4)])
+def test_the_clients_sgd_is_torchs_bit_for_bit(momentum, weight_decay):
+    from fedticket.federated.client import SGD
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    ours, theirs = copy.deepcopy(net), copy.deepcopy(net)
+    opts = [(ours, SGD(list(ours.parameters()), 0.05, momentum, weight_decay)),
+            (theirs, torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=momentum,
+                                     weight_decay=weight_decay, foreach=True))]
+    for _ in range(5):
+        x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
+        for model, opt in opts:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)

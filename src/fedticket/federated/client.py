@@ -53,6 +53,41 @@ def cpu_clock() -> float:
     return time.thread_time() if torch.get_num_threads() == 1 else time.process_time()
 
 
+class SGD:
+    """``torch.optim.SGD(foreach=True)`` (no dampening, no Nesterov) for one device and
+    dtype, without ``torch.optim``'s per-step bookkeeping (hooks, parameter groups,
+    state dicts, about 0.15 ms a step here, which is a tenth of a small model's step).
+    It makes the same foreach calls in the same order, so the weights are bit for bit
+    those of ``torch.optim.SGD`` (a test checks it)."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.bufs: list[torch.Tensor] | None = None
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        params = [p for p in self.params if p.grad is not None]
+        if len(params) < len(self.params):
+            raise AssertionError("every trained parameter gets a gradient in every step")
+        grads = [p.grad for p in params]
+        if self.weight_decay != 0:
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        if self.momentum != 0:
+            if self.bufs is None:  # the first step: the buffer is the gradient
+                self.bufs = [g.detach().clone() for g in grads]
+            else:
+                torch._foreach_mul_(self.bufs, self.momentum)
+                torch._foreach_add_(self.bufs, grads, alpha=1)
+            grads = self.bufs
+        torch._foreach_add_(params, grads, alpha=-self.lr)
+
+
 class LocalTrainer:
     """Local SGD under a fixed mask (pruned weights get zero gradient, so stay zero).
 
@@ -158,23 +193,21 @@ class LocalTrainer:
         model, spec = self.net, self.spec
         load_tensors(model, self.to_net(state))
         model.train()
-        opt = torch.optim.SGD(
-            model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-            foreach=True,
-        )
+        opt = SGD(list(model.parameters()), spec.lr, spec.momentum, spec.weight_decay)
         n, bs = len(data), spec.batch_size
         total = torch.zeros(())
         steps = 0
         for _ in range(spec.local_epochs):
             perm = torch.randperm(n, generator=generator)
+            xs, ys = data.x[perm], data.y[perm]  # one gather an epoch; batches are views
             for i in range(0, n, bs):
-                idx = perm[i : i + bs]
-                loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
-                opt.zero_grad(set_to_none=True)
+                x, y = xs[i : i + bs], ys[i : i + bs]
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
                 loss.backward()
                 self.grad_mask()
                 opt.step()
-                total += loss.detach() * len(idx)
+                total += loss.detach() * len(y)
                 steps += 1
         seen = n * spec.local_epochs
         mean_loss = float(total) / seen

@@ -112,11 +112,11 @@ class Compact:
             if rows is None and cols is None:
                 out[name] = t.detach().clone(memory_format=torch.contiguous_format)
                 continue
-            full = torch.zeros(self.shapes[name], dtype=t.dtype)
-            r = rows if rows is not None else torch.arange(self.shapes[name][0])
-            if cols is not None and t.dim() > 1:
-                full[r[:, None], cols] = t.detach()
-            else:
-                full[r] = t.detach()
+            shape, full = self.shapes[name], t.detach().contiguous()
+            if cols is not None and t.dim() > 1:  # columns first, then rows: two copies
+                wide = torch.zeros((t.shape[0], *shape[1:]), dtype=t.dtype)
+                full = wide.index_copy_(1, cols, full)
+            if rows is not None:
+                full = torch.zeros(shape, dtype=t.dtype).index_copy_(0, rows, full)
             out[name] = full
         return out
