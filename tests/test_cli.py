@@ -110,8 +110,13 @@ def test_compare_json_has_every_field(finished, capsys):
     assert set(result["methods"]) == {"fedavg", "dae-ticket", "dae-ticket-rewind"}
     for stats in result["methods"].values():
         assert COMPARE_FIELDS <= set(stats)
-        assert set(stats["final_accuracy"]) == {"mean", "std", "n"}
+        assert set(stats["final_accuracy"]) == {"mean", "std", "n", "seeds"}
+        assert set(stats["traffic_saving_pct"]) == {"mean", "lo", "hi", "std", "n"}
     assert result["methods"]["fedavg"]["traffic_saving_pct"]["mean"] == 0.0
+    # where the runs came from: each run's commit, and the versions they ran with
+    runs = result["provenance"]["runs"]
+    assert len(runs) == 3 and all(len(c.removesuffix("+dirty")) == 10 for c in runs.values())
+    assert '"torch"' in result["provenance"]["versions"][0]
     for name in ("accuracy_vs_round", "accuracy_vs_traffic", "accuracy_vs_flops"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -17,7 +17,8 @@ from fedticket.report import (
     plot,
     to_markdown,
 )
-from fedticket.report.plots import curve
+from fedticket.report.plots import X_AXES, curve, figure
+from fedticket.report.runs import group_by_method
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -261,6 +262,15 @@ def test_plots_are_pngs(results: Path, tmp_path: Path) -> None:
         assert p.read_bytes()[:8] == PNG_SIGNATURE
         assert p.stat().st_size > 10_000
     assert sorted(out.iterdir()) == sorted(paths)  # no temp files left behind
+
+
+def test_costs_are_on_log_axes_from_round_1(results: Path) -> None:
+    groups = group_by_method(load_runs(results))
+    scales = {name: figure(groups, axis).axes[0] for name, axis in X_AXES.items()}
+    assert [ax.get_xscale() for ax in scales.values()] == ["linear", "log", "log"]
+    fedavg = scales["accuracy_vs_traffic.png"].lines[0]
+    # fedavg's seeds share rounds 0..6; round 0 (no traffic yet) is left out on the log axis
+    assert fedavg.get_xdata()[0] == pytest.approx(100e-6) and len(fedavg.get_xdata()) == 6
 
 
 def test_curve_uses_rounds_common_to_all_seeds(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from fedticket.errors import FedticketError
 
@@ -228,6 +229,21 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def provenance(runs: list) -> dict:
+    """Where compared runs came from: each run's commit (``+dirty`` with local changes)
+    and versions, and the commit that compared them."""
+    from fedticket.io import git_commit
+
+    def commit(run: Any) -> str:
+        git = run.spec.get("git") or {}
+        return f"{str(git.get('commit'))[:10]}{'+dirty' if git.get('dirty') else ''}"
+
+    return {"runs": {r.name: commit(r) for r in runs},
+            "versions": sorted({json.dumps(r.spec.get("versions", {}), sort_keys=True)
+                                for r in runs}),
+            "compared_at": git_commit()}
+
+
 def _compare(args: argparse.Namespace) -> int:
     from fedticket.report import (
         compare,
@@ -249,7 +265,7 @@ def _compare(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         written = plot(runs, out, target=result["target"])
     if args.json:
-        print(json.dumps(result, allow_nan=False))
+        print(json.dumps(result | {"provenance": provenance(runs)}, allow_nan=False))
     else:
         print(to_markdown(result) if args.markdown else format_table(result))
         if any(r.layers for r in runs):

@@ -25,7 +25,7 @@ from fedticket.accounting.wire import Codec
 from fedticket.data import Splits, load_splits
 from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.client import LocalTrainer
-from fedticket.federated.simulate import local_engine
+from fedticket.federated.simulate import CLIENT_THREADS, local_engine
 from fedticket.federated.strategy import Engine, TicketStrategy
 from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
@@ -52,18 +52,19 @@ class EngineFactory(Protocol):
 
 
 class Simulator:
-    """The default engine: the clients train on this machine, one torch thread each, in
+    """The default engine: the clients train on this machine, one torch thread each (the
+    robust timing; ``client_threads`` is there to measure the alternative), in
     ``workers`` processes (1: in this one; :mod:`fedticket.federated.simulate`)."""
 
     name = "simulator"
     min_replies = 1
     clients_keep_state = True
 
-    def __init__(self, workers: int = 1):
-        self.workers = workers
+    def __init__(self, workers: int = 1, client_threads: int = CLIENT_THREADS):
+        self.workers, self.client_threads = workers, client_threads
 
     def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> Engine:
-        return local_engine(trainer, codec, splits.clients, self.workers)
+        return local_engine(trainer, codec, splits.clients, self.workers, self.client_threads)
 
 
 def folder_name(spec: ExperimentSpec, engine: str) -> str:

@@ -375,7 +375,8 @@ def _settle(stats: dict[str, tuple[dict[str, Any], float]], log_scale: dict[str,
     more = (f"about {max(known)} seeds would settle it if the means and spreads held"
             if len(known) == len(needs) else "its mean is too close to the bar for more "
             "seeds to settle it soon")
-    return f"the interval of {' and '.join(parts)} straddles the bar; {more}"
+    verb = "interval of {} straddles" if len(parts) == 1 else "intervals of {} straddle"
+    return f"the {verb.format(' and '.join(parts))} the bar; {more}"
 
 
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
@@ -445,16 +446,20 @@ def q2_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def best_variant(result: dict[str, Any]) -> dict[str, Any] | None:
-    """Question 2's answer and the method that decides it: the first ``yes``, else, of
-    those every seed of which reached the target, the one with the largest traffic
-    factor."""
-    rows = q2_candidates(result)
+def deciding(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of Q2 rows, the one that decides the answer: a ``yes``; else, with the answer
+    ``inconclusive``, the inconclusive one with the largest traffic factor; else the one
+    with the largest traffic factor of those every seed of which reached the target."""
     word = any_of([r["answer"] for r in rows])
-    pick = [r for r in rows if r["answer"] == YES] or sorted(
-        (r for r in rows if r["reached"] and r["traffic_x"] is not None),
-        key=lambda r: -r["traffic_x"])
-    return None if not pick else pick[0] | {"overall": word}
+    pool = [r for r in rows if r["answer"] == word] if word != NO else \
+        [r for r in rows if r["reached"] and r["traffic_x"] is not None]
+    pool.sort(key=lambda r: -(r["traffic_x"] or 0.0))
+    return pool[0] | {"overall": word} if pool else None
+
+
+def best_variant(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Question 2's answer (``overall``) and the method that decides it (:func:`deciding`)."""
+    return deciding(q2_candidates(result))
 
 
 def _acc_points(stat: dict[str, Any]) -> str:
@@ -493,6 +498,31 @@ def _save_cell(stat: dict[str, Any]) -> str:
     return text if stat.get("lo") is None else f"{text} [{stat['lo']:.1f}, {stat['hi']:.1f}]"
 
 
+def _has_values_per_seed(summary: dict[str, Any]) -> bool:
+    return any("seeds" in f.get("final_accuracy", {}) for r in _all_results(summary)
+               for f in r["methods"].values())
+
+
+def _all_results(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for by in summary["results"].values():
+        for value in by.values():
+            out += [value] if "methods" in value else list(value.values())
+    return out
+
+
+def savings_note(summary: dict[str, Any]) -> str:
+    """How the tables' savings were made, and why some have no interval."""
+    if not _has_values_per_seed(summary):
+        return ("Savings: 100 x (1 - mean cost / fedavg's mean cost); this summary keeps no "
+                "values per seed, so no intervals.")
+    few = (f" With {len(summary['seeds'])} seeds there are no intervals."
+           if len(summary["seeds"]) < MIN_SEEDS else "")
+    return ("Savings: paired by seed, 100 x (1 - geometric mean of the per-seed cost "
+            "ratios), with the 95% t-interval in brackets (none with fewer than "
+            f"{MIN_SEEDS} seeds).{few}")
+
+
 def render_sweep(summary: dict[str, Any]) -> str:
     """The markdown tables of one sweep summary: per partition and target, one row per
     (variant, method), the fedavg baseline first; savings are against it."""
@@ -507,7 +537,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
              f"{', '.join(summary['methods'])}; seeds {summary['seeds']}). Variants: "
              + "; ".join(f"**{name}** {describe(v)}" for name, v in
                          summary["variants"].items())
-             + f". Runs made at commit {commits}.", ""]
+             + f". Runs made at commit {commits}.", savings_note(summary), ""]
     for t in summary.get("timings", []):
         lines.insert(-1, f"Sweep time: {t['ran']} of {t['runs']} runs in "
                          f"{t['wall_s'] / 60:.1f} min with `--jobs {t['jobs']}` on "
@@ -548,16 +578,10 @@ def render_sweep(summary: dict[str, Any]) -> str:
 def sweep_q2(results: dict[str, Any]) -> str:
     """Question 2 across a sweep's variants: ``yes`` if some (variant, method) clears all
     three bars with its whole interval, ``no`` if every one fails one, else
-    ``inconclusive``; with the (variant, method) that decides it."""
-    rows = [(v, r) for v, result in results.items() for r in q2_candidates(result)]
-    word = any_of([r["answer"] for _, r in rows])
-    pick = [row for row in rows if row[1]["answer"] == YES] or sorted(
-        (row for row in rows if row[1]["reached"] and row[1]["traffic_x"] is not None),
-        key=lambda row: -row[1]["traffic_x"])
-    if not pick:
-        return q2_line(None)
-    v, best = pick[0]
-    return q2_line(best | {"overall": word}, f"{v} ")
+    ``inconclusive``; with the (variant, method) that decides it (:func:`deciding`)."""
+    rows = [r | {"variant": v} for v, result in results.items() for r in q2_candidates(result)]
+    best = deciding(rows)
+    return q2_line(best, "" if best is None else f"{best['variant']} ")
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -568,7 +592,8 @@ def render(summary: dict[str, Any]) -> str:
     lines = [f"Study `{summary['study']}` ({summary['config']}; seeds {summary['seeds']}; "
              f"overrides {summary['overrides'] or 'none'}). Runs made at commit {commits}; "
              f"summarised at `{summary['git'].get('commit', '?')[:10]}`"
-             f"{' (with local changes)' if summary['git'].get('dirty') else ''}.", ""]
+             f"{' (with local changes)' if summary['git'].get('dirty') else ''}.",
+             savings_note(summary), ""]
     for t in summary.get("timings", []):
         lines.insert(-1, f"Grid time: {t['ran']} of {t['runs']} runs "
                          f"({', '.join(t['partitions'])}) in {t['wall_s'] / 60:.1f} min with "

@@ -72,12 +72,12 @@ class SGD:
 
     @torch.no_grad()
     def step(self) -> None:
-        params = [p for p in self.params if p.grad is not None]
+        params: list[torch.Tensor] = [p for p in self.params if p.grad is not None]
         if len(params) < len(self.params):
             raise AssertionError("every trained parameter gets a gradient in every step")
-        grads = [p.grad for p in params]
+        grads: list[torch.Tensor] = [p.grad for p in self.params]  # type: ignore[misc]
         if self.weight_decay != 0:
-            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+            grads = list(torch._foreach_add(grads, params, alpha=self.weight_decay))
         if self.momentum != 0:
             if self.bufs is None:  # the first step: the buffer is the gradient
                 self.bufs = [g.detach().clone() for g in grads]

@@ -19,17 +19,18 @@ from fedticket.report.runs import Run, group_by_method
 
 Row = dict[str, Any]
 
-# file name -> (what x is, x label, x value of a metrics row)
+# file name -> (what x is, x label, x value of a metrics row); costs go on a log axis, so
+# a sparse method's curve is not squeezed against zero beside dense FedAvg's
 X_AXES: dict[str, tuple[str, str, Callable[[Row], float]]] = {
     "accuracy_vs_round.png": ("round", "round", lambda r: r["round"]),
     "accuracy_vs_traffic.png": (
         "traffic",
-        "cumulative traffic, down + up (MB = 10⁶ bytes)",
+        "cumulative traffic, down + up (MB = 10⁶ bytes, log)",
         lambda r: (r["cum_down_bytes"] + r["cum_up_bytes"]) / 1e6,
     ),
     "accuracy_vs_flops.png": (
         "client compute",
-        "cumulative client compute (GFLOPs)",
+        "cumulative client compute (GFLOPs, log)",
         lambda r: r["cum_client_flops"] / 1e9,
     ),
 }
@@ -63,12 +64,40 @@ def _save_atomic(fig: Figure, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def figure(groups: dict[str, list[Run]], axis: tuple[str, str, Callable[[Row], float]],
+           target: float | None = None) -> Figure:
+    """One of :func:`plot`'s figures: accuracy against the ``axis`` of :data:`X_AXES`."""
+    what, xlabel, x_of = axis
+    fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    log = what != "round"
+    for method, group in groups.items():
+        x, mean, lo, hi = curve(group, x_of)
+        if log:  # round 0 costs nothing: it has no place on a log axis
+            keep = x > 0
+            x, mean, lo, hi = x[keep], mean[keep], lo[keep], hi[keep]
+        (line,) = ax.plot(x, mean, marker=".", label=f"{method} (n={len(group)})")
+        if len(group) > 1:
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    if log:
+        ax.set_xscale("log")
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (fraction)")
+    ax.set_title(f"Test accuracy vs {what}\n(mean over seeds; band: min–max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
 def plot(runs: list[Run], out_dir: Path, target: float | None = None) -> list[Path]:
     """Write ``accuracy_vs_{round,traffic,flops}.png`` into ``out_dir``.
 
     One line per method: mean test accuracy over seeds at each round evaluated by all
     its seeds (x is the seeds' mean cost at that round), with a band from the min to
-    the max over seeds when there is more than one seed.
+    the max over seeds when there is more than one seed. Traffic and compute are on log
+    axes, from round 1 (round 0 costs nothing).
 
     Parameters
     ----------
@@ -90,22 +119,8 @@ def plot(runs: list[Run], out_dir: Path, target: float | None = None) -> list[Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_by_method(runs)
     paths = []
-    for name, (what, xlabel, x_of) in X_AXES.items():
-        fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
-        ax = fig.add_subplot()
-        for method, group in groups.items():
-            x, mean, lo, hi = curve(group, x_of)
-            (line,) = ax.plot(x, mean, marker=".", label=f"{method} (n={len(group)})")
-            if len(group) > 1:
-                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-        if target is not None:
-            ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target}")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy (fraction)")
-        ax.set_title(f"Test accuracy vs {what}\n(mean over seeds; band: min–max over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    for name, axis in X_AXES.items():
         path = out_dir / name
-        _save_atomic(fig, path)
+        _save_atomic(figure(groups, axis, target), path)
         paths.append(path)
     return paths

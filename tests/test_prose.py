@@ -1,0 +1,103 @@
+"""Results sentences quote only numbers their committed summaries give (tests/prose.py)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from tests.conftest import needs_fmnist
+from tests.prose import numbers, quotable, unquoted
+
+from fedticket.models import build, prunable_names
+from fedticket.spec import ModelSpec
+from fedticket.study import read_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+
+
+def summary(name):
+    return read_summary(RESULTS / f"{name}.json")
+
+
+def cnn_facts():
+    """What the FedAvg CNN's wire format gives (tests/test_accounting.py checks the
+    codec): parameters in millions, the mask bitmap and the payload at 80% sparsity in MB,
+    and the kept share in percent."""
+    model = build(ModelSpec(name="cnn-fedavg"), (1, 28, 28), 10)
+    params = sum(p.numel() for p in model.parameters())
+    prunable = sum(dict(model.named_parameters())[n].numel() for n in prunable_names(model))
+    kept = params - round(0.8 * prunable)
+    return [f"{params / 1e6:.2f}", f"{math.ceil(params / 8) / 1e6:.2f}",
+            f"{4 * kept / 1e6:.2f}", f"{100 * kept / params:.1f}"]
+
+
+def section(text, start, end):
+    i = text.index(start)
+    return text[i: text.index(end, i)]
+
+
+DOC = (ROOT / "docs" / "REPRODUCTION.md").read_text()
+
+# (passage, the summaries it draws on, the settings it names: targets, bars,
+# sparsities, partitions, pool sizes -- inputs, not results)
+SWEEP_VERDICTS = {
+    "sweep-sparsity": (["sweep-sparsity"], ["50", "80", "90", "95", "0.80", "0.5", "25", "3"]),
+    "sweep-sparsity-skewed": (["sweep-sparsity-skewed"], ["0.3", "95", "0.70", "0.80", "0.5",
+                                                          "80", "25"]),
+    "sweep-init": (["sweep-init", "sweep-sparsity"], ["80", "0.5", "0.80"]),
+    "sweep-stateless": (["sweep-stateless"], ["0.80", "0.5", "0.4", *cnn_facts()]),
+    "sweep-pool": (["sweep-pool"], ["0.5", "35", "1,438", "0.80", "1k", "5k", "10k"]),
+    "sweep-noise": (["sweep-noise"], ["35", "0.1", "0.3", "0.5", "0.80"]),
+}
+
+
+@pytest.mark.parametrize("name", SWEEP_VERDICTS)
+def test_a_sweeps_verdict_quotes_its_summary(name):
+    sources, settings = SWEEP_VERDICTS[name]
+    end = DOC.index(f"<!-- BEGIN {name}.json -->")
+    text = DOC[DOC.rindex("**Verdict.**", 0, end): end]
+    assert unquoted(text, [summary(s) for s in sources], settings) == []
+
+
+def test_the_checker_catches_a_number_no_summary_gives():
+    s = summary("sweep-noise")
+    some = sorted(n for n in quotable(s) if "." in n)[:1]
+    assert some and unquoted(f"it ends at {some[0]}", [s], []) == []
+    assert unquoted("it ends at 0.8123 with 41.7x less traffic", [s], []) == ["0.8123", "41.7"]
+    assert numbers("+7.0% / -1.5%, 1,438 images, Dirichlet(0.3)") == ["7.0", "1.5", "1,438",
+                                                                         "0.3"]
+
+
+@needs_fmnist
+def test_the_client_sizes_the_settings_give_are_the_partitions():
+    from fedticket.data import load_splits
+    from fedticket.study import cells, load_study
+
+    sizes: dict[str, list[int]] = {}
+    for part, specs in cells(load_study(ROOT / "configs" / "study.toml")).items():
+        for spec in {s.seed: s for s in specs}.values():
+            clients = load_splits(spec.data, spec.seed).clients
+            sizes.setdefault(part, []).extend(len(c) for c in clients)
+    assert set(sizes["iid"]) == {400}
+    text = " ".join(section(DOC, "## Settings", "## The questions").split())
+    for part, alpha in (("dirichlet-0.5", "0.5"), ("dirichlet-0.3", "0.3")):
+        low, high = min(sizes[part]), max(sizes[part])
+        assert f"Dirichlet({alpha}) the clients hold {low} to {high:,}" in text or \
+            f"Dirichlet({alpha}) {low} to {high:,}" in text, (part, low, high)
+
+
+README = (ROOT / "README.md").read_text()
+COMPARED = ("demo", "quick3")
+"""`fedticket compare --json` of the demo's runs and of the 3-seed quick runs (the
+commands are beside their tables in the README)."""
+
+
+@pytest.mark.parametrize("name", COMPARED)
+def test_the_readmes_demo_tables_are_compare_of_the_committed_runs(name):
+    from fedticket.report import to_markdown
+
+    result = json.loads((RESULTS / f"{name}.json").read_text())
+    block = section(README, f"<!-- BEGIN {name}.json -->\n", f"<!-- END {name}.json -->")
+    assert block.removeprefix(f"<!-- BEGIN {name}.json -->\n") == to_markdown(result) + "\n"
+    assert all(c != "?" for c in result["provenance"]["runs"].values())
