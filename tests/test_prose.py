@@ -101,3 +101,28 @@ def test_the_readmes_demo_tables_are_compare_of_the_committed_runs(name):
     block = section(README, f"<!-- BEGIN {name}.json -->\n", f"<!-- END {name}.json -->")
     assert block.removeprefix(f"<!-- BEGIN {name}.json -->\n") == to_markdown(result) + "\n"
     assert all(c != "?" for c in result["provenance"]["runs"].values())
+
+
+MAIN = ["study", "sweep-sparsity", "sweep-sparsity-skewed", "sweep-init", "sweep-stateless",
+        "sweep-pool", "sweep-noise"]
+GRID_SETTINGS = ["50", "3", "30", "80", "0.5", "0.3", "35", "0.70", "0.80", "25", "95", "2",
+                 "20,000", "1k", "1,438"]
+
+
+def test_the_readmes_results_quote_the_committed_summaries():
+    text = section(README, "## Results", "Regenerate the main grid")
+    resnet = section(text, "- **On a residual network", "- **What carries it**")
+    text = text.replace(resnet, "")
+    assert unquoted(text, [summary(s) for s in MAIN], GRID_SETTINGS) == []
+    assert unquoted(resnet, [summary("study-resnet")], ["98", "3", "0.70", "0.80", "0.3",
+                                                         "8"]) == []
+
+
+def test_the_verdict_of_the_main_grid_quotes_its_summary():
+    text = section(DOC, "**Verdict of the main grid**", "**Timing, before and after.**")
+    assert unquoted(text, [summary(s) for s in MAIN], GRID_SETTINGS) == []
+    # "the random and magnitude controls never reach 0.80 under skewed data"
+    s = summary("study")
+    for part in ("dirichlet-0.5", "dirichlet-0.3"):
+        for control in ("random-ticket", "magnitude-init"):
+            assert s["results"][part]["0.80"]["methods"][control]["rounds_to_target"]["n"] == 0

@@ -265,7 +265,10 @@ def _compare(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         written = plot(runs, out, target=result["target"])
     if args.json:
-        print(json.dumps(result | {"provenance": provenance(runs)}, allow_nan=False))
+        from fedticket.report.table import layer_fractions
+
+        print(json.dumps(result | {"layers": layer_fractions(runs),
+                                   "provenance": provenance(runs)}, allow_nan=False))
     else:
         print(to_markdown(result) if args.markdown else format_table(result))
         if any(r.layers for r in runs):

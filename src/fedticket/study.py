@@ -29,7 +29,6 @@ from fedticket.report.intervals import (
     INCONCLUSIVE,
     MIN_SEEDS,
     NO,
-    YES,
     against,
     all_of,
     any_of,

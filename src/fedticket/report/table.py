@@ -100,27 +100,36 @@ def to_markdown(result: dict[str, Any]) -> str:
     return _markdown(_title(result), *table_rows(result))
 
 
-def layer_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    """Per method and layer, ``weights/FLOPs``: the kept fraction of the layer's weights
-    and of its training FLOPs, each the mean over seeds. Layers in model order; ``all``
-    is the whole model."""
+def layer_fractions(runs: list[Run]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per method and layer, the kept fraction of the layer's weights and of its training
+    FLOPs, each the mean over seeds; layers in model order, ``all`` (the whole model) last."""
     methods: dict[str, list[Run]] = {}
     names: list[str] = []
     for run in runs:
         methods.setdefault(run.method, []).append(run)
         names += [n for n in run.layers if n not in names]
     names = [n for n in names if n != "all"] + (["all"] if "all" in names else [])
-    rows = []
+    out: dict[str, dict[str, tuple[float, float]]] = {}
     for method, group in methods.items():
-        cells = [method]
+        out[method] = {}
         for name in names:
             pairs = [r.layers[name] for r in group if name in r.layers]
-            if not pairs:
-                cells.append(NULL)
-                continue
-            w, f = np.mean(pairs, axis=0)
-            cells.append(f"{w:.3f}/{f:.3f}")
-        rows.append(cells)
+            if pairs:
+                w, f = np.mean(pairs, axis=0)
+                out[method][name] = (float(w), float(f))
+    return out
+
+
+def layer_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """Per method and layer, ``weights/FLOPs``: the kept fraction of the layer's weights
+    and of its training FLOPs, each the mean over seeds (:func:`layer_fractions`)."""
+    fractions = layer_fractions(runs)
+    names = list(dict.fromkeys(n for layers in fractions.values() for n in layers))
+    names = [n for n in names if n != "all"] + (["all"] if "all" in names else [])
+    rows = []
+    for method, layers in fractions.items():
+        rows.append([method] + [f"{layers[n][0]:.3f}/{layers[n][1]:.3f}" if n in layers
+                                else NULL for n in names])
     return ["method", *names], rows
 
 
