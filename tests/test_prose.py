@@ -126,3 +126,12 @@ def test_the_verdict_of_the_main_grid_quotes_its_summary():
     for part in ("dirichlet-0.5", "dirichlet-0.3"):
         for control in ("random-ticket", "magnitude-init"):
             assert s["results"][part]["0.80"]["methods"][control]["rounds_to_target"]["n"] == 0
+
+
+def test_the_readmes_reading_of_the_demo_quotes_its_runs():
+    def wrapped(name):  # a compare result, shaped as a study summary for quotable()
+        return {"results": {name: {"t": json.loads((RESULTS / f"{name}.json").read_text())}}}
+
+    text = section(README, "How to read it:", "## Command line")
+    assert unquoted(text, [wrapped(n) for n in ("demo", "quick3", "quick3-target-0.6")],
+                    ["80", "15", "0.6", "3"]) == []

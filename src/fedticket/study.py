@@ -515,7 +515,8 @@ def savings_note(summary: dict[str, Any]) -> str:
     if not _has_values_per_seed(summary):
         return ("Savings: 100 x (1 - mean cost / fedavg's mean cost); this summary keeps no "
                 "values per seed, so no intervals.")
-    few = (f" With {len(summary['seeds'])} seeds there are no intervals."
+    n = len(summary["seeds"])
+    few = (f" With {n} seed{'s' if n != 1 else ''} there are no intervals."
            if len(summary["seeds"]) < MIN_SEEDS else "")
     return ("Savings: paired by seed, 100 x (1 - geometric mean of the per-seed cost "
             "ratios), with the 95% t-interval in brackets (none with fewer than "
