@@ -136,8 +136,13 @@ def test_client_time_to_target_does_not_move_beside_a_process_burning_a_core(tmp
         result = compare(load_runs(out), target=0.5)["methods"]["fedavg"]
         return result["client_cpu_s_to_target"]["mean"], result["rounds_to_target"]["mean"]
 
-    idle, idle_rounds = client_time(tmp_path / "idle", False)
-    busy, busy_rounds = client_time(tmp_path / "busy", True)
+    # idle, busy, busy, idle: a machine whose speed drifts over the test (virtual
+    # machines share their host) moves both means alike
+    runs = [client_time(tmp_path / f"run{i}", spinning)
+            for i, spinning in enumerate((False, True, True, False))]
     capsys.readouterr()
-    assert idle_rounds == busy_rounds and idle > 1.0
-    assert 0.9 <= busy / idle <= 1.1, (idle, busy)
+    assert len({rounds for _, rounds in runs}) == 1  # the same work every time
+    idle = (runs[0][0] + runs[3][0]) / 2
+    busy = (runs[1][0] + runs[2][0]) / 2
+    assert idle > 1.0
+    assert 0.9 <= busy / idle <= 1.1, [t for t, _ in runs]
