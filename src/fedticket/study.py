@@ -306,10 +306,6 @@ def _mean(stat: dict[str, Any] | None) -> float | None:
     return None if stat is None else stat.get("mean")
 
 
-def _fmt(x: float | None, fmt: str) -> str:
-    return "—" if x is None else format(x, fmt)
-
-
 def saving(fields: dict, base: dict, key: str) -> dict[str, Any]:
     """The saving of ``key`` against ``base`` with its 95% interval, paired by seed
     (:func:`~fedticket.report.compare.saving_pct`); mean None unless every seed of both
@@ -324,10 +320,7 @@ def _saving(fields: dict, base: dict, key: str) -> float | None:
 
 def _pct(stat: dict[str, Any]) -> str:
     """``88.4% [85.1, 91.0]``, or without the interval when there is none."""
-    if stat["mean"] is None:
-        return "—"
-    text = f"{stat['mean']:.1f}%"
-    return text if stat.get("lo") is None else f"{text} [{stat['lo']:.1f}, {stat['hi']:.1f}]"
+    return _save_cell(stat, "%")
 
 
 def _times(stat: dict[str, Any], fmt: str = ".1f") -> str:
@@ -489,11 +482,11 @@ def _pm(stat: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
     return f"{stat['mean'] * scale:{fmt}}"
 
 
-def _save_cell(stat: dict[str, Any]) -> str:
-    """A table's saving cell: ``88.4 [85.1, 91.0]``."""
+def _save_cell(stat: dict[str, Any], unit: str = "") -> str:
+    """A table's saving cell: ``88.4 [85.1, 91.0]`` (``unit`` after the mean)."""
     if stat["mean"] is None:
         return "—"
-    text = f"{stat['mean']:.1f}"
+    text = f"{stat['mean']:.1f}{unit}"
     return text if stat.get("lo") is None else f"{text} [{stat['lo']:.1f}, {stat['hi']:.1f}]"
 
 
