@@ -20,6 +20,24 @@ def median_cpu_s(fn: Callable[[], object], repeat: int = 5, warmup: bool = True)
     return statistics.median(times)
 
 
+def paired_cpu_s(
+    fa: Callable[[], object], fb: Callable[[], object], repeat: int = 9
+) -> tuple[float, float, float]:
+    """CPU times of ``fa`` and ``fb`` called in turn ``repeat`` times (after one untimed
+    call each): (median of a, median of b, median of the per-pair ratios b / a). Taking
+    turns puts both under the same drift of a shared machine's speed."""
+    fa()
+    fb()
+    ta, tb = [], []
+    for _ in range(repeat):
+        for fn, times in ((fa, ta), (fb, tb)):
+            start = time.process_time()
+            fn()
+            times.append(time.process_time() - start)
+    ratio = statistics.median(b / a for a, b in zip(ta, tb))
+    return statistics.median(ta), statistics.median(tb), ratio
+
+
 def cpu_model() -> str:
     """The CPU's model name (ratios that hold on one CPU may not on another)."""
     try:

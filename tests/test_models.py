@@ -77,3 +77,41 @@ def test_prunable_tensors_are_conv_and_linear_weights_never_batchnorm():
     assert "body.stem.weight" in names and "head.weight" in names and "head.bias" in names
     assert not [n for n in names if ".bn" in n or "shortcut.1" in n]
     assert len(names) == 9 + 2  # nine convs, the head's weight and bias
+
+
+@pytest.mark.parametrize("name,shape", [("cnn-fedavg", (1, 28, 28)), ("cnn-digits", (1, 8, 8))])
+def test_pool_before_relu_is_bit_identical_to_relu_before_pool(name, shape):
+    # The registry's conv blocks pool before their ReLU (faster: the ReLU sees a quarter
+    # of the values). ReLU is monotone, so the outputs, the loss and every gradient must
+    # equal those of the textbook conv-relu-pool order exactly, not just to rounding.
+    from collections import OrderedDict
+
+    import torch.nn.functional as F
+
+    from fedticket.models import fast_layout
+
+    torch.manual_seed(0)
+    new = build(ModelSpec(name=name), shape, 10)
+    parts = dict(new.body.named_children())
+    assert list(parts)[:3] == ["conv1", "pool1", "relu1"]
+    order = [n for n in parts if not n.startswith("pool")]
+    for i in (1, 2):
+        order.insert(order.index(f"relu{i}") + 1, f"pool{i}")
+    torch.manual_seed(0)
+    old = build(ModelSpec(name=name), shape, 10)
+    old.body = torch.nn.Sequential(OrderedDict((n, dict(old.body.named_children())[n])
+                                               for n in order))
+    for net in (new, old):
+        fast_layout(net)
+    x = torch.randn(20, *shape, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(20) % 10
+    losses = []
+    for net in (new, old):
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        losses.append(loss.detach())
+    assert torch.equal(losses[0], losses[1])
+    for (n, a), (_, b) in zip(new.named_parameters(), old.named_parameters()):
+        assert torch.equal(a.grad, b.grad), n
+    with torch.no_grad():
+        assert torch.equal(new.eval()(x), old.eval()(x))
