@@ -34,7 +34,7 @@ def paired_cpu_s(
             start = time.process_time()
             fn()
             times.append(time.process_time() - start)
-    ratio = statistics.median(b / a for a, b in zip(ta, tb))
+    ratio = statistics.median(b / a for a, b in zip(ta, tb, strict=True))
     return statistics.median(ta), statistics.median(tb), ratio
 
 

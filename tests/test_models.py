@@ -111,7 +111,7 @@ def test_pool_before_relu_is_bit_identical_to_relu_before_pool(name, shape):
         loss.backward()
         losses.append(loss.detach())
     assert torch.equal(losses[0], losses[1])
-    for (n, a), (_, b) in zip(new.named_parameters(), old.named_parameters()):
+    for (n, a), (_, b) in zip(new.named_parameters(), old.named_parameters(), strict=True):
         assert torch.equal(a.grad, b.grad), n
     with torch.no_grad():
         assert torch.equal(new.eval()(x), old.eval()(x))
