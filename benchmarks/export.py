@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from _timing import cpu_model
 
-from fedticket.accounting.flops import layer_costs
+from fedticket.flops import layer_costs
 from fedticket.export import ExportedModel, onnx_bytes
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.models.registry import REGISTRY

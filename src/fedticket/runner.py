@@ -9,7 +9,6 @@ folder are the same for both.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,13 +19,14 @@ from typing import Protocol, TextIO
 import torch
 
 from fedticket import checkpoint, paths
-from fedticket.accounting.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.accounting.wire import Codec
 from fedticket.data import Splits, load_splits
+from fedticket.environment import cores
 from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.client import LocalTrainer
 from fedticket.federated.simulate import CLIENT_THREADS, local_engine
 from fedticket.federated.strategy import Engine, TicketStrategy
+from fedticket.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
 from fedticket.run_folder import MetricsWriter, Progress, in_run_folder
@@ -203,11 +203,6 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     if "cum_framework_bytes" in last:
         summary["total_framework_bytes"] = last["cum_framework_bytes"]
     atomic_write_json(folder / paths.SUMMARY, summary)
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _job(specs: list[ExperimentSpec], out: Path, stream: bool, threads: int,

@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,7 +37,7 @@ from fedticket.report.intervals import (
 )
 from fedticket.report.runs import load_run
 from fedticket.report.study_plots import curves, plot_curves, plot_sweep, provenance
-from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set
+from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set, read_toml
 
 COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
 
@@ -84,12 +83,7 @@ def partition_settings(name: str) -> list[str]:
 def load_study(path: str | Path, quick: bool = False) -> Study:
     """Read a study file; with ``quick``, apply its ``[quick]`` section."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"study file not found: {p}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p} is not a valid TOML study file: {e}") from None
+    raw = read_toml(p, "study")
     unknown = set(raw) - {"study", "quick", "variants"}
     if unknown or "study" not in raw:
         raise ConfigError(f"{p} needs a [study] section (and optionally [quick], "
