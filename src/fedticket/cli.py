@@ -237,15 +237,8 @@ def _flower_app(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from fedticket.study import (
-        load_study,
-        plot_summary,
-        render,
-        run_study,
-        summarize,
-        update_doc,
-        write_summary,
-    )
+    from fedticket.report.study_render import render, update_doc
+    from fedticket.study import load_study, plot_summary, run_study, summarize, write_summary
 
     study = load_study(args.study, quick=args.quick)
     out = Path(args.out)
