@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fedticket.environment import env_threads
+from fedticket.environment import MAX_THREADS, env_threads
 from fedticket.errors import FedticketError, MachineError
 
 
@@ -34,16 +34,18 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _whole(low: int) -> Any:
-    """An argparse type: a whole number of at least ``low``."""
+def _whole(low: int, high: int = 2**31 - 1) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``."""
 
     def parse(text: str) -> int:
         try:
             n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        except ValueError:  # not a number, or more digits than Python converts
+            raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}") from None
         if n < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        if n > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:,}, got {str(n)[:20]}")
         return n
 
     parse.__name__ = "whole number"
@@ -91,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run every method and seed of one experiment config")
     experiment(r, "results directory (default: runs/)")
     r.add_argument("--quiet", action="store_true", help="print no progress")
-    r.add_argument("--threads", type=_whole(0), default=0,
+    r.add_argument("--threads", type=_whole(0, MAX_THREADS), default=0,
                    help="torch threads (default: torch's own, or cores / jobs with --jobs); "
                         "results can differ in the last digits between thread counts")
     r.add_argument("--jobs", type=_whole(1), default=1,
@@ -108,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="number of SuperNodes (must equal data.num_clients; default: that)")
     d.add_argument("--tls", action="store_true",
                    help="TLS with a throwaway CA, and SuperNode authentication")
-    d.add_argument("--threads", type=_whole(0), default=0,
+    d.add_argument("--threads", type=_whole(0, MAX_THREADS), default=0,
                    help="torch threads per Flower process (default: cores / nodes, at least 1)")
     d.add_argument("--min-replies", type=_whole(1), default=1,
                    help="a round with fewer usable replies stops the run (default: 1)")
@@ -121,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     experiment(a, "results directory on the SuperLink's machine; give an absolute path "
                   "(default: runs/)")
     a.add_argument("--dir", required=True, help="folder to write (pyproject.toml, run-*.toml)")
-    a.add_argument("--threads", type=_whole(0), default=0,
+    a.add_argument("--threads", type=_whole(0, MAX_THREADS), default=0,
                    help="torch threads in the ServerApp and ClientApps (default: torch's own; "
                         "a node's --node-config threads=N wins)")
 

@@ -256,9 +256,12 @@ def client_workers(jobs: int, workers: int | None = None) -> int:
     Raises
     ------
     FedticketError
-        If ``jobs * workers`` is more than the cores: the clients' CPU time is only
-        robust when no two of them wait for one core.
+        If ``jobs`` or ``jobs * workers`` is more than the cores: the clients' CPU time
+        is only robust when no two of them wait for one core.
     """
+    if jobs > cores():
+        raise FedticketError(f"--jobs {jobs} is more than the {cores()} cores: runs would "
+                             "wait for a core and their client times would not be robust")
     if workers is None:
         return max(1, cores() // jobs)
     if workers < 1:
