@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from _timing import cpu_model
 
-from fedticket.accounting.flops import layer_costs
 from fedticket.export import ExportedModel, onnx_bytes
+from fedticket.flops import layer_costs
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.models.registry import REGISTRY
 from fedticket.pruning import Mask

@@ -1,12 +1,15 @@
-"""What the robust aggregation rules cost on a clean run (no hostile client).
+"""What the robust aggregation rules and the update-norm bounds cost on a clean run (no
+hostile client).
 
 1. Time: aggregating 10 client updates of the FedAvg CNN (3.3M weights, 80% of the
    prunable ones zero) with each rule, as CPU time of this process, median of 5, and the
-   ratio to ``fedavg``.
+   ratio to ``fedavg``; and the norms of the 10 updates, which the bounds
+   (``federate.max_update_norm``, ``federate.norm_factor``) compute before FedAvg.
 2. Accuracy and cost: `configs/quick.toml`'s `dae-ticket` run with
    ``federate.aggregation`` = fedavg, median and trimmed-mean (trim 0.1 of 5 clients
-   drops nothing; 0.2 drops the extreme one at each end), final and best accuracy and
-   the run's server wall time per round.
+   drops nothing; 0.2 drops the extreme one at each end), and fedavg with
+   ``norm_factor = 10``: final and best accuracy, the run's server wall time per round,
+   and how many honest updates the bound rejected.
 
     .venv/bin/python benchmarks/robust_aggregation.py [--threads 2]
 """
@@ -24,6 +27,7 @@ import torch
 from _timing import median_cpu_s
 
 from fedticket.federated.aggregate import coordinate_median, fedavg, trimmed_mean
+from fedticket.federated.strategy import update_norm
 from fedticket.io import git_commit, versions
 from fedticket.models import build
 from fedticket.runner import run_one
@@ -31,7 +35,8 @@ from fedticket.spec import ModelSpec, load_config, parse_set
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = {"fedavg": [], "median": ['federate.aggregation="median"'],
-         "trimmed-mean 0.2": ['federate.aggregation="trimmed-mean"', "federate.trim_fraction=0.2"]}
+         "trimmed-mean 0.2": ['federate.aggregation="trimmed-mean"', "federate.trim_fraction=0.2"],
+         "fedavg norm x10": ["federate.norm_factor=10"]}
 
 
 def main() -> None:
@@ -52,6 +57,8 @@ def main() -> None:
         "fedavg": median_cpu_s(lambda: fedavg([(u, 40) for u in updates]), warmup=False),
         "median": median_cpu_s(lambda: coordinate_median(updates), warmup=False),
         "trimmed-mean 0.2": median_cpu_s(lambda: trimmed_mean(updates, 0.2), warmup=False),
+        "norms for a bound": median_cpu_s(lambda: [update_norm(u, updates[0]) for u in updates],
+                                          warmup=False),
     }
     print("aggregating 10 updates of the FedAvg CNN (CPU s, median of 5):")
     for rule, t in timed.items():
@@ -65,13 +72,17 @@ def main() -> None:
             summary = json.loads((folder / "summary.json").read_text())
             rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
             walls = [r["round_wall_s"] for r in rows if r["round"] > 0]
+            failures = folder / "failures.jsonl"
+            rejected = sum("update norm" in line for line in
+                           (failures.read_text().splitlines() if failures.exists() else []))
             runs[rule] = {"final_accuracy": summary["final_accuracy"],
                           "best_accuracy": summary["best_accuracy"],
-                          "mean_round_wall_s": statistics.mean(walls)}
+                          "mean_round_wall_s": statistics.mean(walls),
+                          "rejected_by_norm_bound": rejected}
     print("configs/quick.toml, dae-ticket, 15 rounds of 5 clients:")
     for rule, r in runs.items():
         print(f"  {rule:18} final acc {r['final_accuracy']:.4f}  best {r['best_accuracy']:.4f}  "
-              f"round wall {r['mean_round_wall_s']:.2f} s")
+              f"round wall {r['mean_round_wall_s']:.2f} s  rejected {r['rejected_by_norm_bound']}")
     out = ROOT / "benchmarks" / "results" / "robust_aggregation.json"
     out.write_text(json.dumps({"aggregation_cpu_s": timed, "quick_dae_ticket": runs,
                                "threads": args.threads, "git": git_commit(),

@@ -33,7 +33,14 @@ def test_sample_clients_takes_round_fraction_distinct_ids():
     ids = sample_clients(100, 0.1, rng)
     assert len(ids) == 10 and len(set(ids)) == 10 and ids == sorted(ids)
     assert sample_clients(20, 0.01, rng) != [] and len(sample_clients(20, 0.01, rng)) == 1
-    assert client_seed(0, 1, 2) == client_seed(0, 1, 2) != client_seed(0, 1, 3)
+
+
+def test_client_seed_is_a_function_of_seed_round_and_client_alone():
+    seeds = {(s, r, c): client_seed(s, r, c) for s in range(3) for r in range(5)
+             for c in range(10)}
+    assert len(set(seeds.values())) == len(seeds)  # each (seed, round, client) its own
+    # the value is numpy's SeedSequence of the three, so no other client's draw moves it
+    assert seeds[0, 1, 2] == int(np.random.SeedSequence([0, 1, 2]).generate_state(1)[0])
 
 
 def tiny_setup(seed=0, n_clients=4, per_client=24):

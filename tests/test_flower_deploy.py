@@ -64,6 +64,10 @@ def test_deploy_matches_the_simulator_round_for_round(tmp_path, model, method):
                          capture_output=True, text=True, env=env, timeout=600)
     assert dep.returncode == 0, dep.stderr
     assert "3 SuperNodes, 1 torch thread(s) each" in dep.stderr  # 2 cores / 3 nodes
+    # without --tls, one line says what anyone who reaches the SuperLink can do
+    [warning] = [line for line in dep.stderr.splitlines()
+                 if line.startswith("fedticket: warning")]
+    assert "no SuperNode authentication" in warning and "use --tls" in warning
     a, b = only(tmp_path / "sim", method=method), only(tmp_path / "dep", "_flower", method)
     ma, mb = rows(a, "metrics.jsonl"), rows(b, "metrics.jsonl")
     assert [r["round"] for r in ma] == [r["round"] for r in mb] == [0, 1, 2]

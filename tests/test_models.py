@@ -64,7 +64,7 @@ def test_resnet8_parameter_count_by_hand():
     head = 64 * 10 + 10
     assert convs == 76_432 and n_params(m) == convs + bn + head == 77_754
     assert convs / n_params(m) == pytest.approx(0.983, abs=5e-4)
-    from fedticket.accounting.flops import layer_costs
+    from fedticket.flops import layer_costs
     macs = sum(c.forward_macs for c in layer_costs(m, (1, 28, 28)))
     assert macs == 9_345_920  # 9.35 M; the FedAvg CNN's 12.3 M:
     cnn = build(ModelSpec(name="cnn-fedavg"), (1, 28, 28), 10)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from fedticket.errors import ConfigError
+from fedticket.report.study_render import render, sweep_q2
 from fedticket.study import (
     BASE,
     best_variant,
@@ -14,8 +15,6 @@ from fedticket.study import (
     plot_summary,
     q2_candidates,
     read_summary,
-    render,
-    sweep_q2,
     variant_cells,
     verdict,
 )

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 
 from fedticket import paths
-from fedticket.errors import ConfigError
+from fedticket.errors import FedticketError
 from fedticket.federated.strategy import RoundLog, TicketStrategy
-from fedticket.io import load_states, save_states
+from fedticket.io import atomic_write_text, load_states, save_states
 
 FORMAT = 1
 
 
-class CheckpointError(ConfigError):
+class CheckpointError(FedticketError):
     """A checkpoint that cannot be used (damaged, foreign, of another spec): exit 2."""
 
 
@@ -100,7 +100,5 @@ def trim_jsonl(path: Path, last_round: int) -> list[dict]:
         if row.get("round", 0) <= last_round:
             rows.append(row)
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    tmp = path.with_name(path.name + ".trim")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
     return rows

@@ -3,23 +3,77 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
+import traceback
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from fedticket.errors import FedticketError
+from fedticket.environment import MAX_THREADS, env_threads
+from fedticket.errors import FedticketError, MachineError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``fedticket: error: argument --jobs: ...``)."""
+
+    def error(self, message: str) -> Any:  # argparse's own: usage block, then the error
+        if message.startswith("argument ") and ": " in message:  # "argument --jobs: ..."
+            name, why = message[len("argument "):].split(": ", 1)
+            message = f"{name.split('/')[-1]} {why}"
+        print(f"fedticket: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _whole(low: int, high: int = 2**31 - 1) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:  # not a number, or more digits than Python converts
+            raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        if n > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:,}, got {str(n)[:20]}")
+        return n
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return x
+
+
+def _accuracy(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(x) and 0 < x <= 1):
+        raise argparse.ArgumentTypeError(f"must be an accuracy in (0, 1], got {text}")
+    return x
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="fedticket",
         description="Server-side unsupervised lottery tickets for cheap federated learning.",
     )
@@ -28,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     def experiment(cmd: argparse.ArgumentParser, out_help: str) -> None:
         cmd.add_argument("config", help="experiment TOML file (see configs/)")
         cmd.add_argument("--out", default="runs", help=out_help)
-        cmd.add_argument("--seed", type=int, action="append",
+        cmd.add_argument("--seed", type=_whole(0), action="append",
                          help="run this seed instead of the config's seeds (repeatable)")
         cmd.add_argument("--method", action="append",
                          help="run this method instead of the config's methods (repeatable)")
@@ -39,28 +93,28 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run every method and seed of one experiment config")
     experiment(r, "results directory (default: runs/)")
     r.add_argument("--quiet", action="store_true", help="print no progress")
-    r.add_argument("--threads", type=int, default=0,
+    r.add_argument("--threads", type=_whole(0, MAX_THREADS), default=0,
                    help="torch threads (default: torch's own, or cores / jobs with --jobs); "
                         "results can differ in the last digits between thread counts")
-    r.add_argument("--jobs", type=int, default=1,
+    r.add_argument("--jobs", type=_whole(1), default=1,
                    help="run the runs in this many processes, the cores split between them "
                         "(default: 1)")
-    r.add_argument("--workers", type=int,
+    r.add_argument("--workers", type=_whole(1),
                    help="processes that train a run's clients, one torch thread each "
                         "(default: cores / jobs; jobs x workers may not exceed the cores)")
 
     d = sub.add_parser("deploy", help="run the config's methods on a local Flower deployment "
                                       "(one SuperLink, one SuperNode per client partition)")
     experiment(d, "results directory (default: runs/)")
-    d.add_argument("--nodes", type=int,
+    d.add_argument("--nodes", type=_whole(1),
                    help="number of SuperNodes (must equal data.num_clients; default: that)")
     d.add_argument("--tls", action="store_true",
                    help="TLS with a throwaway CA, and SuperNode authentication")
-    d.add_argument("--threads", type=int, default=0,
+    d.add_argument("--threads", type=_whole(0, MAX_THREADS), default=0,
                    help="torch threads per Flower process (default: cores / nodes, at least 1)")
-    d.add_argument("--min-replies", type=int, default=1,
+    d.add_argument("--min-replies", type=_whole(1), default=1,
                    help="a round with fewer usable replies stops the run (default: 1)")
-    d.add_argument("--round-timeout", type=float, default=600.0,
+    d.add_argument("--round-timeout", type=_positive_seconds, default=600.0,
                    help="seconds to wait for a round's replies (default: 600)")
     d.add_argument("--quiet", action="store_true", help="print no progress")
 
@@ -69,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     experiment(a, "results directory on the SuperLink's machine; give an absolute path "
                   "(default: runs/)")
     a.add_argument("--dir", required=True, help="folder to write (pyproject.toml, run-*.toml)")
-    a.add_argument("--threads", type=int, default=0,
+    a.add_argument("--threads", type=_whole(0, MAX_THREADS), default=0,
                    help="torch threads in the ServerApp and ClientApps (default: torch's own; "
                         "a node's --node-config threads=N wins)")
 
@@ -78,9 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("study", help="study TOML file (configs/study.toml)")
     st.add_argument("--out", default="runs", help="results directory (default: runs/)")
     st.add_argument("--quick", action="store_true", help="the study file's small [quick] grid")
-    st.add_argument("--jobs", type=int, default=1, help="processes, the cores split between "
+    st.add_argument("--jobs", type=_whole(1), default=1, help="processes, the cores split between "
                                                        "them (default: 1)")
-    st.add_argument("--workers", type=int,
+    st.add_argument("--workers", type=_whole(1),
                     help="processes that train a run's clients (default: cores / jobs)")
     st.add_argument("--summary", help="where to write the JSON summary (default: "
                                       "OUT/STUDY/summary.json)")
@@ -94,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare the finished runs in a results directory")
     c.add_argument("dir", help="results directory written by `fedticket run`")
-    c.add_argument("--target", type=float,
+    c.add_argument("--target", type=_accuracy,
                    help="target test accuracy (default: 95%% of the baseline's best accuracy)")
     c.add_argument("--baseline", default="fedavg", help="method savings are measured against")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -129,8 +183,6 @@ def _specs(args: argparse.Namespace) -> list:
 
 
 def _set_threads(n: int) -> None:
-    if n < 0:
-        raise FedticketError(f"--threads must be >= 0, got {n}")
     if n:
         import torch
 
@@ -140,8 +192,6 @@ def _set_threads(n: int) -> None:
 def _run(args: argparse.Namespace) -> int:
     from fedticket.runner import run_parallel
 
-    if args.jobs < 1:
-        raise FedticketError(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs > 1 and args.threads:
         raise FedticketError("--jobs splits the cores itself; leave out --threads")
     _set_threads(args.threads)
@@ -166,13 +216,6 @@ def _flower(command: str) -> ModuleType:
 
 def _deploy(args: argparse.Namespace) -> int:
     flower = _flower("deploy")
-    if args.nodes is not None and args.nodes < 1:
-        raise FedticketError(f"--nodes must be >= 1, got {args.nodes}")
-    if args.min_replies < 1:
-        raise FedticketError(f"--min-replies must be >= 1, got {args.min_replies}")
-    if not 0 < args.round_timeout < math.inf:
-        raise FedticketError(f"--round-timeout must be a number of seconds > 0, "
-                             f"got {args.round_timeout}")
     _set_threads(args.threads)
     specs = _specs(args)
     stream = None if args.quiet else sys.stderr
@@ -186,8 +229,6 @@ def _deploy(args: argparse.Namespace) -> int:
 
 def _flower_app(args: argparse.Namespace) -> int:
     flower = _flower("flower-app")
-    if args.threads < 0:
-        raise FedticketError(f"--threads must be >= 0, got {args.threads}")
     specs = _specs(args)
     folder = flower.write_app(Path(args.dir))
     print(folder / "pyproject.toml")
@@ -198,18 +239,9 @@ def _flower_app(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from fedticket.study import (
-        load_study,
-        plot_summary,
-        render,
-        run_study,
-        summarize,
-        update_doc,
-        write_summary,
-    )
+    from fedticket.report.study_render import render, update_doc
+    from fedticket.study import load_study, plot_summary, run_study, summarize, write_summary
 
-    if args.jobs < 1:
-        raise FedticketError(f"--jobs must be >= 1, got {args.jobs}")
     study = load_study(args.study, quick=args.quick)
     out = Path(args.out)
     folder = run_study(study, out, args.jobs, None if args.quiet else sys.stderr,
@@ -317,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
+        env_threads()  # a bad FEDTICKET_THREADS is refused here, not in a Flower process
         if args.command == "run":
             return _run(args)
         if args.command == "deploy":
@@ -328,7 +361,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.command == "export":
             return _export(args)
         return _compare(args)
-    except FedticketError as e:
+    except (FedticketError, MachineError) as e:
         print(f"fedticket: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
@@ -342,7 +375,65 @@ def _main(args: argparse.Namespace) -> int:
               "one keeps its last checkpoint: run the same command to resume",
               file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+    except Exception as e:  # the one boundary: the user's world, or a bug of ours
+        said = explain(e)
+        if said is None:
+            return _bug(e)
+        message, status = said
+        print(f"fedticket: error: {message}", file=sys.stderr)
+        return status
 
+
+# errno values that mean the machine failed, not the input: the run keeps its checkpoint
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO,
+                            errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+_RESUME = "the unfinished run keeps its last checkpoint: run the same command to resume"
+
+
+def explain(e: BaseException) -> tuple[str, int] | None:
+    """One line and an exit status for an error that comes from the user's files,
+    arguments, environment or machine, or None if ``e`` is a bug of fedticket's. The
+    loaders name their file where they can; this is the net under them."""
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        what = e.strerror or str(e) or type(e).__name__
+        if e.errno in MACHINE_ERRNOS:
+            fix = ("make the folder writable" if e.errno == errno.EROFS
+                   else "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                   else "fix the cause")
+            return f"{where}{what}; {fix}: {_RESUME}", 1
+        if isinstance(e, (IsADirectoryError, NotADirectoryError, FileExistsError)):
+            return f"{where}{what}: a path is in the way; move it or pick another", 2
+        if isinstance(e, PermissionError):
+            return f"{where}{what}: fedticket may not read or write it", 2
+        if isinstance(e, FileNotFoundError):
+            return f"{where}{what}", 2
+        return f"{where}{what} ({type(e).__name__})", 1
+    if isinstance(e, UnicodeError):
+        return f"a file that should be UTF-8 text is not ({e})", 2
+    if isinstance(e, RecursionError):
+        return "an input is nested too deeply to read (a config or JSON file?)", 2
+    if isinstance(e, MemoryError):
+        return f"out of memory; {_RESUME}", 1
+    if isinstance(e, (zipfile.BadZipFile, EOFError)):
+        return f"a damaged or truncated file ({type(e).__name__}: {e})", 2
+    return None
+
+
+def _bug(e: BaseException) -> int:
+    """An exception nobody expected: say it is a bug, and keep its traceback in a log."""
+    text = "".join(traceback.format_exception(e))
+    try:
+        fd, log = tempfile.mkstemp(prefix="fedticket-bug-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"fedticket {' '.join(sys.argv[1:])}\n{text}")
+        where = f"its traceback is in {log}"
+    except OSError:
+        sys.stderr.write(text)
+        where = "its traceback is above"
+    print(f"fedticket: internal error, this is a bug: {type(e).__name__}: {e}; {where}; "
+          "please report it with that traceback", file=sys.stderr)
+    return 3
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,16 @@
-"""Errors the CLI turns into a one-line message and an exit status."""
+"""Errors the CLI turns into a one-line message and an exit status.
+
+Two kinds, kept apart so that a script can tell them by the status:
+
+* :class:`FedticketError`: the user's input is wrong (a config, a file, an argument,
+  an environment variable). Exit status 2. The message names the input and the fix.
+* :class:`MachineError`: the machine or a process fedticket depends on failed (a full
+  disk, a read-only folder, a Flower process that died). Exit status 1. A run keeps
+  its last checkpoint; the same command resumes once the cause is gone.
+
+Anything else that reaches the command line is a bug in fedticket; ``fedticket.cli``
+says so and writes its traceback to a log file.
+"""
 
 
 class FedticketError(Exception):
@@ -17,5 +29,11 @@ class DataError(FedticketError):
 
 class DivergenceError(FedticketError):
     """Training produced a non-finite loss. Exit status 1."""
+
+    exit_code = 1
+
+
+class MachineError(Exception):
+    """The machine or a process we depend on failed, not the input. Exit status 1."""
 
     exit_code = 1

@@ -41,7 +41,7 @@ from torch import nn
 
 from fedticket import __version__, paths
 from fedticket.errors import ConfigError, FedticketError
-from fedticket.io import atomic_write_bytes, load_states
+from fedticket.io import atomic_write_bytes, load_states, read_json_object
 from fedticket.pruning.mask import Mask, load_tensors
 
 FORMATS = ("onnx", "safetensors")
@@ -88,15 +88,7 @@ class ExportedModel:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FedticketError(f"cannot read {path} ({e}); the run folder is damaged, "
-                             "run it again") from None
-    if not isinstance(data, dict):
-        raise FedticketError(f"{path} holds no JSON object; the run folder is damaged, "
-                             "run it again")
-    return data
+    return read_json_object(path, "the run folder is damaged, run it again")
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -159,12 +151,14 @@ def load_run_model(run_dir: Path, compact: bool = True) -> ExportedModel:
         raise FedticketError(f"{run_dir / paths.SPEC} holds no spec; the run folder is "
                              "damaged, run it again")
     spec = spec_from_dict(provenance["spec"])
+    path = run_dir / paths.MASK
     try:
-        mask = Mask.load(run_dir / paths.MASK)
-        states = load_states(run_dir / paths.FINAL)
+        mask = Mask.load(path)
+        path = run_dir / paths.FINAL
+        states = load_states(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise FedticketError(f"cannot read the model files of {run_dir} ({e}); the run "
-                             "folder is damaged, run it again") from None
+        raise FedticketError(f"cannot read {path} ({e}); the run folder is damaged, "
+                             "run it again") from None
     if "global" not in states:
         raise FedticketError(f"{run_dir / paths.FINAL} holds no global model; the run "
                              "folder is damaged, run it again")

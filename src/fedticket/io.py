@@ -7,27 +7,73 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
+from fedticket.errors import FedticketError
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path`` through, so that after a crash or a power loss
+    readers find the old file or the whole new one, never part of it: the bytes go to a
+    temporary file beside ``path``, which is fsynced, renamed over ``path``, and then the
+    folder is fsynced so that the rename is on disk too. On any error (a full disk, a
+    read-only folder) the temporary file is removed and ``path`` is untouched. Every
+    file fedticket writes goes through here."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` (files created, renamed or removed) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and every folder in it: before a finished run
+    folder is renamed into place, all it holds is on disk."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_folder(Path(root))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (:func:`atomic_write`)."""
+    with atomic_write(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def save_states(path: Path, states: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
@@ -40,11 +86,26 @@ def save_states(path: Path, states: Mapping[str, Mapping[str, torch.Tensor]]) ->
         for group, state in states.items()
         for name, t in state.items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, path)
+
+
+def read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; any way it can be wrong (missing, unreadable, not
+    UTF-8, not JSON, nested too deeply, not an object) is one :class:`FedticketError`
+    naming the file, then ``fix``."""
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise FedticketError(f"missing {path}; {fix}") from None
+    except RecursionError:
+        raise FedticketError(f"{path} is nested too deeply to be ours; {fix}") from None
+    except (OSError, ValueError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise FedticketError(f"cannot read {path} ({e}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise FedticketError(f"{path} holds a JSON {type(obj).__name__}, not an object; "
+                             f"{fix}")
+    return obj
 
 
 def load_states(path: Path) -> dict[str, dict[str, torch.Tensor]]:

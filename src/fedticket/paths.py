@@ -40,7 +40,7 @@ def tmp_run_dirs(out: Path, run_name: str) -> list[tuple[Path, int]]:
     return found
 
 
-STAGE_CODE = ("data", "models", "pretrain", "pruning", "stages.py", "accounting/flops.py",
+STAGE_CODE = ("data", "models", "pretrain", "pruning", "stages.py", "flops.py",
               "io.py")
 """The package's files whose code decides what the server stages compute."""
 

@@ -17,6 +17,7 @@ from typing import TextIO
 from fedticket import paths
 from fedticket.errors import FedticketError
 from fedticket.federated.strategy import RoundLog
+from fedticket.io import fsync_folder, fsync_tree
 
 
 def in_run_folder(
@@ -53,7 +54,9 @@ def in_run_folder(
     try:
         write(tmp)
         (tmp / paths.OWNER).unlink()
+        fsync_tree(tmp)  # all of it on disk before it takes the finished name
         os.replace(tmp, final)
+        fsync_folder(out)
         # only now: until the rename, a kill leaves the checkpoint to resume from
         (final / paths.CHECKPOINT).unlink(missing_ok=True)
     except BaseException:
@@ -74,6 +77,7 @@ def _owner(tmp: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal exists too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -86,14 +90,8 @@ def _alive(pid: int) -> bool:
 def _remove_stale_tmp(out: Path, run_name: str) -> None:
     """Delete temporary folders of this run left by processes that no longer exist."""
     for tmp, pid in paths.tmp_run_dirs(out, run_name):
-        if pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue  # another live process is writing this run
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
+        if pid != os.getpid() and _alive(pid):
+            continue  # another live process is writing this run
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -121,9 +119,12 @@ class MetricsWriter:
             self.failures = open(folder / paths.FAILURES, "a")
 
     def flush(self) -> None:
+        """Flush and fsync the files: called before each checkpoint, so the rows of the
+        rounds a checkpoint covers are on disk whenever it is."""
         for f in (self.metrics, self.clients, self.failures):
             if f is not None:
                 f.flush()
+                os.fsync(f.fileno())
 
     def on_round(self, log: RoundLog) -> None:
         for rec in log.clients:

@@ -9,7 +9,6 @@ folder are the same for both.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,13 +19,14 @@ from typing import Protocol, TextIO
 import torch
 
 from fedticket import checkpoint, paths
-from fedticket.accounting.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.accounting.wire import Codec
 from fedticket.data import Splits, load_splits
+from fedticket.environment import cores
 from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.client import LocalTrainer
 from fedticket.federated.simulate import CLIENT_THREADS, local_engine
 from fedticket.federated.strategy import Engine, TicketStrategy
+from fedticket.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
 from fedticket.run_folder import MetricsWriter, Progress, in_run_folder
@@ -87,17 +87,9 @@ def run_one(
 
 def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | None,
               label: str, engine: EngineFactory) -> None:
+    """One run, step by step, into its temporary ``folder``."""
     started = time.perf_counter()
-    provenance = {
-        "spec": spec.to_dict(),
-        "run_name": spec.run_name(),
-        "hash": spec.hash(),
-        "nondefault": spec.nondefault(),
-        "engine": engine.name,
-        "git": git_commit(),
-        "versions": versions(),
-    }
-    atomic_write_json(folder / paths.SPEC, provenance)
+    _write_provenance(spec, folder, engine)
     if stream:
         print(f"{label}: data", file=stream, flush=True)
     splits = load_splits(spec.data, spec.seed, oracle_labels=spec.pretrain.kind == "supervised")
@@ -105,13 +97,52 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         print(f"{label}: pretrain={spec.pretrain.kind} prune={spec.prune.strategy} "
               f"weights={spec.weights.init}", file=stream, flush=True)
     stages = pretrain_and_prune(spec, splits, out, stream)
-    mask = stages.mask
-    mask.save(folder / paths.MASK)
+    stages.mask.save(folder / paths.MASK)
     model = fresh_model(spec, splits, "init")
-    trainer = LocalTrainer(model, mask, spec.federate, splits.input_shape)
-    mask_report = mask.report(stages.prunable)
-    dense_costs = layer_costs(model, splits.input_shape, None)
-    mask_report["flops"] = {
+    trainer = LocalTrainer(model, stages.mask, spec.federate, splits.input_shape)
+    codec = Codec(stages.mask, spec.federate.values)
+    state = starting_weights(spec, splits, stages)
+    report = _write_cost_report(folder, stages, model, trainer, codec, state,
+                                splits.input_shape)
+    strategy = TicketStrategy(
+        codec, state, spec.federate, spec.seed, len(splits.clients),
+        lambda s: trainer.evaluate(s, splits.test),
+        min_replies=engine.min_replies, client_sizes=[len(c) for c in splits.clients],
+        flops_per_example=trainer.flops_per_sample,
+    )
+    after = _resume(folder, spec, strategy, engine, label)
+    rows = _federate(folder, spec, strategy, engine(trainer, codec, splits), after, stream,
+                     label)
+    save_states(folder / paths.FINAL, {"global": strategy.global_state})
+    # the checkpoint stays until the finished folder is in place (in_run_folder removes
+    # it then): a kill before the rename resumes after the last round, not from round 0
+    summary = _summary(spec, engine, trainer, stages, strategy, rows, after,
+                       report.get("prunable_density", 1.0), time.perf_counter() - started)
+    atomic_write_json(folder / paths.SUMMARY, summary)
+
+
+def _write_provenance(spec: ExperimentSpec, folder: Path, engine: EngineFactory) -> None:
+    """``spec.json``: the spec, its name and hash, the engine, the commit and versions."""
+    atomic_write_json(folder / paths.SPEC, {
+        "spec": spec.to_dict(),
+        "run_name": spec.run_name(),
+        "hash": spec.hash(),
+        "nondefault": spec.nondefault(),
+        "engine": engine.name,
+        "git": git_commit(),
+        "versions": versions(),
+    })
+
+
+def _write_cost_report(folder: Path, stages: ServerStages, model: torch.nn.Module,
+                       trainer: LocalTrainer, codec: Codec, state: dict[str, torch.Tensor],
+                       input_shape: tuple[int, int, int]) -> dict:
+    """``mask_report.json``: what the mask keeps, the FLOPs per layer it leaves (against
+    the dense ``model``'s) and the bytes one payload and the mask message take."""
+    mask = stages.mask
+    report = mask.report(stages.prunable)
+    dense_costs = layer_costs(model, input_shape, None)
+    report["flops"] = {
         "dense_train_flops_per_sample": train_flops_per_sample(dense_costs),
         "sparse_train_flops_per_sample": trainer.flops_per_sample,
         "layers": [
@@ -119,55 +150,61 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
             for layer, dense in zip(costs_report(trainer.costs), dense_costs, strict=True)
         ],
     }
-    codec = Codec(mask, spec.federate.values)
-    state = starting_weights(spec, splits, stages)
-    mask_report["wire"] = {
+    report["wire"] = {
         "payload_bytes": len(codec.encode(state)),
         "dense_payload_bytes": 4 * mask.numel,
         "mask_message_bytes": len(codec.encode_mask()),
     }
-    atomic_write_json(folder / paths.MASK_REPORT, mask_report)
+    atomic_write_json(folder / paths.MASK_REPORT, report)
+    return report
 
-    def evaluate_fn(s: dict[str, torch.Tensor]) -> tuple[float, float]:
-        return trainer.evaluate(s, splits.test)
 
-    strategy = TicketStrategy(
-        codec, state, spec.federate, spec.seed, len(splits.clients), evaluate_fn,
-        min_replies=engine.min_replies, client_sizes=[len(c) for c in splits.clients],
-        flops_per_example=trainer.flops_per_sample,
-    )
+def _resume(folder: Path, spec: ExperimentSpec, strategy: TicketStrategy,
+            engine: EngineFactory, label: str) -> int | None:
+    """Load the run's checkpoint into ``strategy``, if there is one: the round it was
+    taken after, or None for a fresh start."""
     resumed = checkpoint.load(folder, spec.run_name())
-    after = 0
-    if resumed is not None:
-        after, global_state, meta = resumed
-        strategy.load_state_dict(global_state, meta["strategy"])
-        if not engine.clients_keep_state:  # a new Flower run: the nodes' state is new too
-            strategy.has_mask.clear()
-        note = ("" if meta.get("threads") == torch.get_num_threads() else
-                f" (it was made with {meta.get('threads')} threads, this process has "
-                f"{torch.get_num_threads()}: numbers may differ in the last digits)")
-        print(f"{label}: resuming from the checkpoint after round {after}; the first "
-              f"training round is {after + 1}{note}", file=sys.stderr, flush=True)
-    writer = MetricsWriter(folder, resume_after=after if resumed is not None else None)
+    if resumed is None:
+        return None
+    after, global_state, meta = resumed
+    strategy.load_state_dict(global_state, meta["strategy"])
+    if not engine.clients_keep_state:  # a new Flower run: the nodes' state is new too
+        strategy.has_mask.clear()
+    note = ("" if meta.get("threads") == torch.get_num_threads() else
+            f" (it was made with {meta.get('threads')} threads, this process has "
+            f"{torch.get_num_threads()}: numbers may differ in the last digits)")
+    print(f"{label}: resuming from the checkpoint after round {after}; the first "
+          f"training round is {after + 1}{note}", file=sys.stderr, flush=True)
+    return after
+
+
+def _federate(folder: Path, spec: ExperimentSpec, strategy: TicketStrategy, carrier: Engine,
+              after: int | None, stream: TextIO | None, label: str) -> list[dict]:
+    """The federated rounds after ``after``, written and checkpointed as they end; the
+    metrics rows of the whole run."""
+    writer = MetricsWriter(folder, resume_after=after)
     saver = checkpoint.Checkpointer(folder, strategy, spec.run_name(),
                                     spec.federate.checkpoint_every, spec.federate.rounds,
                                     [writer])
-    carrier = engine(trainer, codec, splits)
     try:
-        strategy.start(carrier, after=after, callbacks=[
+        strategy.start(carrier, after=after or 0, callbacks=[
             writer, saver, Progress(label, spec.federate.rounds, stream)])
     except DivergenceError as e:
         kept = f"; the checkpoint after round {saver.last} is kept in {folder}" if (
-            saver.last is not None or resumed is not None) else ""
+            saver.last is not None or after is not None) else ""
         raise DivergenceError(f"{e}{kept}") from None
     finally:
         writer.close()
         if hasattr(carrier, "close"):
             carrier.close()
-    save_states(folder / paths.FINAL, {"global": strategy.global_state})
-    # the checkpoint stays until the finished folder is in place (in_run_folder removes
-    # it then): a kill before the rename resumes after the last round, not from round 0
-    rows = writer.rows
+    return writer.rows
+
+
+def _summary(spec: ExperimentSpec, engine: EngineFactory, trainer: LocalTrainer,
+             stages: ServerStages, strategy: TicketStrategy, rows: list[dict],
+             after: int | None, prunable_density: float, wall_s: float) -> dict:
+    """``summary.json``: the run's totals and its final and best accuracy."""
+    mask = stages.mask
     last = rows[-1]
     best = max(rows, key=lambda r: r["test_accuracy"])
     summary = {
@@ -185,7 +222,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         "best_accuracy": best["test_accuracy"],
         "best_round": best["round"],
         "density": mask.density,
-        "prunable_density": mask_report.get("prunable_density", 1.0),
+        "prunable_density": prunable_density,
         "params": mask.numel,
         "nnz_params": mask.nnz,
         "total_down_bytes": last["cum_down_bytes"],
@@ -197,17 +234,12 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         "total_client_cpu_s": last["cum_client_cpu_s"],
         "failed_client_rounds": strategy.totals.failures,
         "server": stages.log,
-        "run_wall_s": time.perf_counter() - started,
-        "resumed_after_round": after if resumed is not None else None,
+        "run_wall_s": wall_s,
+        "resumed_after_round": after,
     }
     if "cum_framework_bytes" in last:
         summary["total_framework_bytes"] = last["cum_framework_bytes"]
-    atomic_write_json(folder / paths.SUMMARY, summary)
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return summary
 
 
 def _job(specs: list[ExperimentSpec], out: Path, stream: bool, threads: int,
@@ -224,9 +256,12 @@ def client_workers(jobs: int, workers: int | None = None) -> int:
     Raises
     ------
     FedticketError
-        If ``jobs * workers`` is more than the cores: the clients' CPU time is only
-        robust when no two of them wait for one core.
+        If ``jobs`` or ``jobs * workers`` is more than the cores: the clients' CPU time
+        is only robust when no two of them wait for one core.
     """
+    if jobs > cores():
+        raise FedticketError(f"--jobs {jobs} is more than the {cores()} cores: runs would "
+                             "wait for a core and their client times would not be robust")
     if workers is None:
         return max(1, cores() // jobs)
     if workers < 1:

@@ -270,6 +270,14 @@ class FederateSpec:
     coordinate-wise ``median`` or ``trimmed-mean`` (Yin et al. 2018)."""
     trim_fraction: float = 0.1
     """``trimmed-mean``: the fraction of values dropped at each end of every coordinate."""
+    max_update_norm: float = 0.0
+    """Reject an update whose change from the global model has an L2 norm above this;
+    0: no bound. Under ``fedavg`` one finite but huge update (1e38) would otherwise set
+    the mean on its own."""
+    norm_factor: float = 0.0
+    """Reject an update whose change's L2 norm is more than this many times the median
+    of the round's checked updates (it needs no knowledge of the scale; e.g. 10);
+    0: off. With both set, the smaller bound holds."""
     checkpoint_every: int = 1
     """Checkpoint the run every this many rounds (and after round 0 and the last), so a
     killed run resumes there; 0: never. One checkpoint is the global model plus a few
@@ -295,6 +303,10 @@ class FederateSpec:
             raise ConfigError(
                 f"federate.trim_fraction must be in [0, 0.5), got {self.trim_fraction}"
             )
+        _positive("federate", "max_update_norm", self.max_update_norm, allow_zero=True)
+        if self.norm_factor and not self.norm_factor >= 1.0:
+            raise ConfigError(f"federate.norm_factor must be 0 (off) or >= 1, got "
+                              f"{self.norm_factor}")
         for t in self.targets:
             if not 0.0 < t <= 1.0:
                 raise ConfigError(f"federate.targets must be accuracies in (0, 1], got {t}")
@@ -435,6 +447,17 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# No integer setting needs more; a larger one is a typo (and a round count that large
+# would run for ever).
+MAX_INT = 2**31 - 1
+
+
+def _int_in_range(where: str, value: int) -> int:
+    if abs(value) > MAX_INT:
+        raise ConfigError(f"{where} is too large (more than {MAX_INT:,}): {str(value)[:20]}...")
+    return value
+
+
 def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     """Check a TOML value against the type of the field's default."""
     where = f"{section}.{key}" if section else key
@@ -445,10 +468,12 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
+        return _int_in_range(where, value)
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, int):
+            _int_in_range(where, value)
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -459,13 +484,14 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
         ):
             raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
-        return tuple(float(v) for v in value)
+        return tuple(float(_int_in_range(where, v) if isinstance(v, int) else v)
+                     for v in value)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):
             raise ConfigError(f"{where} must be a list of integers, got {value!r}")
-        return tuple(value)
+        return tuple(_int_in_range(where, v) for v in value)
     raise ConfigError(f"{where}: unsupported value {value!r}")
 
 
@@ -569,6 +595,8 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> Config:
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in value)
             ):
                 raise ConfigError(f"{where}: seeds must be a non-empty list of integers")
+            if any(not 0 <= s <= MAX_INT for s in value):
+                raise ConfigError(f"{where}: seeds must be in [0, {MAX_INT:,}], got {value}")
             seeds = value
         else:
             raise ConfigError(
@@ -582,25 +610,33 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> Config:
     return Config(base, tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(seeds)))
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a TOML config file."""
+def read_toml(path: str | Path, kind: str = "config") -> dict[str, Any]:
+    """The table in the TOML file ``path``; every way it can fail (missing, a folder,
+    unreadable, not UTF-8, not TOML, nested too deeply) is one ConfigError naming it."""
     p = Path(path)
     if p.is_dir():
-        raise ConfigError(f"{p} is a directory; give a TOML config file")
+        raise ConfigError(f"{p} is a directory; give a TOML {kind} file")
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"{kind} file not found: {p}")
     try:
-        raw = tomllib.loads(p.read_bytes().decode("utf-8"))
+        return tomllib.loads(p.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"{p} is not UTF-8 text; give a TOML config file") from None
-    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p} is not UTF-8 text; give a TOML {kind} file") from None
+    except RecursionError:
+        raise ConfigError(f"{p} is nested too deeply to be a {kind} file") from None
+    except ValueError as e:  # TOMLDecodeError, and integers too long to convert
         raise ConfigError(f"{p} is not valid TOML: {e}") from None
     except OSError as e:
         raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML config file."""
+    raw = read_toml(path)
     if not raw:
-        raise ConfigError(f"{p} sets nothing: nothing to run; name the methods and settings "
-                          "(configs/quick.toml is an example)")
-    return parse_config(raw, where=str(p))
+        raise ConfigError(f"{path} sets nothing: nothing to run; name the methods and "
+                          "settings (configs/quick.toml is an example)")
+    return parse_config(raw, where=str(path))
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -613,7 +649,9 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key = key.strip()
         try:
             value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
+        except RecursionError:
+            raise ConfigError(f"--set {key}: the value is nested too deeply") from None
+        except ValueError:  # not a TOML literal (or an integer too long): a bare string
             value = text
         out[key] = value
     return out

@@ -5,8 +5,9 @@ A study file (``configs/study.toml``) names the base experiment, the partitions
 (``iid``, ``dirichlet-ALPHA``, ``shards-K``), the seeds and the targets; ``[quick]`` holds
 overrides for a small smoke-test grid. :func:`run_study` runs every cell (finished run
 folders are skipped, so an interrupted study resumes where it stopped);
-:func:`summarize` keeps what the tables need; :func:`render` turns a summary into
-markdown. The tables in ``docs/REPRODUCTION.md`` are :func:`render`'s output on the
+:func:`summarize` keeps what the tables need; :func:`verdict` and the Q2 functions
+answer the study's questions from it; :mod:`fedticket.report.study_render` writes it
+as markdown. The tables in ``docs/REPRODUCTION.md`` are that rendering of the
 committed summaries in ``docs/results/``, and a test checks that they still are.
 """
 
@@ -16,7 +17,6 @@ import json
 import os
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,7 +38,7 @@ from fedticket.report.intervals import (
 )
 from fedticket.report.runs import load_run
 from fedticket.report.study_plots import curves, plot_curves, plot_sweep, provenance
-from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set
+from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set, read_toml
 
 COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
 
@@ -84,12 +84,7 @@ def partition_settings(name: str) -> list[str]:
 def load_study(path: str | Path, quick: bool = False) -> Study:
     """Read a study file; with ``quick``, apply its ``[quick]`` section."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"study file not found: {p}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p} is not a valid TOML study file: {e}") from None
+    raw = read_toml(p, "study")
     unknown = set(raw) - {"study", "quick", "variants"}
     if unknown or "study" not in raw:
         raise ConfigError(f"{p} needs a [study] section (and optionally [quick], "
@@ -318,21 +313,6 @@ def _saving(fields: dict, base: dict, key: str) -> float | None:
     return saving(fields, base, key)["mean"]
 
 
-def _pct(stat: dict[str, Any]) -> str:
-    """``88.4% [85.1, 91.0]``, or without the interval when there is none."""
-    return _save_cell(stat, "%")
-
-
-def _times(stat: dict[str, Any], fmt: str = ".1f") -> str:
-    """A saving as a factor, ``22.9x [20.1, 25.3]``."""
-    x = factor(stat["mean"])
-    if x is None:
-        return "—"
-    lo, hi = factor(stat.get("lo")), factor(stat.get("hi"))
-    text = f"{x:{fmt}}x"
-    return text if lo is None or hi is None else f"{text} [{lo:{fmt}}, {hi:{fmt}}]"
-
-
 Q1_BAR = 35.0
 """Question 1's bar: percent saved of traffic, FLOPs and client CPU time to the target."""
 Q2_TRAFFIC_X, Q2_CPU_X, Q2_ACCURACY_GAP = 25.0, 3.0, 0.005
@@ -452,198 +432,6 @@ def deciding(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 def best_variant(result: dict[str, Any]) -> dict[str, Any] | None:
     """Question 2's answer (``overall``) and the method that decides it (:func:`deciding`)."""
     return deciding(q2_candidates(result))
-
-
-def _acc_points(stat: dict[str, Any]) -> str:
-    if stat["mean"] is None:
-        return "—"
-    text = f"{100 * stat['mean']:+.1f}"
-    return text if stat.get("lo") is None else \
-        f"{text} [{100 * stat['lo']:+.1f}, {100 * stat['hi']:+.1f}]"
-
-
-def q2_line(best: dict[str, Any] | None, where: str = "") -> str:
-    """The Q2 sentence of a table."""
-    if best is None:
-        return ("- Q2: **no**: no fedticket method reaches the target on every seed.")
-    why = f"; {best['why']}" if best.get("why") and best["overall"] == INCONCLUSIVE else ""
-    return (f"- Q2: **{best['overall']}** ({where}`{best['method']}`: {_times(best['traffic'])} "
-            f"less traffic, 25x asked; {_times(best['cpu'], '.2f')} less client CPU time, 3x "
-            f"asked; final accuracy {_acc_points(best['accuracy'])} points against fedavg, "
-            f"-0.5 allowed{why}).")
-
-
-def _pm(stat: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
-    """``mean±std`` (or just the mean of a single value; — when there is none)."""
-    if not stat or stat.get("mean") is None:
-        return "—"
-    if stat.get("n", 0) > 1 and stat.get("std") is not None:
-        return f"{stat['mean'] * scale:{fmt}}±{stat['std'] * scale:{fmt}}"
-    return f"{stat['mean'] * scale:{fmt}}"
-
-
-def _save_cell(stat: dict[str, Any], unit: str = "") -> str:
-    """A table's saving cell: ``88.4 [85.1, 91.0]`` (``unit`` after the mean)."""
-    if stat["mean"] is None:
-        return "—"
-    text = f"{stat['mean']:.1f}{unit}"
-    return text if stat.get("lo") is None else f"{text} [{stat['lo']:.1f}, {stat['hi']:.1f}]"
-
-
-def _has_values_per_seed(summary: dict[str, Any]) -> bool:
-    return any("seeds" in f.get("final_accuracy", {}) for r in _all_results(summary)
-               for f in r["methods"].values())
-
-
-def _all_results(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for by in summary["results"].values():
-        for value in by.values():
-            out += [value] if "methods" in value else list(value.values())
-    return out
-
-
-def savings_note(summary: dict[str, Any]) -> str:
-    """How the tables' savings were made, and why some have no interval."""
-    if not _has_values_per_seed(summary):
-        return ("Savings: 100 x (1 - mean cost / fedavg's mean cost); this summary keeps no "
-                "values per seed, so no intervals.")
-    n = len(summary["seeds"])
-    few = (f" With {n} seed{'s' if n != 1 else ''} there are no intervals."
-           if len(summary["seeds"]) < MIN_SEEDS else "")
-    return ("Savings: paired by seed, 100 x (1 - geometric mean of the per-seed cost "
-            "ratios), with the 95% t-interval in brackets (none with fewer than "
-            f"{MIN_SEEDS} seeds).{few}")
-
-
-def render_sweep(summary: dict[str, Any]) -> str:
-    """The markdown tables of one sweep summary: per partition and target, one row per
-    (variant, method), the fedavg baseline first; savings are against it."""
-    commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
-    def describe(v: dict[str, list[str]]) -> str:
-        text = f"`{' '.join(v['set'])}`" if v["set"] else "the base settings"
-        if v["methods"] != summary["methods"]:
-            text += f" ({', '.join(v['methods'])})"
-        return text
-
-    lines = [f"Sweep `{summary['study']}` ({summary['config']}; methods "
-             f"{', '.join(summary['methods'])}; seeds {summary['seeds']}). Variants: "
-             + "; ".join(f"**{name}** {describe(v)}" for name, v in
-                         summary["variants"].items())
-             + f". Runs made at commit {commits}.", savings_note(summary), ""]
-    for t in summary.get("timings", []):
-        lines.insert(-1, f"Sweep time: {t['ran']} of {t['runs']} runs in "
-                         f"{t['wall_s'] / 60:.1f} min with `--jobs {t['jobs']}` on "
-                         f"{t['cores']} cores (started {t['started']}"
-                         f"{'; stopped before the end' if t.get('stopped') else ''}).")
-    for part in summary["partitions"]:
-        for target in (f"{t:.2f}" for t in summary["targets"]):
-            lines += [f"#### {part}, target {target}", "",
-                      "| variant | method | reached | final acc | best acc | rounds→target | "
-                      "traffic MB | GFLOPs | CPU s | traffic save % | GFLOPs save % | "
-                      "CPU save % |",
-                      "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
-            first = True
-            for variant, by_target in summary["results"][part].items():
-                result = by_target[target]
-                base = result["methods"].get("fedavg")
-                for name, f in result["methods"].items():
-                    if name == "fedavg" and not first:
-                        continue
-                    n = f["final_accuracy"]["n"]
-                    save = [_save_cell(saving(f, base, k)) if base and name != "fedavg"
-                            else "—" for k in COSTS]
-                    lines.append(
-                        f"| {BASE if name == 'fedavg' else variant} | {name} | "
-                        f"{f['rounds_to_target']['n']}/{n} | "
-                        f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
-                        f"{_pm(f['rounds_to_target'], '.1f')} | "
-                        f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
-                        f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
-                        f"{_pm(f['client_cpu_s_to_target'], '.0f')} | "
-                        + " | ".join(save) + " |")
-                first = False
-            at_target = {v: by_target[target] for v, by_target in summary["results"][part].items()}
-            lines += ["", sweep_q2(at_target), ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def sweep_q2(results: dict[str, Any]) -> str:
-    """Question 2 across a sweep's variants: ``yes`` if some (variant, method) clears all
-    three bars with its whole interval, ``no`` if every one fails one, else
-    ``inconclusive``; with the (variant, method) that decides it (:func:`deciding`)."""
-    rows = [r | {"variant": v} for v, result in results.items() for r in q2_candidates(result)]
-    best = deciding(rows)
-    return q2_line(best, "" if best is None else f"{best['variant']} ")
-
-
-def render(summary: dict[str, Any]) -> str:
-    """The markdown tables and verdict of one study summary (deterministic)."""
-    if "variants" in summary:
-        return render_sweep(summary)
-    commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
-    lines = [f"Study `{summary['study']}` ({summary['config']}; seeds {summary['seeds']}; "
-             f"overrides {summary['overrides'] or 'none'}). Runs made at commit {commits}; "
-             f"summarised at `{summary['git'].get('commit', '?')[:10]}`"
-             f"{' (with local changes)' if summary['git'].get('dirty') else ''}.",
-             savings_note(summary), ""]
-    for t in summary.get("timings", []):
-        lines.insert(-1, f"Grid time: {t['ran']} of {t['runs']} runs "
-                         f"({', '.join(t['partitions'])}) in {t['wall_s'] / 60:.1f} min with "
-                         f"`--jobs {t['jobs']}` on {t['cores']} cores (started {t['started']}"
-                         f"{'; stopped before the end' if t.get('stopped') else ''}).")
-    for part in summary["partitions"]:
-        for target, result in summary["results"][part].items():
-            lines += [f"### {part}, target {target}", "",
-                      "| method | reached | final acc | best acc | rounds→target | "
-                      "rounds→held | traffic MB | GFLOPs | CPU s | traffic save % | "
-                      "GFLOPs save % | CPU save % |",
-                      "| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
-            base = result["methods"].get("fedavg")
-            oracles = set(result.get("oracles", ()))
-            for name, f in result["methods"].items():
-                n = f["final_accuracy"]["n"]
-                label = f"{name} (oracle)" if name in oracles else name
-                save = [_save_cell(saving(f, base, k)) if base else "—" for k in COSTS]
-                lines.append(
-                    f"| {label} | {f['rounds_to_target']['n']}/{n} | "
-                    f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
-                    f"{_pm(f['rounds_to_target'], '.1f')} | "
-                    f"{_pm(f['rounds_to_target_smoothed'], '.1f')} | "
-                    f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
-                    f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
-                    f"{_pm(f['client_cpu_s_to_target'], '.1f')} | "
-                    + " | ".join(save) + " |")
-            v = verdict(result)
-            lines.append("")
-            for base_name, ans in v.items():
-                if ans is None:
-                    lines.append(f"- Q1 vs `{base_name}`: no runs to compare.")
-                    continue
-                s = ans["savings"]
-                why = f"; {ans['why']}" if ans["why"] else ""
-                lines.append(
-                    f"- Q1 vs `{base_name}`: **{ans['answer']}** (dae-ticket saves traffic "
-                    f"{_pct(s[COSTS[0]])}, FLOPs {_pct(s[COSTS[1]])}, CPU time "
-                    f"{_pct(s[COSTS[2]])}; 35% of each needed{why}).")
-            lines += [q2_line(best_variant(result)), ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def update_doc(doc: Path, summary_path: Path) -> None:
-    """Put :func:`render` of the summary at ``summary_path`` into ``doc`` between the
-    markers ``<!-- BEGIN NAME -->`` and ``<!-- END NAME -->`` (appended if missing)."""
-    from fedticket.io import atomic_write_bytes
-
-    name = summary_path.name
-    begin, end = f"<!-- BEGIN {name} -->\n", f"<!-- END {name} -->"
-    block = begin + render(read_summary(summary_path)) + end
-    text = doc.read_text() if doc.exists() else ""
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_bytes(doc, text.encode())
 
 
 def write_summary(summary: dict[str, Any], path: Path) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fedticket.errors import DataError
+from fedticket.io import atomic_write_bytes
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path.home() / ".cache" / "fedticket" / "fashion-mnist"
@@ -73,16 +72,8 @@ def download(name: str, folder: Path) -> Path:
             f"checksum mismatch for {url}: got {digest}, expected {SHA256[name]}; "
             f"retry the download or {_HINT}"
         )
-    folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{name}.gz"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(dest, blob)
     return dest
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def _npz(path: str, mtime_ns: int, size: int) -> Source:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read {path} as .npz ({e}); save it with numpy.savez") from None
     if "x" not in arrays or "y" not in arrays:
         raise DataError(

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedticket.accounting.flops import layer_costs, train_flops_per_sample
 from fedticket.data import Labeled
 from fedticket.errors import ConfigError, DivergenceError
+from fedticket.flops import layer_costs, train_flops_per_sample
 from fedticket.models import Classifier, fast_layout
 from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask, load_tensors, model_tensors

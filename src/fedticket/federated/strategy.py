@@ -15,6 +15,8 @@ payload, so the bytes counted are the same whichever engine carries them.
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -54,6 +56,14 @@ class Instruction:
     """Seed of the client's batch order (:func:`client_seed`)."""
 
 
+def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+                ) -> float:
+    """L2 norm of ``state - reference`` over all tensors, summed in float64 so that huge
+    but finite values give a huge norm, not an overflow."""
+    return math.sqrt(sum(float(((state[k].double() - reference[k].double()) ** 2).sum())
+                         for k in reference))
+
+
 @dataclass(frozen=True)
 class Reply:
     """What one client sends back: its encoded model and what producing it cost."""
@@ -68,6 +78,10 @@ class Reply:
     framework_down_bytes: int | None = None
     """Bytes the engine itself moved for the download (Flower's message objects)."""
     framework_up_bytes: int | None = None
+    elapsed_s: float | None = None
+    """Seconds the server waited for this reply (from sending the instruction to
+    receiving the answer), if the engine measured them: no honest client reports a
+    longer wall time."""
 
 
 @dataclass(frozen=True)
@@ -300,6 +314,8 @@ class TicketStrategy:
                 failed.append(Failure(round_, rep.client, f"rejected: {why}"))
                 continue
             usable.append((rep, state))
+        usable, too_large = self._bound_norms(round_, usable)
+        failed += too_large
         records = []
         for rep, _ in usable:
             ins = sent[rep.client]
@@ -331,13 +347,36 @@ class TicketStrategy:
         train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
         return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
 
+    def _bound_norms(self, round_: int, usable: list[tuple[Reply, State]]
+                     ) -> tuple[list[tuple[Reply, State]], list[Failure]]:
+        """The updates within ``spec.max_update_norm`` and ``spec.norm_factor`` times
+        the round's median norm, and a failure for each of the others."""
+        bound, factor = self.spec.max_update_norm, self.spec.norm_factor
+        if not (bound or factor) or not usable:
+            return usable, []
+        norms = [update_norm(state, self.global_state) for _, state in usable]
+        limit, why = math.inf, ""
+        if bound:
+            limit, why = bound, "federate.max_update_norm"
+        if factor and factor * statistics.median(norms) < limit:
+            limit = factor * statistics.median(norms)
+            why = f"{factor:g} x the round's median update norm"
+        keep, out = [], []
+        for (rep, state), norm in zip(usable, norms, strict=True):
+            if norm <= limit:
+                keep.append((rep, state))
+            else:
+                out.append(Failure(round_, rep.client, f"rejected: update norm {norm:.4g} "
+                                                       f"is above {limit:.4g} ({why})"))
+        return keep, out
+
     def _check(self, rep: Reply, expected: int | None) -> tuple[State | None, str | None]:
         """The decoded update of ``rep``, or None and why it may not be aggregated."""
         why = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
         if why is None:
             flops = (None if self.flops_per_example is None else
                      self.flops_per_example * rep.num_examples * self.spec.local_epochs)
-            why = check_reply_costs(rep.flops, rep.wall_s, rep.cpu_s, flops)
+            why = check_reply_costs(rep.flops, rep.wall_s, rep.cpu_s, flops, rep.elapsed_s)
         if why is not None:
             return None, why
         try:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
+from fedticket.environment import MAX_THREADS
 from fedticket.pruning.mask import Mask
 
 
@@ -51,12 +52,19 @@ def check_reply_numbers(num_examples: object, train_loss: object,
     return None
 
 
+CLOCK_SLACK_S = 1.0
+"""Seconds of rounding and clock difference allowed between a client and the server."""
+
+
 def check_reply_costs(flops: object, wall_s: object, cpu_s: object,
-                      expected_flops: int | None) -> str | None:
+                      expected_flops: int | None, elapsed_s: float | None = None) -> str | None:
     """Why a reply's reported costs may not enter the ledger, or None. FLOPs are a
     non-negative integer and seconds a finite non-negative number; with
     ``expected_flops`` (the server knows the mask, the client's sample count and the
-    local epochs, so it knows the update's FLOPs exactly) the count must equal it."""
+    local epochs, so it knows the update's FLOPs exactly) the count must equal it. With
+    ``elapsed_s`` (how long the server waited for the reply) the wall time may not
+    exceed it (plus :data:`CLOCK_SLACK_S`), and CPU time may exceed wall time only by a
+    thread count's factor (at most :data:`MAX_THREADS`)."""
     if isinstance(flops, bool) or not isinstance(flops, int) or flops < 0:
         return f"reported FLOPs {flops!r} are not a non-negative integer"
     if expected_flops is not None and flops != expected_flops:
@@ -65,4 +73,11 @@ def check_reply_costs(flops: object, wall_s: object, cpu_s: object,
         if (isinstance(value, bool) or not isinstance(value, (int, float))
                 or not math.isfinite(value) or value < 0):
             return f"reported {name} time {value!r} is not a finite number of seconds >= 0"
+    assert isinstance(wall_s, (int, float)) and isinstance(cpu_s, (int, float))
+    if elapsed_s is not None and wall_s > elapsed_s + CLOCK_SLACK_S:
+        return (f"reported wall time {wall_s:.3g} s is longer than the {elapsed_s:.3g} s "
+                "the server waited for the reply")
+    if cpu_s > MAX_THREADS * wall_s + CLOCK_SLACK_S:
+        return (f"reported CPU time {cpu_s:.3g} s is more than {MAX_THREADS} threads could "
+                f"spend in the reported wall time {wall_s:.3g} s")
     return None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import torch
 from flwr.app import Message
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from fedticket.environment import env_threads, thread_count
 from fedticket.errors import FedticketError
 from fedticket.spec import ExperimentSpec, spec_from_dict
 
@@ -34,7 +34,14 @@ def spec_from_run_config(run_config: dict[str, Any]) -> ExperimentSpec:
                              "or pass --run-config with a spec written by fedticket")
     if not isinstance(raw, str):
         raise FedticketError("the run config's 'spec' must be a JSON string")
-    return spec_from_dict(json.loads(raw))
+    try:
+        spec = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise FedticketError("the run config's 'spec' is not valid JSON; start the run with "
+                             "fedticket deploy or a run config written by fedticket") from None
+    if not isinstance(spec, dict):
+        raise FedticketError("the run config's 'spec' must hold a JSON object")
+    return spec_from_dict(spec)
 
 
 def set_threads(*configs: dict[str, Any]) -> int:
@@ -46,13 +53,13 @@ def set_threads(*configs: dict[str, Any]) -> int:
     cores), and the count also changes floating-point results.
     """
     for cfg in configs:
-        n = int(cfg.get("threads", 0) or 0)
+        n = thread_count(cfg.get("threads", 0), "the config's threads")
         if n > 0:
             torch.set_num_threads(n)
             return n
-    env = os.environ.get("FEDTICKET_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        torch.set_num_threads(int(env))
+    n = env_threads()
+    if n > 0:
+        torch.set_num_threads(n)
     return torch.get_num_threads()
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedticket import paths
+from fedticket.environment import cores
 from fedticket.errors import FedticketError
 from fedticket.io import atomic_write_json
 from fedticket.runner import folder_name
@@ -114,10 +115,6 @@ def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def threads_per_process(nodes: int) -> int:
@@ -419,6 +416,13 @@ def run_config_file(path: Path, spec: ExperimentSpec, out: Path, threads: int,
     return path
 
 
+def no_auth_warning(address: str) -> str:
+    """The one line a deployment without SuperNode authentication prints."""
+    return (f"fedticket: warning: no TLS and no SuperNode authentication: any process that "
+            f"can reach {address} can join as a SuperNode, take a partition once its node "
+            "has gone, and send updates (checked, not authenticated); use --tls")
+
+
 def deploy(
     specs: Sequence[ExperimentSpec],
     out: Path,
@@ -462,6 +466,8 @@ def deploy(
                     print(f"deployment: SuperLink {dep.address}{' (TLS, node auth)' if tls else ''}"
                           f", {n} SuperNodes, {threads} torch thread(s) each; logs in {work}",
                           file=stream, flush=True)
+                if not tls:  # always, even with --quiet: it is about security
+                    print(no_auth_warning(dep.address), file=sys.stderr, flush=True)
                 for i, spec in enumerate(todo, start=1):
                     _deploy_one(dep, app, spec, out, threads, work, stream, run_timeout_s,
                                 f"[{i}/{len(todo)}] {spec.method} seed {spec.seed}",

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from logging import WARNING
@@ -168,6 +169,11 @@ def _mask_id(rec: ConfigRecord) -> str:
     return h.hexdigest()[:16]
 
 
+MAX_ELEMENTS = 2**31
+"""The most weights a mask message may describe: a layout comes from another machine,
+and its shapes are checked before any array is made."""
+
+
 class SparseCodec:
     """Encode and decode one model's ``ArrayRecord`` under a fixed mask."""
 
@@ -186,11 +192,18 @@ class SparseCodec:
         layout = json.loads(get(rec, "layout", str))
         if not isinstance(layout, list) or not layout:
             raise FedticketError("the mask layout is not a non-empty list")
-        full = {}
+        full, total = {}, 0
         for entry in layout:
-            k, shape = entry
-            if not isinstance(k, str) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            if not (isinstance(entry, list) and len(entry) == 2
+                    and isinstance(entry[0], str) and isinstance(entry[1], list)
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                            for d in entry[1])):
                 raise FedticketError(f"bad mask layout entry {entry!r}")
+            k, shape = entry
+            total += math.prod(shape)
+            if total > MAX_ELEMENTS:  # checked before anything is allocated
+                raise FedticketError(f"the mask layout names more than {MAX_ELEMENTS:,} "
+                                     "elements")
             full[k] = np.ones(tuple(shape), dtype=bool)
         mask_code = get(rec, "mask", bytes)
         if not mask_code:  # a full mask is never sent

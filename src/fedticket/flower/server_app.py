@@ -53,7 +53,11 @@ def ask_partitions(grid: Grid, nodes: Sequence[int], num_partitions: int,
         if rep.has_error():
             log(WARNING, "node %s did not say its partition: %s", node, rep.error.reason)
             continue
-        pid = get(rep.content.config_records[RECORD], "partition-id", int)
+        try:
+            pid = get(rep.content.config_records[RECORD], "partition-id", int)
+        except (KeyError, TypeError, ValueError) as e:  # another node's bytes: not trusted
+            log(WARNING, "node %s answered the partition query with %r", node, e)
+            continue
         if not 0 <= pid < num_partitions:
             log(WARNING, "node %s holds partition %s; this run has partitions 0-%s",
                 node, pid, num_partitions - 1)
@@ -101,24 +105,42 @@ class GridEngine:
                  asked: set[int] | None = None):
         self.grid, self.nodes, self.timeout_s = grid, nodes, timeout_s
         self.asked = set(nodes.values()) if asked is None else asked
+        self.claims: dict[int, int] = {}  # partition -> node waiting for it
 
     def lost_state(self) -> set[int]:
         """Partitions whose SuperNode came back under a new node id (a restarted
         SuperNode): from now on they go to the new node, whose ``context.state`` is empty,
-        so the strategy sends them the mask again. Nodes that joined since the last round
-        are asked once for their partition; the newest claim wins."""
-        new = [n for n in self.grid.get_node_ids() if n not in self.asked]
-        if not new:
-            return set()
+        so the strategy sends them the mask again.
+
+        Nodes that joined since the last round are asked once for their partition. A
+        claim on a partition whose node is still online is refused: without node
+        authentication anyone who can reach the SuperLink can claim any partition, and
+        the newest claim must not win. The claim is kept, and honoured once the holder
+        has gone (a killed SuperNode stays online until its heartbeat expires, up to a
+        minute, while its restarted self already asks)."""
+        online = set(self.grid.get_node_ids())
+        new = [n for n in online if n not in self.asked]
         self.asked.update(new)
+        if new:
+            for pid, node in ask_partitions(self.grid, new, len(self.nodes),
+                                            min(self.timeout_s, QUERY_TIMEOUT_S)):
+                if self.nodes.get(pid) == node:
+                    continue
+                if self.nodes.get(pid) in online:
+                    log(WARNING, "partition %s: node %s claims it while node %s holds it "
+                        "and is online; refused until that node has gone", pid, node,
+                        self.nodes.get(pid))
+                self.claims[pid] = node
         moved = set()
-        for pid, node in ask_partitions(self.grid, new, len(self.nodes),
-                                        min(self.timeout_s, QUERY_TIMEOUT_S)):
-            if self.nodes.get(pid) != node:
-                log(WARNING, "partition %s: node %s replaces node %s (a restarted SuperNode)",
-                    pid, node, self.nodes.get(pid))
+        for pid, node in sorted(self.claims.items()):
+            if node not in online:  # the claimant left
+                del self.claims[pid]
+            elif self.nodes.get(pid) not in online:
+                log(WARNING, "partition %s: node %s replaces node %s, which has gone (a "
+                    "restarted SuperNode)", pid, node, self.nodes.get(pid))
                 self.nodes[pid] = node
                 moved.add(pid)
+                del self.claims[pid]
         return moved
 
     def train_round(
@@ -134,6 +156,7 @@ class GridEngine:
                           message_type=MessageType.TRAIN)
             down_fw[ins.client] = framework_bytes(msg)
             msgs.append(msg)
+        sent = time.monotonic()
         ids = list(self.grid.push_messages(msgs))
         client_of = dict(zip(ids, (i.client for i in instructions), strict=True))
         pending = set(ids)
@@ -153,7 +176,7 @@ class GridEngine:
                                                     f"{msg.error.reason}"))
                     continue
                 try:
-                    replies.append(_reply(msg, cid, down_fw[cid]))
+                    replies.append(_reply(msg, cid, down_fw[cid], time.monotonic() - sent))
                 except (KeyError, TypeError, ValueError) as e:
                     failures.append(Failure(r, cid, f"malformed reply: {e!r}"))
             if pending:
@@ -166,7 +189,7 @@ class GridEngine:
         return replies, failures
 
 
-def _reply(msg: Message, client: int, down_fw: int) -> Reply:
+def _reply(msg: Message, client: int, down_fw: int, elapsed_s: float) -> Reply:
     rec = msg.content.config_records[RECORD]
     if get(rec, "client", int) != client:
         raise ValueError(f"reply says client {rec['client']!r}")
@@ -176,6 +199,7 @@ def _reply(msg: Message, client: int, down_fw: int) -> Reply:
         flops=get(rec, "flops", int), wall_s=get(rec, "wall-s", float),
         cpu_s=get(rec, "cpu-s", float),
         framework_down_bytes=down_fw, framework_up_bytes=framework_bytes(msg),
+        elapsed_s=elapsed_s,
     )
 
 

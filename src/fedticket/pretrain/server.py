@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedticket.accounting.flops import layer_costs, train_flops_per_sample
 from fedticket.errors import DivergenceError
+from fedticket.flops import layer_costs, train_flops_per_sample
 from fedticket.models import Classifier, fast_layout, plain_layout
 from fedticket.pretrain.noise import NOISES
 from fedticket.pruning.mask import Mask

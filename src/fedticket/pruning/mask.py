@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fedticket.errors import FedticketError
+from fedticket.io import atomic_write
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -132,11 +133,9 @@ class Mask(Mapping[str, torch.Tensor]):
         return out
 
     def save(self, path: Path) -> None:
-        """Write as ``.npz`` of bool arrays (atomically: temp file, then rename)."""
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        """Write as ``.npz`` of bool arrays (atomically, :func:`fedticket.io.atomic_write`)."""
+        with atomic_write(path) as f:
             np.savez(f, **{n: t.numpy() for n, t in self._t.items()})  # type: ignore[arg-type]
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Mask:

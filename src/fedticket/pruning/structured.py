@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from fedticket.errors import ConfigError
+from fedticket.flops import layer_costs
 from fedticket.pruning.mask import Mask
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -98,8 +99,6 @@ def channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGrap
     when the graph cannot be built.
     """
     import torch_pruning as tp
-
-    from fedticket.accounting.flops import layer_costs
 
     positions = {f"{c.name}.weight": c.positions for c in layer_costs(model, input_shape)}
     paths = {m: p for p, m in model.named_modules()}

@@ -6,7 +6,6 @@ GUI backend is needed and importing this module does not change the global backe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fedticket.errors import FedticketError
+from fedticket.io import atomic_write
 from fedticket.report.runs import Run, group_by_method
 
 Row = dict[str, Any]
@@ -55,13 +55,9 @@ def curve(group: list[Run], x_of: Callable[[Row], float]) -> tuple[np.ndarray, .
 
 
 def _save_atomic(fig: Figure, path: Path) -> None:
-    """Write ``fig`` as PNG to a temp file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``fig`` as PNG, atomically (:func:`fedticket.io.atomic_write`)."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
 
 
 def figure(groups: dict[str, list[Run]], axis: tuple[str, str, Callable[[Row], float]],

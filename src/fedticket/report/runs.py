@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedticket.errors import FedticketError
+from fedticket.io import read_json_object
 from fedticket.paths import MASK_REPORT as MASK_REPORT_FILE
 from fedticket.paths import METRICS as METRICS_FILE
 from fedticket.paths import SPEC as SPEC_FILE
@@ -97,30 +98,33 @@ def group_by_method(runs: list[Run]) -> dict[str, list[Run]]:
     return {m: sorted((r for r in runs if r.method == m), key=lambda r: r.seed) for m in order}
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FedticketError(f"missing {path}; rerun that run or delete its folder") from None
-    except json.JSONDecodeError as e:
-        raise FedticketError(f"{path} is not valid JSON ({e}); rerun that run") from None
+def _read_json(path: Path) -> dict[str, Any]:
+    return read_json_object(path, "rerun that run or delete its folder")
+
+
+def _why(e: BaseException) -> str:
+    return "nested too deeply" if isinstance(e, RecursionError) else str(e)
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().decode("utf-8").splitlines()
     except FileNotFoundError:
         raise FedticketError(f"missing {path}; rerun that run or delete its folder") from None
+    except UnicodeDecodeError as e:
+        raise FedticketError(f"{path} is not UTF-8 text ({e}); rerun that run") from None
     rows = []
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:
             raise FedticketError(
-                f"{path} line {i} is not valid JSON ({e}); rerun that run"
+                f"{path} line {i} is not valid JSON ({_why(e)}); rerun that run"
             ) from None
+        if not isinstance(row, dict):
+            raise FedticketError(f"{path} line {i} is not a JSON object; rerun that run")
         missing = [k for k in METRIC_KEYS if k not in row]
         if missing:
             raise FedticketError(f"{path} line {i} lacks {missing}; rerun that run")

@@ -30,15 +30,16 @@ COLUMNS: tuple[tuple[str, str, float, str], ...] = (
 REACH_FIELD = "rounds_to_target"
 
 
-def format_stat(stat: dict[str, Any], scale: float = 1.0, fmt: str = ".3f") -> str:
+def format_stat(stat: dict[str, Any] | None, scale: float = 1.0, fmt: str = ".3f",
+                unit: str = "") -> str:
     """``mean±std`` (``mean`` alone when std is null or n == 1), ``mean [lo, hi]`` for a
-    saving with an interval, or ``—`` when null."""
-    if stat["mean"] is None:
+    saving with an interval, or ``—`` when null; ``unit`` goes after the mean."""
+    if not stat or stat.get("mean") is None:
         return NULL
-    text = format(stat["mean"] * scale, fmt)
+    text = format(stat["mean"] * scale, fmt) + unit
     if stat.get("lo") is not None:
         return f"{text} [{stat['lo'] * scale:{fmt}}, {stat['hi'] * scale:{fmt}}]"
-    if stat.get("std") is not None and stat["n"] >= 2:
+    if stat.get("std") is not None and stat.get("n", 0) >= 2:
         text += "±" + format(stat["std"] * scale, fmt)
     return text
 

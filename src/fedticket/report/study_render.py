@@ -1,0 +1,226 @@
+"""The study's summaries as markdown: the tables of a grid or a sweep, their Q1 and Q2
+sentences, and the block a doc holds between ``<!-- BEGIN/END NAME -->`` markers. The
+numbers and the yes / no / inconclusive answers come from :mod:`fedticket.study`; this
+module only writes them down (deterministically: a test re-renders the committed
+summaries and compares)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedticket.io import atomic_write_bytes
+from fedticket.report.intervals import INCONCLUSIVE, MIN_SEEDS, factor
+from fedticket.report.table import NULL, format_stat
+from fedticket.study import (
+    BASE,
+    COSTS,
+    Q1_BAR,
+    Q2_ACCURACY_GAP,
+    Q2_CPU_X,
+    Q2_TRAFFIC_X,
+    best_variant,
+    deciding,
+    q2_candidates,
+    read_summary,
+    saving,
+    verdict,
+)
+
+
+def _pct(stat: dict[str, Any]) -> str:
+    """``88.4% [85.1, 91.0]``, or without the interval when there is none."""
+    return _save_cell(stat, "%")
+
+
+def _times(stat: dict[str, Any], fmt: str = ".1f") -> str:
+    """A saving as a factor, ``22.9x [20.1, 25.3]``."""
+    x = factor(stat["mean"])
+    if x is None:
+        return NULL
+    lo, hi = factor(stat.get("lo")), factor(stat.get("hi"))
+    text = f"{x:{fmt}}x"
+    return text if lo is None or hi is None else f"{text} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def _acc_points(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return NULL
+    text = f"{100 * stat['mean']:+.1f}"
+    return text if stat.get("lo") is None else \
+        f"{text} [{100 * stat['lo']:+.1f}, {100 * stat['hi']:+.1f}]"
+
+
+def q2_line(best: dict[str, Any] | None, where: str = "") -> str:
+    """The Q2 sentence of a table."""
+    if best is None:
+        return ("- Q2: **no**: no fedticket method reaches the target on every seed.")
+    why = f"; {best['why']}" if best.get("why") and best["overall"] == INCONCLUSIVE else ""
+    return (f"- Q2: **{best['overall']}** ({where}`{best['method']}`: {_times(best['traffic'])} "
+            f"less traffic, {Q2_TRAFFIC_X:g}x asked; {_times(best['cpu'], '.2f')} less client "
+            f"CPU time, {Q2_CPU_X:g}x asked; final accuracy {_acc_points(best['accuracy'])} "
+            f"points against fedavg, -{100 * Q2_ACCURACY_GAP:g} allowed{why}).")
+
+
+def _pm(stat: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
+    """A summary field's cell: ``mean±std`` (the mean of a single value; — for none)."""
+    return format_stat(stat, scale, fmt)
+
+
+def _save_cell(stat: dict[str, Any], unit: str = "") -> str:
+    """A saving's cell: ``88.4 [85.1, 91.0]`` (``unit`` after the mean)."""
+    return format_stat(stat, fmt=".1f", unit=unit)
+
+
+def _has_values_per_seed(summary: dict[str, Any]) -> bool:
+    return any("seeds" in f.get("final_accuracy", {}) for r in _all_results(summary)
+               for f in r["methods"].values())
+
+
+def _all_results(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for by in summary["results"].values():
+        for value in by.values():
+            out += [value] if "methods" in value else list(value.values())
+    return out
+
+
+def savings_note(summary: dict[str, Any]) -> str:
+    """How the tables' savings were made, and why some have no interval."""
+    if not _has_values_per_seed(summary):
+        return ("Savings: 100 x (1 - mean cost / fedavg's mean cost); this summary keeps no "
+                "values per seed, so no intervals.")
+    n = len(summary["seeds"])
+    few = (f" With {n} seed{'s' if n != 1 else ''} there are no intervals."
+           if len(summary["seeds"]) < MIN_SEEDS else "")
+    return ("Savings: paired by seed, 100 x (1 - geometric mean of the per-seed cost "
+            "ratios), with the 95% t-interval in brackets (none with fewer than "
+            f"{MIN_SEEDS} seeds).{few}")
+
+
+def render_sweep(summary: dict[str, Any]) -> str:
+    """The markdown tables of one sweep summary: per partition and target, one row per
+    (variant, method), the fedavg baseline first; savings are against it."""
+    commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
+    def describe(v: dict[str, list[str]]) -> str:
+        text = f"`{' '.join(v['set'])}`" if v["set"] else "the base settings"
+        if v["methods"] != summary["methods"]:
+            text += f" ({', '.join(v['methods'])})"
+        return text
+
+    lines = [f"Sweep `{summary['study']}` ({summary['config']}; methods "
+             f"{', '.join(summary['methods'])}; seeds {summary['seeds']}). Variants: "
+             + "; ".join(f"**{name}** {describe(v)}" for name, v in
+                         summary["variants"].items())
+             + f". Runs made at commit {commits}.", savings_note(summary), ""]
+    for t in summary.get("timings", []):
+        lines.insert(-1, f"Sweep time: {t['ran']} of {t['runs']} runs in "
+                         f"{t['wall_s'] / 60:.1f} min with `--jobs {t['jobs']}` on "
+                         f"{t['cores']} cores (started {t['started']}"
+                         f"{'; stopped before the end' if t.get('stopped') else ''}).")
+    for part in summary["partitions"]:
+        for target in (f"{t:.2f}" for t in summary["targets"]):
+            lines += [f"#### {part}, target {target}", "",
+                      "| variant | method | reached | final acc | best acc | rounds→target | "
+                      "traffic MB | GFLOPs | CPU s | traffic save % | GFLOPs save % | "
+                      "CPU save % |",
+                      "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
+            first = True
+            for variant, by_target in summary["results"][part].items():
+                result = by_target[target]
+                base = result["methods"].get("fedavg")
+                for name, f in result["methods"].items():
+                    if name == "fedavg" and not first:
+                        continue
+                    n = f["final_accuracy"]["n"]
+                    save = [_save_cell(saving(f, base, k)) if base and name != "fedavg"
+                            else NULL for k in COSTS]
+                    lines.append(
+                        f"| {BASE if name == 'fedavg' else variant} | {name} | "
+                        f"{f['rounds_to_target']['n']}/{n} | "
+                        f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
+                        f"{_pm(f['rounds_to_target'], '.1f')} | "
+                        f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
+                        f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
+                        f"{_pm(f['client_cpu_s_to_target'], '.0f')} | "
+                        + " | ".join(save) + " |")
+                first = False
+            at_target = {v: by_target[target] for v, by_target in summary["results"][part].items()}
+            lines += ["", sweep_q2(at_target), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def sweep_q2(results: dict[str, Any]) -> str:
+    """Question 2 across a sweep's variants: ``yes`` if some (variant, method) clears all
+    three bars with its whole interval, ``no`` if every one fails one, else
+    ``inconclusive``; with the (variant, method) that decides it (:func:`deciding`)."""
+    rows = [r | {"variant": v} for v, result in results.items() for r in q2_candidates(result)]
+    best = deciding(rows)
+    return q2_line(best, "" if best is None else f"{best['variant']} ")
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The markdown tables and verdict of one study summary (deterministic)."""
+    if "variants" in summary:
+        return render_sweep(summary)
+    commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
+    lines = [f"Study `{summary['study']}` ({summary['config']}; seeds {summary['seeds']}; "
+             f"overrides {summary['overrides'] or 'none'}). Runs made at commit {commits}; "
+             f"summarised at `{summary['git'].get('commit', '?')[:10]}`"
+             f"{' (with local changes)' if summary['git'].get('dirty') else ''}.",
+             savings_note(summary), ""]
+    for t in summary.get("timings", []):
+        lines.insert(-1, f"Grid time: {t['ran']} of {t['runs']} runs "
+                         f"({', '.join(t['partitions'])}) in {t['wall_s'] / 60:.1f} min with "
+                         f"`--jobs {t['jobs']}` on {t['cores']} cores (started {t['started']}"
+                         f"{'; stopped before the end' if t.get('stopped') else ''}).")
+    for part in summary["partitions"]:
+        for target, result in summary["results"][part].items():
+            lines += [f"### {part}, target {target}", "",
+                      "| method | reached | final acc | best acc | rounds→target | "
+                      "rounds→held | traffic MB | GFLOPs | CPU s | traffic save % | "
+                      "GFLOPs save % | CPU save % |",
+                      "| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
+            base = result["methods"].get("fedavg")
+            oracles = set(result.get("oracles", ()))
+            for name, f in result["methods"].items():
+                n = f["final_accuracy"]["n"]
+                label = f"{name} (oracle)" if name in oracles else name
+                save = [_save_cell(saving(f, base, k)) if base else NULL for k in COSTS]
+                lines.append(
+                    f"| {label} | {f['rounds_to_target']['n']}/{n} | "
+                    f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
+                    f"{_pm(f['rounds_to_target'], '.1f')} | "
+                    f"{_pm(f['rounds_to_target_smoothed'], '.1f')} | "
+                    f"{_pm(f['traffic_bytes_to_target'], '.1f', 1e-6)} | "
+                    f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
+                    f"{_pm(f['client_cpu_s_to_target'], '.1f')} | "
+                    + " | ".join(save) + " |")
+            v = verdict(result)
+            lines.append("")
+            for base_name, ans in v.items():
+                if ans is None:
+                    lines.append(f"- Q1 vs `{base_name}`: no runs to compare.")
+                    continue
+                s = ans["savings"]
+                why = f"; {ans['why']}" if ans["why"] else ""
+                lines.append(
+                    f"- Q1 vs `{base_name}`: **{ans['answer']}** (dae-ticket saves traffic "
+                    f"{_pct(s[COSTS[0]])}, FLOPs {_pct(s[COSTS[1]])}, CPU time "
+                    f"{_pct(s[COSTS[2]])}; {Q1_BAR:g}% of each needed{why}).")
+            lines += [q2_line(best_variant(result)), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_doc(doc: Path, summary_path: Path) -> None:
+    """Put :func:`render` of the summary at ``summary_path`` into ``doc`` between the
+    markers ``<!-- BEGIN NAME -->`` and ``<!-- END NAME -->`` (appended if missing)."""
+    name = summary_path.name
+    begin, end = f"<!-- BEGIN {name} -->\n", f"<!-- END {name} -->"
+    block = begin + render(read_summary(summary_path)) + end
+    text = doc.read_text() if doc.exists() else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_bytes(doc, text.encode())
