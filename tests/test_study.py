@@ -53,7 +53,7 @@ def test_partition_names(name, settings):
      "unknown partition"),
     ("[study]\nconfig='x'\npartitions=['iid']\nseeds=[0]\ntargets=[0.5]\nrounds=3\n",
      "unknown keys in \\[study\\]"),
-    ("not = toml = at all", "not a valid TOML"),
+    ("not = toml = at all", "is not valid TOML"),
 ])
 def test_bad_study_files(tmp_path, text, message):
     p = tmp_path / "s.toml"

@@ -30,8 +30,15 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("argument ") and ": " in message:  # "argument --jobs: ..."
             name, why = message[len("argument "):].split(": ", 1)
             message = f"{name.split('/')[-1]} {why}"
-        print(f"fedticket: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"fedticket: error: {one_line(message)} (see {self.prog} --help)",
+              file=sys.stderr)
         raise SystemExit(2)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (an argument or a file name may hold
+    a newline), so that an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _whole(low: int, high: int = 2**31 - 1) -> Any:
@@ -337,7 +344,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a refused argument (2, its line printed)
+        return e.code if isinstance(e.code, int) else 2
     if threading.current_thread() is not threading.main_thread():  # handlers: main only
         return _main(args)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -362,7 +372,7 @@ def _main(args: argparse.Namespace) -> int:
             return _export(args)
         return _compare(args)
     except (FedticketError, MachineError) as e:
-        print(f"fedticket: error: {e}", file=sys.stderr)
+        print(f"fedticket: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         # the reader (e.g. `| head`) went away: stop quietly, as other CLI tools do
@@ -380,7 +390,7 @@ def _main(args: argparse.Namespace) -> int:
         if said is None:
             return _bug(e)
         message, status = said
-        print(f"fedticket: error: {message}", file=sys.stderr)
+        print(f"fedticket: error: {one_line(message)}", file=sys.stderr)
         return status
 
 
@@ -431,8 +441,8 @@ def _bug(e: BaseException) -> int:
     except OSError:
         sys.stderr.write(text)
         where = "its traceback is above"
-    print(f"fedticket: internal error, this is a bug: {type(e).__name__}: {e}; {where}; "
-          "please report it with that traceback", file=sys.stderr)
+    print(f"fedticket: internal error, this is a bug: {type(e).__name__}: {one_line(str(e))}; "
+          f"{where}; please report it with that traceback", file=sys.stderr)
     return 3
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def _federate(folder: Path, spec: ExperimentSpec, strategy: TicketStrategy, carr
                                     spec.federate.checkpoint_every, spec.federate.rounds,
                                     [writer])
     try:
-        strategy.start(carrier, after=after or 0, callbacks=[
+        strategy.start(carrier, after=after, callbacks=[
             writer, saver, Progress(label, spec.federate.rounds, stream)])
     except DivergenceError as e:
         kept = f"; the checkpoint after round {saver.last} is kept in {folder}" if (

@@ -430,9 +430,10 @@ class TicketStrategy:
 
     # ------------------------------------------------------------------- loop
     def start(self, engine: Engine, callbacks: Sequence[Callback] = (),
-              after: int = 0) -> State:
+              after: int | None = None) -> State:
         """Round 0 (the starting model, all costs zero), then ``spec.rounds`` rounds; or,
-        resuming from a checkpoint taken after round ``after``, the rounds after it."""
+        resuming from a checkpoint taken after round ``after`` (0 included: round 0 is
+        not scored again), the rounds after it."""
 
         def emit(log: RoundLog, started: float) -> None:
             scores = self.evaluate(log.round)
@@ -442,9 +443,9 @@ class TicketStrategy:
             for cb in callbacks:
                 cb.on_round(log)
 
-        if after == 0:
+        if after is None:
             emit(RoundLog(0, [], replace(self.totals), None, None), time.perf_counter())
-        for r in range(after + 1, self.spec.rounds + 1):
+        for r in range((after or 0) + 1, self.spec.rounds + 1):
             started = time.perf_counter()
             self.has_mask -= engine.lost_state()
             instructions = self.configure_round(r)
