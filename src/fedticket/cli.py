@@ -59,24 +59,24 @@ def _whole(low: int, high: int = 2**31 - 1) -> Any:
     return parse
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(x) and x > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
-    return x
+def _number(ok: Any, what: str) -> Any:
+    """An argparse type: a finite number for which ``ok(x)`` holds (``what`` says which)."""
+
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text[:20]!r}") from None
+        if not (math.isfinite(x) and ok(x)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text[:20]}")
+        return x
+
+    parse.__name__ = "number"
+    return parse
 
 
-def _accuracy(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(x) and 0 < x <= 1):
-        raise argparse.ArgumentTypeError(f"must be an accuracy in (0, 1], got {text}")
-    return x
+_positive_seconds = _number(lambda x: x > 0, "a number of seconds > 0")
+_accuracy = _number(lambda x: 0 < x <= 1, "an accuracy in (0, 1]")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from fedticket import paths
 from fedticket.environment import cores
-from fedticket.errors import FedticketError
+from fedticket.errors import FedticketError, MachineError
 from fedticket.io import atomic_write_json
 from fedticket.runner import folder_name
 from fedticket.spec import ExperimentSpec
@@ -193,7 +193,7 @@ class LocalDeployment:
             try:
                 self._wait_healthy()
                 break
-            except FedticketError:
+            except MachineError:
                 if attempt + 1 == START_ATTEMPTS or not self._clashed(proc):
                     raise
                 self.procs.remove(proc)
@@ -280,7 +280,7 @@ class LocalDeployment:
         while time.monotonic() < deadline:
             link = self.procs[0].popen
             if link.poll() is not None:
-                raise FedticketError(f"flower-superlink exited with {link.returncode}; "
+                raise MachineError(f"flower-superlink exited with {link.returncode}; "
                                      f"see {self.procs[0].log}")
             try:
                 with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
@@ -289,7 +289,7 @@ class LocalDeployment:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise FedticketError(f"flower-superlink not healthy after {self.start_timeout_s:.0f} s; "
+        raise MachineError(f"flower-superlink not healthy after {self.start_timeout_s:.0f} s; "
                              f"see {self.procs[0].log}")
 
     def _write_connection(self) -> None:
@@ -362,17 +362,17 @@ class LocalDeployment:
             if str(st.get("status", "")).startswith("finished"):
                 return st
             if time.monotonic() > deadline:
-                raise FedticketError(f"run {run_id} not finished after {timeout_s:.0f} s "
+                raise MachineError(f"run {run_id} not finished after {timeout_s:.0f} s "
                                      f"(status {st.get('status')})")
             if self.procs and self.procs[0].popen.poll() is not None:
-                raise FedticketError("flower-superlink died during the run; "
+                raise MachineError("flower-superlink died during the run; "
                                      f"see {self.procs[0].log}")
             time.sleep(poll_s)
 
     def server_log(self, run_id: int) -> str:
         try:
             return self.flwr("log", str(run_id), CONNECTION, "--show", timeout=60)
-        except (FedticketError, subprocess.TimeoutExpired) as e:
+        except (FedticketError, MachineError, subprocess.TimeoutExpired) as e:
             return f"(no log: {e})"
 
 
