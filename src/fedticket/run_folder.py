@@ -17,7 +17,7 @@ from typing import TextIO
 from fedticket import paths
 from fedticket.errors import FedticketError
 from fedticket.federated.strategy import RoundLog
-from fedticket.io import fsync_folder, fsync_tree
+from fedticket.io import atomic_write_text, fsync_folder, fsync_tree
 
 
 def in_run_folder(
@@ -50,7 +50,7 @@ def in_run_folder(
         if not (tmp / paths.CHECKPOINT).is_file():
             shutil.rmtree(tmp)
     tmp.mkdir(exist_ok=True)
-    (tmp / paths.OWNER).write_text(str(os.getpid()))
+    atomic_write_text(tmp / paths.OWNER, str(os.getpid()))
     try:
         write(tmp)
         (tmp / paths.OWNER).unlink()

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from fedticket import paths
 from fedticket.environment import cores
 from fedticket.errors import FedticketError, MachineError
-from fedticket.io import atomic_write_json
+from fedticket.io import atomic_write_json, atomic_write_text
 from fedticket.runner import folder_name
 from fedticket.spec import ExperimentSpec
 
@@ -65,7 +65,7 @@ def write_app(folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = "\n".join(f"{k} = {_toml(v)}" for k, v in RUN_CONFIG_DEFAULTS.items())
-    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(config=lines))
+    atomic_write_text(folder / "pyproject.toml", APP_PYPROJECT.format(config=lines))
     return folder
 
 
@@ -299,7 +299,7 @@ class LocalDeployment:
             lines.append(f'root-certificates = "{self.certs["ca"]}"')
         else:
             lines.append("insecure = true")
-        (self.home / "config.toml").write_text("\n".join(lines) + "\n")
+        atomic_write_text(self.home / "config.toml", "\n".join(lines) + "\n")
 
     def stop(self) -> None:
         """Stop every process this deployment started, newest first: SIGTERM to its
@@ -412,7 +412,7 @@ def run_config_file(path: Path, spec: ExperimentSpec, out: Path, threads: int,
     cfg = {"spec": json.dumps(spec.to_dict()), "out": str(out.resolve() if resolve else out),
            "threads": threads}
     cfg.update({k.replace("_", "-"): v for k, v in extra.items()})
-    path.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in cfg.items()))
+    atomic_write_text(path, "".join(f"{k} = {_toml(v)}\n" for k, v in cfg.items()))
     return path
 
 
