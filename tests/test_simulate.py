@@ -107,7 +107,9 @@ def test_a_run_with_worker_processes_has_the_metrics_of_a_sequential_run(tmp_pat
 
 
 def test_worker_counts_that_would_share_a_core_are_refused():
-    assert client_workers(1) == cores() and client_workers(cores() + 1) == 1
+    assert client_workers(1) == cores() and client_workers(cores()) == 1
+    with pytest.raises(FedticketError, match=f"--jobs {cores() + 1} is more than the"):
+        client_workers(cores() + 1)  # more runs at once than cores: refused as well
     with pytest.raises(FedticketError, match="--workers must be >= 1"):
         client_workers(1, 0)
     with pytest.raises(FedticketError, match=f"needs {2 * cores()} cores"):
