@@ -10,25 +10,7 @@ import numpy as np
 import pytest
 
 from fedticket.cli import main
-
-GOOD = """
-methods = ["fedavg"]
-seeds = [0]
-[data]
-dataset = "digits"
-pool_size = 200
-num_clients = 4
-[model]
-name = "mlp"
-hidden = [16]
-[pretrain]
-epochs = 1
-[federate]
-rounds = 1
-client_fraction = 0.5
-local_epochs = 1
-batch_size = 32
-"""
+from shared import GOOD
 
 
 @pytest.fixture(scope="module")

@@ -15,25 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedticket.cli import main
-
-GOOD = """
-methods = ["fedavg"]
-seeds = [0]
-[data]
-dataset = "digits"
-pool_size = 200
-num_clients = 4
-[model]
-name = "mlp"
-hidden = [16]
-[pretrain]
-epochs = 1
-[federate]
-rounds = 1
-client_fraction = 0.5
-local_epochs = 1
-batch_size = 32
-"""
+from shared import GOOD
 
 PK = b"PK\x03\x04" + b"\x00" * 26 + b"not a zip archive at all"  # a zip header, then junk
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"junk" * 8

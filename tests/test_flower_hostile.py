@@ -15,26 +15,11 @@ from fedticket.flower.common import RECORD  # noqa: E402
 from fedticket.flower.server_app import GridEngine  # noqa: E402
 from fedticket.pruning import Mask  # noqa: E402
 from fedticket.spec import FederateSpec  # noqa: E402
+from shared import Loopback  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
-class Loopback:
-    """A grid whose nodes answer at once, each with its own reply function."""
-
-    def __init__(self, answer):
-        self.answer, self.inbox = answer, {}
-
-    def push_messages(self, messages):
-        ids = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = m.object_id
-            ids.append(m.object_id)
-            self.inbox[m.object_id] = self.answer(m)
-        return ids
-
-    def pull_messages(self, ids):
-        return [self.inbox.pop(i) for i in list(ids) if i in self.inbox]
 
 
 MASK = Mask({"w": torch.tensor([True, False, True, True])})

@@ -30,6 +30,7 @@ from fedticket.flower.mods import (  # noqa: E402,E501
 from fedticket.flower.server_app import GridEngine  # noqa: E402
 from fedticket.pruning import Mask  # noqa: E402
 from fedticket.spec import FederateSpec  # noqa: E402
+from shared import Loopback  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 FUZZ = settings(max_examples=200, deadline=None,
@@ -52,20 +53,6 @@ def honest(client, value):
             "num-examples": 2, "train-loss": 0.5, "flops": 10, "wall-s": 0.1, "cpu-s": 0.1}
 
 
-class Loopback:
-    def __init__(self, answer):
-        self.answer, self.inbox = answer, {}
-
-    def push_messages(self, messages):
-        ids = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = m.object_id
-            ids.append(m.object_id)
-            self.inbox[m.object_id] = self.answer(m)
-        return ids
-
-    def pull_messages(self, ids):
-        return [self.inbox.pop(i) for i in list(ids) if i in self.inbox]
 
 
 @FUZZ
