@@ -45,8 +45,11 @@ def only(folder: Path, suffix: str = "", method: str = "dae-ticket") -> Path:
 
 
 # the FedAvg-paper-style CNN with the DAE ticket, and the residual network with BatchNorm
-# on its compact (channel-pruned) model, whose running statistics travel too
-ENGINE_PARITY = [("cnn-digits", "dae-ticket"), ("resnet8", "dae-ticket-fast")]
+# on its compact (channel-pruned) model, whose running statistics travel too; and two
+# peers that need more of Flower: SSFL's mask (a saliency round before round 1) and
+# top-k uploads whose error-feedback residual each SuperNode keeps in its context.state
+ENGINE_PARITY = [("cnn-digits", "dae-ticket"), ("resnet8", "dae-ticket-fast"),
+                 ("cnn-digits", "snip-ticket"), ("cnn-digits", "topk-ef")]
 
 
 @pytest.mark.parametrize("model, method", ENGINE_PARITY)
@@ -71,6 +74,8 @@ def test_deploy_matches_the_simulator_round_for_round(tmp_path, model, method):
     a, b = only(tmp_path / "sim", method=method), only(tmp_path / "dep", "_flower", method)
     ma, mb = rows(a, "metrics.jsonl"), rows(b, "metrics.jsonl")
     assert [r["round"] for r in ma] == [r["round"] for r in mb] == [0, 1, 2]
+    if method == "snip-ticket":  # the saliency of all 3 clients is round 0's traffic
+        assert ma[0]["cum_up_bytes"] == mb[0]["cum_up_bytes"] > 0
     for ra, rb in zip(ma, mb, strict=True):
         assert abs(ra["test_accuracy"] - rb["test_accuracy"]) <= 1e-4
         for key in ("cum_down_bytes", "cum_up_bytes", "cum_mask_bytes", "cum_client_flops"):

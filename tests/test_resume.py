@@ -131,6 +131,37 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(reference, tmp_
     assert not (run / "checkpoint.npz").exists() and not (run / "owner.pid").exists()
 
 
+def test_error_feedback_residuals_survive_a_kill(tmp_path):
+    """top-k uploads with error feedback: each simulated client's residual is on disk
+    beside the checkpoint, so the resumed run's clients carry exactly what they held."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.replace('methods = ["dae-ticket"]', 'methods = ["topk-ef"]')
+                   .replace("client_fraction = 0.4", "client_fraction = 0.6"))
+    res = subprocess.run(command(cfg, tmp_path / "ref"), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    ref = finished(tmp_path / "ref")
+    out = tmp_path / "out"
+
+    def held(err, out):  # a checkpoint that names residual files
+        return last_round(out) >= 4 and any(out.glob(".tmp-*/memory/*.npy"))
+
+    kill_when(command(cfg, out), out, held)
+    [tmp] = list(out.glob(".tmp-*"))
+    files = sorted(p.name for p in (tmp / "memory").glob("*.npy"))
+    clients = {name.split("-")[0] for name in files}
+    assert len(clients) >= 3  # 3 of the 5 clients a round: most have a residual by now
+    res = subprocess.run(command(cfg, out), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "resuming" in res.stderr, res.stderr
+    run = finished(out)
+    for name in ("metrics.jsonl", "clients.jsonl"):
+        assert timeless(rows(run / name)) == timeless(rows(ref / name)), name
+    with np.load(run / "final.npz") as a, np.load(ref / "final.npz") as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert not (run / "memory").exists()  # the residuals go with the checkpoint
+
+
 def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(CONFIG.replace('methods = ["dae-ticket"]', 'methods = ["fedavg"]'))

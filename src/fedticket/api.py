@@ -213,7 +213,7 @@ def federate(
     held_out = _labeled(test, "test", ticket)
     model = copy.deepcopy(ticket.model)
     trainer = LocalTrainer(model, ticket.mask, spec, ticket.input_shape)
-    codec = Codec(ticket.mask, spec.values)
+    codec = Codec.of(ticket.mask, spec)
     if engine == "simulator":
         from fedticket.federated.simulate import local_engine
 

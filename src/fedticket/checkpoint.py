@@ -6,6 +6,11 @@ as JSON, the strategy's state (sampling generator, mask holders, targets reached
 ledger), the round and the run's name. The metrics files are flushed first, so they
 always hold at least the checkpoint's rounds; on resume, lines of later rounds are cut.
 It is read as plain arrays (``allow_pickle=False``): nothing in it is unpickled.
+
+What simulated clients keep between rounds (error-feedback residuals, one model-sized
+vector each) is too large to rewrite every round; each client's residual is written
+once when it changes, as ``memory/CLIENT-ROUND.npy``, and the checkpoint names the
+file of each client, so a resumed run reads exactly what its clients held then.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedticket import paths
 from fedticket.errors import FedticketError
-from fedticket.federated.strategy import RoundLog, TicketStrategy
-from fedticket.io import atomic_write_text, load_states, save_states
+from fedticket.federated.strategy import Memory, RoundLog, TicketStrategy
+from fedticket.io import atomic_write, atomic_write_text, load_states, save_states
 
 FORMAT = 1
 
@@ -29,10 +35,14 @@ class CheckpointError(FedticketError):
     """A checkpoint that cannot be used (damaged, foreign, of another spec): exit 2."""
 
 
-def save(folder: Path, round_: int, strategy: TicketStrategy, run_name: str) -> None:
+def save(folder: Path, round_: int, strategy: TicketStrategy, run_name: str,
+         memory: dict[int, int] | None = None) -> None:
+    """Checkpoint ``strategy`` after ``round_``; ``memory`` names, by client, the round
+    of the residual file that client holds (:class:`MemoryFiles`)."""
     state, meta = strategy.state_dict()
     blob = json.dumps({"format": FORMAT, "run_name": run_name, "round": round_,
-                       "threads": torch.get_num_threads(), "strategy": meta})
+                       "threads": torch.get_num_threads(), "strategy": meta,
+                       "memory": {str(c): r for c, r in sorted((memory or {}).items())}})
     save_states(folder / paths.CHECKPOINT, {
         "global": state, "meta": {"json": torch.frombuffer(bytearray(blob.encode()),
                                                           dtype=torch.uint8)}})
@@ -63,14 +73,56 @@ def load(folder: Path, run_name: str) -> tuple[int, dict[str, torch.Tensor], dic
     return round_, state, meta
 
 
+class MemoryFiles:
+    """The simulated clients' residuals on disk, beside the checkpoint: a client's file
+    is written when its residual changed since the last checkpoint, and removed once a
+    later checkpoint names a newer one."""
+
+    def __init__(self, folder: Path, memory: Memory):
+        self.dir, self.memory = folder / paths.MEMORY, memory
+        self.files: dict[int, int] = {}  # client -> round of its file
+        self._saved: dict[int, np.ndarray] = {}  # the arrays those files hold
+
+    def write(self, round_: int) -> dict[int, int]:
+        """Write what changed; return the files a checkpoint of ``round_`` names."""
+        for client, residual in sorted(self.memory.items()):
+            if self._saved.get(client) is not residual:
+                with atomic_write(self.dir / f"{client}-{round_}.npy") as f:
+                    np.save(f, residual, allow_pickle=False)
+                self.files[client], self._saved[client] = round_, residual
+        return dict(self.files)
+
+    def prune(self) -> None:
+        """Remove the files no checkpoint names any more."""
+        named = {f"{c}-{r}.npy" for c, r in self.files.items()}
+        for path in self.dir.glob("*.npy") if self.dir.is_dir() else ():
+            if path.name not in named:
+                path.unlink()
+
+    def load(self, named: dict[str, int]) -> None:
+        """Read back the files a checkpoint names into the memory."""
+        for client, round_ in named.items():
+            path = self.dir / f"{client}-{round_}.npy"
+            try:
+                residual = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise CheckpointError(f"client memory {path} is missing or damaged "
+                                      f"({type(e).__name__}); delete {self.dir.parent} to "
+                                      "start the run over") from None
+            self.memory[int(client)] = residual
+            self.files[int(client)], self._saved[int(client)] = round_, residual
+
+
 class Checkpointer:
     """A round callback: flush ``flushables``, then checkpoint after round 0, every
-    ``every`` rounds and after the last round (``every`` 0: never)."""
+    ``every`` rounds and after the last round (``every`` 0: never), with the
+    simulated clients' ``memory`` if there is one."""
 
     def __init__(self, folder: Path, strategy: TicketStrategy, run_name: str, every: int,
-                 rounds: int, flushables: list[Any]):
+                 rounds: int, flushables: list[Any], memory: MemoryFiles | None = None):
         self.folder, self.strategy, self.run_name = folder, strategy, run_name
         self.every, self.rounds, self.flushables = every, rounds, flushables
+        self.memory = memory
         self.last: int | None = None
 
     def on_round(self, log: RoundLog) -> None:
@@ -78,7 +130,10 @@ class Checkpointer:
             return
         for f in self.flushables:
             f.flush()
-        save(self.folder, log.round, self.strategy, self.run_name)
+        named = None if self.memory is None else self.memory.write(log.round)
+        save(self.folder, log.round, self.strategy, self.run_name, named)
+        if self.memory is not None:
+            self.memory.prune()
         self.last = log.round
 
 

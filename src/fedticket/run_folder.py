@@ -59,6 +59,7 @@ def in_run_folder(
         fsync_folder(out)
         # only now: until the rename, a kill leaves the checkpoint to resume from
         (final / paths.CHECKPOINT).unlink(missing_ok=True)
+        shutil.rmtree(final / paths.MEMORY, ignore_errors=True)
     except BaseException:
         if (tmp / paths.CHECKPOINT).is_file():
             (tmp / paths.OWNER).unlink(missing_ok=True)

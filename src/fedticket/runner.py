@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -24,11 +25,13 @@ from fedticket.data import Splits, load_splits
 from fedticket.environment import cores
 from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.client import LocalTrainer
+from fedticket.federated.saliency import client_saliency_mask
 from fedticket.federated.simulate import CLIENT_THREADS, local_engine
 from fedticket.federated.strategy import Engine, TicketStrategy
 from fedticket.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
+from fedticket.pruning.mask import Mask
 from fedticket.run_folder import MetricsWriter, Progress, in_run_folder
 from fedticket.spec import ExperimentSpec
 from fedticket.stages import (  # noqa: F401  (re-exported: the stages' public names)
@@ -97,10 +100,13 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         print(f"{label}: pretrain={spec.pretrain.kind} prune={spec.prune.strategy} "
               f"weights={spec.weights.init}", file=stream, flush=True)
     stages = pretrain_and_prune(spec, splits, out, stream)
+    prelude = None
+    if spec.prune.strategy == "snip":
+        stages, prelude = _client_mask(spec, splits, stages, engine, folder, stream, label)
     stages.mask.save(folder / paths.MASK)
     model = fresh_model(spec, splits, "init")
     trainer = LocalTrainer(model, stages.mask, spec.federate, splits.input_shape)
-    codec = Codec(stages.mask, spec.federate.values)
+    codec = Codec.of(stages.mask, spec.federate)
     state = starting_weights(spec, splits, stages)
     report = _write_cost_report(folder, stages, model, trainer, codec, state,
                                 splits.input_shape)
@@ -110,6 +116,8 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         min_replies=engine.min_replies, client_sizes=[len(c) for c in splits.clients],
         flops_per_example=trainer.flops_per_sample,
     )
+    if prelude is not None:
+        strategy.book_prelude(*prelude)
     after = _resume(folder, spec, strategy, engine, label)
     rows = _federate(folder, spec, strategy, engine(trainer, codec, splits), after, stream,
                      label)
@@ -119,6 +127,37 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     summary = _summary(spec, engine, trainer, stages, strategy, rows, after,
                        report.get("prunable_density", 1.0), time.perf_counter() - started)
     atomic_write_json(folder / paths.SUMMARY, summary)
+
+
+def _client_mask(spec: ExperimentSpec, splits: Splits, stages: ServerStages,
+                 engine: EngineFactory, folder: Path, stream: TextIO | None, label: str
+                 ) -> tuple[ServerStages, tuple | None]:
+    """The ``snip`` mask from the clients' saliency (:mod:`fedticket.federated.saliency`),
+    and what to book for it; a resumed run reads the mask it found before (its cost is
+    in the checkpoint's ledger)."""
+    if (folder / paths.CHECKPOINT).is_file() and (folder / paths.MASK).is_file():
+        return replace(stages, mask=Mask.load(folder / paths.MASK)), None
+    dense = replace(spec.federate, compute="dense-masked", upload="model",
+                    error_feedback=False, values="f32")
+    full = Mask.full(fresh_model(spec, splits, "init"))
+    trainer = LocalTrainer(fresh_model(spec, splits, "init"), full, dense, splits.input_shape)
+    trainer.saliency_batches = spec.prune.snip_batches
+    codec = Codec(full)
+    carrier = engine(trainer, codec, splits)
+    start = stages.trained
+    try:
+        mask, records, failures = client_saliency_mask(
+            carrier, codec, trainer, start, stages.prunable, spec.prune.sparsity,
+            spec.prune.snip_fraction, [len(c) for c in splits.clients], spec.seed,
+            spec.prune.snip_batches,
+            (lambda m: print(f"{label}: {m}", file=stream, flush=True)) if stream else None)
+    finally:
+        if hasattr(carrier, "close"):
+            carrier.close()
+    log = stages.log | {"prune": {"levels": [{"level": 1, "density": mask.density}],
+                                  "clients": len(records)}}
+    return (replace(stages, mask=mask, log=log),
+            (records, failures, len(codec.encode(start))))
 
 
 def _write_provenance(spec: ExperimentSpec, folder: Path, engine: EngineFactory) -> None:
@@ -183,9 +222,14 @@ def _federate(folder: Path, spec: ExperimentSpec, strategy: TicketStrategy, carr
     """The federated rounds after ``after``, written and checkpointed as they end; the
     metrics rows of the whole run."""
     writer = MetricsWriter(folder, resume_after=after)
+    memory = getattr(carrier, "memory", None)
+    files = None if memory is None else checkpoint.MemoryFiles(folder, memory)
+    if files is not None and after is not None:
+        resumed = checkpoint.load(folder, spec.run_name())
+        files.load(resumed[2].get("memory", {}) if resumed else {})
     saver = checkpoint.Checkpointer(folder, strategy, spec.run_name(),
                                     spec.federate.checkpoint_every, spec.federate.rounds,
-                                    [writer])
+                                    [writer], files)
     try:
         strategy.start(carrier, after=after, callbacks=[
             writer, saver, Progress(label, spec.federate.rounds, stream)])

@@ -28,11 +28,12 @@ PRETRAIN_KINDS = ("none", "dae", "supervised")
 NOISES = ("gaussian", "masking", "salt-pepper")
 LOSSES = ("mse", "bce")
 OPTIMIZERS = ("adam", "sgd")
-PRUNE_STRATEGIES = ("none", "magnitude", "random", "random-matched")
+PRUNE_STRATEGIES = ("none", "magnitude", "random", "random-matched", "synflow", "snip")
 PRUNE_SCOPES = ("global", "layer")
 PRUNE_STRUCTURES = ("none", "channels")
 COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
 VALUE_ENCODINGS = ("f32", "f16", "q8")
+UPLOAD_CODES = ("model", "topk", "qsgd")
 # data fields that shape only the clients' part (and the test set), never the pool
 CLIENT_SPLIT_FIELDS = ("train_size", "test_size", "num_clients", "partition",
                        "dirichlet_alpha", "shards_per_client", "min_client_size")
@@ -195,6 +196,13 @@ class PruneSpec:
     channel_floor: float = 0.25
     """``structure = "channels"``: every channel group keeps at least this fraction of
     its units (rounded, at least one), whatever the FLOP budget asks."""
+    synflow_iterations: int = 100
+    """``strategy = "synflow"``: scoring and pruning iterations (the SynFlow paper's 100)."""
+    snip_batches: int = 1
+    """``strategy = "snip"``: local batches (of ``federate.batch_size``) each client scores
+    the initial model on."""
+    snip_fraction: float = 1.0
+    """``strategy = "snip"``: the fraction of the clients asked for their saliency."""
 
     def __post_init__(self) -> None:
         _choice("prune", "strategy", self.strategy, PRUNE_STRATEGIES)
@@ -207,9 +215,14 @@ class PruneSpec:
                               f"got {self.flops_fraction}")
         if self.structure != "none" and self.levels != 1:
             raise ConfigError("prune.structure needs prune.levels = 1")
-        if self.strategy == "random-matched" and (self.levels != 1 or self.structure != "none"):
-            raise ConfigError("prune.strategy random-matched needs prune.levels = 1 and "
+        if self.strategy in ("random-matched", "synflow", "snip") and (
+                self.levels != 1 or self.structure != "none"):
+            raise ConfigError(f"prune.strategy {self.strategy} needs prune.levels = 1 and "
                               "prune.structure = none")
+        _positive("prune", "synflow_iterations", self.synflow_iterations)
+        _positive("prune", "snip_batches", self.snip_batches)
+        if not 0.0 < self.snip_fraction <= 1.0:
+            raise ConfigError(f"prune.snip_fraction must be in (0, 1], got {self.snip_fraction}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(
                 f"prune.sparsity must be in [0, 1) (the fraction of weights removed), "
@@ -264,6 +277,21 @@ class FederateSpec:
     """How weight values travel (:mod:`fedticket.accounting.wire`): ``f32`` (exact),
     ``f16`` (half precision) or ``q8`` (8-bit codes with a per-tensor scale), both
     ways (download and upload)."""
+    upload: str = "model"
+    """What a client uploads (:mod:`fedticket.accounting.wire`): its new ``model`` (in
+    ``values``), or its change from the model it received, as the ``topk`` largest
+    entries (``upload_density`` of the values a download holds, positions and float32
+    values) or quantized by ``qsgd`` (``upload_bits`` bits a value, stochastic rounding,
+    a norm per 512 values). The download stays the model in ``values``."""
+    upload_density: float = 0.2
+    """``topk``: the fraction of the download's values an upload sends (0.2: the kept
+    fraction of a ticket at the study's 80% sparsity)."""
+    upload_bits: int = 8
+    """``qsgd``: bits a value, 8 or 4 (sign and level: 127 or 7 levels)."""
+    error_feedback: bool = False
+    """``topk`` and ``qsgd``: each client keeps what its upload did not carry (its
+    residual) and adds it to its next change before compressing; the residual never
+    travels. Clients that keep no state between rounds cannot do this."""
     aggregation: str = "fedavg"
     """How the surviving client updates become the global model: ``fedavg`` (the
     sample-weighted mean), or, robust to a minority of hostile clients, the unweighted
@@ -298,6 +326,18 @@ class FederateSpec:
         _choice("federate", "compute", self.compute, COMPUTE_PATHS)
         _choice("federate", "values", self.values, VALUE_ENCODINGS)
         _choice("federate", "aggregation", self.aggregation, AGGREGATIONS)
+        _choice("federate", "upload", self.upload, UPLOAD_CODES)
+        if not 0.0 < self.upload_density <= 1.0:
+            raise ConfigError(f"federate.upload_density must be in (0, 1], got "
+                              f"{self.upload_density}")
+        if self.upload_bits not in (4, 8):
+            raise ConfigError(f"federate.upload_bits must be 4 or 8, got {self.upload_bits}")
+        if self.error_feedback and self.upload == "model":
+            raise ConfigError("federate.error_feedback needs a compressed upload "
+                              "(federate.upload = topk or qsgd)")
+        if self.error_feedback and not self.mask_once:
+            raise ConfigError("federate.error_feedback keeps a residual on each client; "
+                              "stateless clients (federate.mask_once = false) have none")
         _positive("federate", "checkpoint_every", self.checkpoint_every, allow_zero=True)
         if not 0.0 <= self.trim_fraction < 0.5:
             raise ConfigError(
@@ -371,7 +411,7 @@ _MISSING = object()
 
 # A method is a preset over the few fields that distinguish the methods (README,
 # "Methods"); everything else comes from the config.
-METHODS: dict[str, dict[str, str]] = {
+METHODS: dict[str, dict[str, Any]] = {
     "fedavg": {"pretrain.kind": "none", "prune.strategy": "none", "weights.init": "pretrained"},
     "fedavg-dae": {"pretrain.kind": "dae", "prune.strategy": "none", "weights.init": "pretrained"},
     # a random mask of uniform density over the layers, on the dense model's unscaled
@@ -417,6 +457,33 @@ METHODS: dict[str, dict[str, str]] = {
         "prune.structure": "channels",
     },
 }
+
+# Peers that find a fixed mask before training without the server's pool: SynFlow
+# (Tanaka et al. 2020; the data-free step of HideNseek) on the initial weights, and
+# SSFL's client saliency (Ohib et al. 2024: SNIP's |grad * w| on the clients' data,
+# summed on the server). Both train from the initial weights under the mask.
+METHODS["synflow-ticket"] = {"pretrain.kind": "none", "prune.strategy": "synflow",
+                             "weights.init": "pretrained"}
+METHODS["snip-ticket"] = {"pretrain.kind": "none", "prune.strategy": "snip",
+                          "weights.init": "pretrained"}
+
+# Peers that compress a dense model's uploads (their download stays the dense model):
+# top-k with error feedback (Lin et al. 2018, Deep Gradient Compression; Sattler et
+# al. 2019, STC) and QSGD (Alistarh et al. 2017) at 8 and 4 bits, on the random init
+# and on the DAE-pretrained model; and the DAE ticket with either (no paper has them).
+_TOPK: dict[str, Any] = {"federate.upload": "topk", "federate.error_feedback": True}
+_QSGD: dict[str, Any] = {"federate.upload": "qsgd"}
+_PEERS: list[tuple[str, str, dict[str, Any]]] = [
+    ("topk-ef", "fedavg", _TOPK), ("topk-ef-dae", "fedavg-dae", _TOPK),
+    ("qsgd-8", "fedavg", _QSGD | {"federate.upload_bits": 8}),
+    ("qsgd-4", "fedavg", _QSGD | {"federate.upload_bits": 4}),
+    ("qsgd-8-dae", "fedavg-dae", _QSGD | {"federate.upload_bits": 8}),
+    ("qsgd-4-dae", "fedavg-dae", _QSGD | {"federate.upload_bits": 4}),
+    ("dae-ticket-topk", "dae-ticket", _TOPK),
+    ("dae-ticket-qsgd", "dae-ticket", _QSGD | {"federate.upload_bits": 8}),
+]
+for _name, _base, _code in _PEERS:
+    METHODS[_name] = METHODS[_base] | _code
 
 SECTIONS: dict[str, type] = {
     "data": DataSpec,

@@ -25,6 +25,7 @@ from fedticket.pruning import STRATEGIES, Mask, level_fraction, prune_lowest
 from fedticket.pruning.mask import load_tensors, model_tensors
 from fedticket.pruning.strategies import magnitude_scores, random_like
 from fedticket.pruning.structured import channel_graph, fraction_to_reach, structured_prune
+from fedticket.pruning.synflow import synflow_prune
 from fedticket.spec import ExperimentSpec, PruneSpec
 
 State = dict[str, torch.Tensor]
@@ -69,8 +70,9 @@ def pretrain_and_prune(
         model, include_head=spec.prune.include_head, include_biases=spec.prune.include_biases
     )
     kind, strategy = spec.pretrain.kind, spec.prune.strategy
-    if kind == "none" and strategy == "none":
-        return ServerStages(init, init, Mask.full(model), names, {"pretrain_kind": "none"})
+    if kind == "none" and strategy in ("none", "snip"):  # snip: the clients find the mask
+        return ServerStages(init, init, Mask.full(model), names,
+                            {"pretrain_kind": "none", "prune_strategy": strategy})
 
     prune_file = paths.prune_cache(out, spec.stage_hash("data", "model", "pretrain", "prune"))
     if prune_file.is_file():
@@ -82,7 +84,7 @@ def pretrain_and_prune(
     trainer = _pretrain(spec, splits, model, out, log, stream) if kind != "none" else None
 
     mask = Mask.full(model)
-    if strategy != "none":
+    if strategy not in ("none", "snip"):
         mask, log["prune"] = prune_model(spec.prune, model, splits.input_shape, names, trainer,
                                          spec.seed)
     pre = log.get("pretrain", {})
@@ -120,7 +122,12 @@ def prune_model(
             prune.flops_fraction or (1.0 - prune.sparsity) / 2, prune.channel_floor,
         )
         fraction = fraction_to_reach(mask, names, prune.sparsity)
-    for level in range(1, prune.levels + 1):
+    if strategy == "synflow":  # data-free, its own iterative schedule
+        mask = synflow_prune(model, names, prune.sparsity, prune.synflow_iterations,
+                             input_shape)
+        levels.append({"level": 1, "density": mask.density, "retrain_losses": [],
+                       "iterations": prune.synflow_iterations})
+    for level in range(1, prune.levels + 1 if strategy != "synflow" else 1):
         losses: list[float] = []
         if level > 1 and trainer is not None:
             losses = trainer.train(prune.retrain_epochs, mask)

@@ -24,30 +24,57 @@ The mask goes to each client once, on its first round, as the cheaper of
   little-endian uint32, ``1 + 4 * nnz`` bytes.
 
 A full mask is never sent: the dense payload needs none.
+
+A client's upload is its new model as above (``federate.upload = "model"``), or its
+*change* ``v`` from the model it received, over the values the download holds
+(:class:`UpdateCode`):
+
+* ``topk``: the ``k = round(upload_density * n)`` entries of largest magnitude, as
+  their positions (the cheaper of a bitmap, tag ``0x01``, and an index list, tag
+  ``0x02``, as for the mask) and then their values, float32:
+  ``1 + min(ceil(n / 8), 4 k) + 4 k`` bytes;
+* ``qsgd``: QSGD's stochastic quantization (Alistarh et al. 2017) with
+  ``s = 2 ** (bits - 1) - 1`` levels (the sign is one of the bits), in buckets of
+  :data:`QSGD_BUCKET` values scaled by their largest magnitude ``r`` (as in the
+  paper's experiments; its analysis scales by the L2 norm, which leaves most values
+  of a 512-bucket at level 0 or 1): per bucket ``r`` as float32, then per value a
+  signed level ``l`` in ``[-s, s]`` (``v ~ r * l / s``; one int8 at 8 bits, two
+  values a byte as ``l + s`` at 4 bits): ``4 * ceil(n / 512) + n`` or
+  ``+ ceil(n / 2)`` bytes. The rounding is stochastic, so the decoded change equals
+  ``v`` in expectation.
+
 Traffic is ``len()`` of these byte strings; nothing is estimated.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fedticket.errors import FedticketError
 from fedticket.pruning.mask import Mask
+from fedticket.spec import FederateSpec
 
 BITMAP = 0x01
 INDEX_LIST = 0x02
 
 
 VALUE_BYTES = {"f32": 4, "f16": 2, "q8": 1}
+UPLOADS = ("model", "topk", "qsgd")
+QSGD_BUCKET = 512
+"""Values per QSGD bucket (one scale each): the bucket size of QSGD's 4- and 8-bit
+experiments."""
 
 
 class Codec:
     """Encode and decode model payloads for one fixed mask and value encoding."""
 
-    def __init__(self, mask: Mask, values: str = "f32"):
+    def __init__(self, mask: Mask, values: str = "f32", upload: str = "model",
+                 density: float = 1.0, bits: int = 8, error_feedback: bool = False):
         if values not in VALUE_BYTES:
             raise FedticketError(f"unknown value encoding {values!r}; choose one of: "
                                  f"{', '.join(VALUE_BYTES)}")
@@ -64,6 +91,19 @@ class Codec:
         # where each tensor's values sit in the (kept) flat vector, for q8's per-tensor scale
         sizes = [int(mask[n].sum()) if self.sparse else mask[n].numel() for n in self.names]
         self._bounds = np.cumsum([0, *sizes])
+        self.update = UpdateCode(upload, self.size, density, bits, error_feedback)
+        """How uploads travel: the model payload, or a compressed change."""
+
+    @classmethod
+    def of(cls, mask: Mask, federate: FederateSpec) -> Codec:
+        """The codec a run with these federate settings uses under ``mask``."""
+        return cls(mask, federate.values, federate.upload, federate.upload_density,
+                   federate.upload_bits, federate.error_feedback)
+
+    @property
+    def upload_bytes(self) -> int:
+        """Length of every upload."""
+        return self.payload_bytes if self.update.is_model else self.update.payload_bytes()
 
     @property
     def payload_bytes(self) -> int:
@@ -73,14 +113,31 @@ class Codec:
             return 8 * len(self.names) + n
         return VALUE_BYTES[self.values] * n
 
-    # ---------------------------------------------------------------- values
-    def encode(self, state: Mapping[str, torch.Tensor]) -> bytes:
-        """Payload of ``state`` (dense when the mask is full, else kept values only)."""
+    @property
+    def size(self) -> int:
+        """How many values a payload holds (the kept entries, or all of a dense model)."""
+        return self.nnz if self.sparse else self.numel
+
+    def kept(self, state: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """The values of ``state`` a payload carries, as one float32 vector (a copy)."""
         flat = np.concatenate(
             [state[n].detach().reshape(-1).numpy().astype("<f4", copy=False) for n in self.names]
         )
+        return flat[self._kept] if self.sparse else flat
+
+    def from_kept(self, values: np.ndarray) -> dict[str, torch.Tensor]:
+        """Inverse of :meth:`kept`: full-size tensors, pruned entries exactly zero."""
         if self.sparse:
-            flat = flat[self._kept]
+            flat = np.zeros(self.numel, dtype=np.float32)
+            flat[self._kept] = values
+        else:
+            flat = values.astype(np.float32)
+        return self._unflatten(flat)
+
+    # ---------------------------------------------------------------- values
+    def encode(self, state: Mapping[str, torch.Tensor]) -> bytes:
+        """Payload of ``state`` (dense when the mask is full, else kept values only)."""
+        flat = self.kept(state)
         if self.values == "f32":
             return flat.tobytes()
         if self.values == "f16":
@@ -120,12 +177,7 @@ class Codec:
         values = self._values(payload)
         if not np.isfinite(values).all():
             raise FedticketError("payload holds values that are not finite")
-        if self.sparse:
-            flat = np.zeros(self.numel, dtype=np.float32)
-            flat[self._kept] = values
-        else:
-            flat = values.astype(np.float32)
-        return self._unflatten(flat)
+        return self.from_kept(values)
 
     def _unflatten(self, flat: np.ndarray) -> dict[str, torch.Tensor]:
         """Split a flat array into this model's tensors (copies: the result owns its memory)."""
@@ -168,3 +220,172 @@ class Codec:
         else:
             raise FedticketError(f"unknown mask encoding tag {tag}")
         return Mask(self._unflatten(flat.astype(bool)))
+
+
+# ------------------------------------------------------------------- update codes
+def _positions(idx: np.ndarray, n: int) -> bytes:
+    """The cheaper of a bitmap and an index list of the sorted positions ``idx`` < ``n``."""
+    if 4 * idx.size < (n + 7) // 8:
+        return bytes([INDEX_LIST]) + idx.astype("<u4").tobytes()
+    bits = np.zeros(n, dtype=np.uint8)
+    bits[idx] = 1
+    return bytes([BITMAP]) + np.packbits(bits).tobytes()
+
+
+def positions_bytes(k: int, n: int) -> int:
+    """Length of :func:`_positions` for ``k`` of ``n`` positions."""
+    return 1 + min((n + 7) // 8, 4 * k)
+
+
+def topk_encode(v: np.ndarray, k: int) -> tuple[bytes, np.ndarray]:
+    """The ``k`` entries of ``v`` of largest magnitude (positions, then float32 values)
+    and the sorted positions sent."""
+    n = v.size
+    if k >= n:
+        idx = np.arange(n)
+    elif k <= 0:
+        idx = np.zeros(0, dtype=np.int64)
+    else:
+        idx = np.sort(np.argpartition(-np.abs(v), k - 1)[:k])
+    return _positions(idx, n) + v[idx].astype("<f4").tobytes(), idx
+
+
+def topk_decode(payload: bytes, n: int, k: int) -> np.ndarray:
+    """Inverse of :func:`topk_encode`: a length-``n`` vector, zero where nothing was sent."""
+    expected = positions_bytes(k, n) + 4 * k
+    if len(payload) != expected:
+        raise FedticketError(f"top-k update has {len(payload)} bytes, expected {expected}")
+    tag, cut = payload[0], positions_bytes(k, n)
+    if tag == INDEX_LIST and cut == 1 + 4 * k:
+        idx = np.frombuffer(payload, dtype="<u4", count=k, offset=1).astype(np.int64)
+        if k and (int(idx.max()) >= n or bool((np.diff(idx) <= 0).any())):
+            raise FedticketError("top-k update has positions out of order or past the model")
+    elif tag == BITMAP and cut == 1 + (n + 7) // 8:
+        bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8, count=cut - 1, offset=1),
+                             count=n)
+        idx = np.flatnonzero(bits)
+        if idx.size != k:
+            raise FedticketError(f"top-k update marks {idx.size} positions, expected {k}")
+    else:
+        raise FedticketError(f"top-k update has an unknown position tag {tag}")
+    out = np.zeros(n, dtype=np.float32)
+    out[idx] = np.frombuffer(payload, dtype="<f4", count=k, offset=cut)
+    return out
+
+
+def qsgd_levels(bits: int) -> int:
+    """QSGD's ``s``: the magnitude levels a ``bits``-bit signed code holds."""
+    return 2 ** (bits - 1) - 1
+
+
+def qsgd_bytes(n: int, bits: int) -> int:
+    """Length of a :func:`qsgd_encode` payload of ``n`` values."""
+    return 4 * math.ceil(n / QSGD_BUCKET) + (n if bits == 8 else (n + 1) // 2)
+
+
+def qsgd_encode(v: np.ndarray, bits: int, rng: np.random.Generator) -> bytes:
+    """QSGD of ``v``: per bucket the float32 scale ``r = max |v|``, per value the level
+    ``sign(v) * l``, ``l = floor(|v| s / r)`` rounded up with probability
+    ``|v| s / r - floor(|v| s / r)`` (so the decoded value is ``v`` in expectation)."""
+    s = qsgd_levels(bits)
+    n = v.size
+    pad = (-n) % QSGD_BUCKET
+    buckets = np.pad(v.astype(np.float32), (0, pad)).reshape(-1, QSGD_BUCKET)
+    norms = np.abs(buckets).max(axis=1).astype("<f4")
+    inv = np.divide(s, norms, out=np.zeros_like(norms), where=norms > 0)[:, None]
+    scaled = np.abs(buckets) * inv
+    level = np.floor(scaled)
+    level += rng.random(scaled.shape, dtype=np.float32) < scaled - level
+    np.minimum(level, s, out=level)
+    codes = (np.copysign(level, buckets)).astype(np.int8).reshape(-1)[:n]
+    if bits == 8:
+        body = codes.tobytes()
+    else:
+        nib = (codes + s).astype(np.uint8)
+        if n % 2:
+            nib = np.append(nib, np.uint8(s))
+        body = (nib[0::2] << 4 | nib[1::2]).astype(np.uint8).tobytes()
+    return norms.tobytes() + body
+
+
+def qsgd_decode(payload: bytes, n: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`qsgd_encode` (the decoded levels times ``r / s``)."""
+    if len(payload) != qsgd_bytes(n, bits):
+        raise FedticketError(f"QSGD update has {len(payload)} bytes, expected "
+                             f"{qsgd_bytes(n, bits)}")
+    s = qsgd_levels(bits)
+    nb = math.ceil(n / QSGD_BUCKET)
+    norms = np.frombuffer(payload, dtype="<f4", count=nb)
+    if not np.isfinite(norms).all() or bool((norms < 0).any()):
+        raise FedticketError("QSGD update has a scale that is not finite and >= 0")
+    body = np.frombuffer(payload, dtype=np.uint8, offset=4 * nb)
+    if bits == 8:
+        codes = body.view(np.int8).astype(np.float32)
+    else:
+        codes = (np.stack([body >> 4, body & 0x0F], axis=1).reshape(-1)[:n]
+                 .astype(np.float32) - s)
+    if bool((np.abs(codes) > s).any()):
+        raise FedticketError(f"QSGD update has a level outside [-{s}, {s}]")
+    scale = np.repeat(norms / s, QSGD_BUCKET)[:n]
+    return (codes * scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class UpdateCode:
+    """How a client's upload travels (``federate.upload``): its new model (``model``,
+    the :class:`Codec`'s payload), or its change from the model it received, sparsified
+    (``topk``) or quantized (``qsgd``), over the ``n`` values a download holds.
+
+    With ``error_feedback`` the client adds what it did not send last time (its
+    residual) to this round's change before compressing, and keeps what it does not
+    send now (Seide et al. 2014; Lin et al. 2018; Stich et al. 2018).
+    """
+
+    kind: str = "model"
+    n: int = 0
+    density: float = 1.0
+    bits: int = 8
+    error_feedback: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in UPLOADS:
+            raise FedticketError(f"unknown upload code {self.kind!r}; choose one of: "
+                                 f"{', '.join(UPLOADS)}")
+        if self.kind == "qsgd" and self.bits not in (4, 8):
+            raise FedticketError(f"QSGD uploads take 4 or 8 bits, got {self.bits}")
+
+    @property
+    def k(self) -> int:
+        """``topk``: how many values an upload holds."""
+        return min(self.n, max(1, round(self.density * self.n)))
+
+    @property
+    def is_model(self) -> bool:
+        return self.kind == "model"
+
+    def payload_bytes(self) -> int:
+        if self.kind == "topk":
+            return positions_bytes(self.k, self.n) + 4 * self.k
+        return qsgd_bytes(self.n, self.bits)
+
+    def encode(self, change: np.ndarray, residual: np.ndarray | None,
+               rng: np.random.Generator) -> tuple[bytes, np.ndarray | None]:
+        """The upload of ``change`` (plus ``residual`` under error feedback) and the new
+        residual (None without error feedback)."""
+        v = change if residual is None or not self.error_feedback else change + residual
+        if self.kind == "topk":
+            payload, idx = topk_encode(v, self.k)
+            sent = np.zeros_like(v)
+            sent[idx] = v[idx]
+        else:
+            payload = qsgd_encode(v, self.bits, rng)
+            if not self.error_feedback:
+                return payload, None
+            sent = qsgd_decode(payload, self.n, self.bits)
+        return payload, (v - sent).astype(np.float32) if self.error_feedback else None
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        """The change an upload carries."""
+        if self.kind == "topk":
+            return topk_decode(payload, self.n, self.k)
+        return qsgd_decode(payload, self.n, self.bits)

@@ -97,6 +97,9 @@ class LocalTrainer:
     without them (``structured``, :class:`~fedticket.pruning.compact.Compact`).
     """
 
+    saliency_batches = 1
+    """Local batches a saliency instruction scores (``prune.snip_batches``)."""
+
     def __init__(self, model: Classifier, mask: Mask, spec: FederateSpec, input_shape):
         mask.check_matches(model)
         self.model, self.mask, self.spec = model, mask, spec

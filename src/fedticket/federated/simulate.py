@@ -28,6 +28,7 @@ from fedticket.federated.strategy import (
     Callback,
     Failure,
     Instruction,
+    Memory,
     Reply,
     TicketStrategy,
     client_train,
@@ -66,13 +67,15 @@ class LocalEngine:
                  client_threads: int = CLIENT_THREADS):
         self.trainer, self.codec, self.clients = trainer, codec, clients
         self.client_threads = client_threads
+        self.memory: Memory = {}
+        """What the simulated clients keep between rounds (their residuals)."""
 
     def train_round(
         self, instructions: Sequence[Instruction]
     ) -> tuple[list[Reply], list[Failure]]:
         with threads(self.client_threads):
             replies = [client_train(self.trainer, self.codec, ins.payload,
-                                    self.clients[ins.client], ins)
+                                    self.clients[ins.client], ins, self.memory)
                        for ins in instructions]
         return replies, []
 
@@ -92,10 +95,12 @@ def _serve(conn: Connection, trainer: LocalTrainer, codec: Codec,
     try:
         warm_up(trainer, clients[0], client_threads)
         conn.send(("ready", None))
-        while (batch := conn.recv()) is not None:
+        while (got := conn.recv()) is not None:
+            batch, memory = got  # the clients' kept state travels with their instructions
             try:
-                conn.send(("ok", [client_train(trainer, codec, ins.payload,
-                                               clients[ins.client], ins) for ins in batch]))
+                replies = [client_train(trainer, codec, ins.payload, clients[ins.client], ins,
+                                        memory) for ins in batch]
+                conn.send(("ok", (replies, memory)))
             except FedticketError as e:  # a divergence: the run's error, not the worker's
                 conn.send(("error", e))
             except Exception:
@@ -124,6 +129,9 @@ class ParallelEngine:
         if workers < 2:
             raise ValueError("ParallelEngine needs at least 2 workers; use LocalEngine")
         self.clients = clients
+        self.memory: Memory = {}
+        """What the simulated clients keep between rounds: it stays in this process and
+        goes to whichever worker trains the client."""
         ctx = multiprocessing.get_context("fork")
         self.conns: list[Connection] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []
@@ -141,7 +149,7 @@ class ParallelEngine:
             self.close()
             raise
 
-    def _receive(self, conns: Sequence[Connection]) -> list[list[Reply]]:
+    def _receive(self, conns: Sequence[Connection]) -> list[tuple[list[Reply], Memory]]:
         """Every worker's answer, read from all of them before any error is raised (so
         no answer is left in a pipe)."""
         answers = []
@@ -158,7 +166,7 @@ class ParallelEngine:
                 raise body
             if kind == "bug":
                 raise RuntimeError(f"a simulator worker failed:\n{body}")
-        return [body or [] for _, body in answers]
+        return [body or ([], {}) for _, body in answers]
 
     def train_round(
         self, instructions: Sequence[Instruction]
@@ -172,10 +180,13 @@ class ParallelEngine:
             batches[w].append(i)
             load[w] += len(self.clients[instructions[i].client])
         for conn, batch in zip(self.conns, batches, strict=True):
-            conn.send([instructions[i] for i in batch])
+            mine = [instructions[i] for i in batch]
+            conn.send((mine, {i.client: self.memory[i.client] for i in mine
+                              if i.client in self.memory}))
         replies: dict[int, Reply] = {}
-        for batch, got in zip(batches, self._receive(self.conns), strict=True):
+        for batch, (got, memory) in zip(batches, self._receive(self.conns), strict=True):
             replies.update(zip(batch, got, strict=True))
+            self.memory.update(memory)
         return [replies[i] for i in range(len(instructions))], []
 
     def lost_state(self) -> set[int]:

@@ -54,6 +54,9 @@ class Instruction:
     """The mask message, or ``b""`` when the client already holds the mask."""
     seed: int
     """Seed of the client's batch order (:func:`client_seed`)."""
+    task: str = "train"
+    """``train``, or ``saliency``: score the model before training
+    (:mod:`fedticket.federated.saliency`, the ``snip`` mask)."""
 
 
 def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
@@ -205,18 +208,41 @@ class Engine(Protocol):
         ...
 
 
+Memory = dict[int, np.ndarray]
+"""What clients keep between rounds, by client id: the error-feedback residual of a
+compressed upload. It never travels; an engine keeps it for its simulated clients (a
+Flower node keeps its own in ``context.state``)."""
+
+
 def client_train(
     trainer: LocalTrainer, codec: Codec, payload: bytes, data: Labeled,
-    instruction: Instruction,
+    instruction: Instruction, memory: Memory | None = None,
 ) -> Reply:
     """The client's side of a round, the same in every engine: decode the download
-    ``payload``, train on ``data``, encode the result. The seconds reported cover all
-    three, as a device would spend them (:func:`~fedticket.federated.client.cpu_clock`)."""
+    ``payload``, train on ``data``, encode the result (the new model, or its change
+    compressed by ``codec.update``, with the residual in ``memory`` under error
+    feedback). The seconds reported cover all three, as a device would spend them
+    (:func:`~fedticket.federated.client.cpu_clock`)."""
+    if instruction.task != "train":
+        from fedticket.federated.saliency import SALIENCY, client_saliency
+
+        if instruction.task != SALIENCY:
+            raise FedticketError(f"unknown client task {instruction.task!r}")
+        return client_saliency(trainer, codec, payload, data, instruction,
+                               trainer.saliency_batches)
     start, start_cpu = time.perf_counter(), cpu_clock()
     received = codec.decode(payload)
     g = torch.Generator().manual_seed(instruction.seed)
     upd = trainer.update(received, data, g)
-    upload = codec.encode(upd.state)
+    if codec.update.is_model:
+        upload = codec.encode(upd.state)
+    else:
+        change = codec.kept(upd.state) - codec.kept(received)
+        residual = None if memory is None else memory.get(instruction.client)
+        rng = np.random.default_rng([instruction.seed, 0x05D])
+        upload, residual = codec.update.encode(change, residual, rng)
+        if memory is not None and residual is not None:
+            memory[instruction.client] = residual
     return Reply(
         instruction.client, upload, upd.num_examples, upd.train_loss,
         upd.flops, time.perf_counter() - start, cpu_clock() - start_cpu,
@@ -275,6 +301,19 @@ class TicketStrategy:
         self.totals = Totals()
         self.mask_msg = codec.encode_mask()
         self.global_state = codec.decode(codec.encode(state))
+        self._kept_cache: tuple[State, np.ndarray] | None = None
+        self.prelude: tuple[list[ClientRecord], list[Failure]] = ([], [])
+
+    def book_prelude(self, records: Sequence[ClientRecord], failures: Sequence[Failure],
+                     lost_down_bytes: int) -> None:
+        """Book client work done before round 1 (the clients' saliency for a ``snip``
+        mask) in the ledger; round 0's row then shows it. A lost client is charged
+        ``lost_down_bytes`` (what it was sent)."""
+        for rec in records:
+            self.totals.add(rec)
+        self.totals.down_bytes += lost_down_bytes * len(failures)
+        self.totals.failures += len(failures)
+        self.prelude = (list(records), list(failures))
 
     # ------------------------------------------------------------------ hooks
     def configure_round(self, round_: int) -> list[Instruction]:
@@ -380,11 +419,27 @@ class TicketStrategy:
         if why is not None:
             return None, why
         try:
-            state = self.codec.decode(rep.payload)
+            state = self.decode_upload(rep.payload)
         except FedticketError as e:
             return None, str(e)
         why = check_state(state, self.global_state, self.codec.mask)
         return (None, why) if why is not None else (state, None)
+
+    def decode_upload(self, payload: bytes) -> State:
+        """The model an upload stands for: decoded, or the global model plus the change
+        it carries."""
+        if self.codec.update.is_model:
+            return self.codec.decode(payload)
+        change = self.codec.update.decode(payload)
+        if not np.isfinite(change).all():
+            raise FedticketError("update holds values that are not finite")
+        return self.codec.from_kept(self._global_kept + change)
+
+    @property
+    def _global_kept(self) -> np.ndarray:
+        if self._kept_cache is None or self._kept_cache[0] is not self.global_state:
+            self._kept_cache = (self.global_state, self.codec.kept(self.global_state))
+        return self._kept_cache[1]
 
     def aggregate(self, updates: list[tuple[State, int]]) -> State:
         """The new global model from the checked updates (``spec.aggregation``)."""
@@ -444,7 +499,9 @@ class TicketStrategy:
                 cb.on_round(log)
 
         if after is None:
-            emit(RoundLog(0, [], replace(self.totals), None, None), time.perf_counter())
+            records, failures = self.prelude
+            emit(RoundLog(0, records, replace(self.totals), None, None, failures=failures),
+                 time.perf_counter())
         for r in range((after or 0) + 1, self.spec.rounds + 1):
             started = time.perf_counter()
             self.has_mask -= engine.lost_state()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedticket.accounting.wire import Codec
@@ -29,6 +30,7 @@ from fedticket.stages import fresh_model
 app = ClientApp()
 
 STATE_KEY = "fedticket-mask"
+MEMORY_KEY = "fedticket-residual"
 
 
 def _partition(context: Context, spec: ExperimentSpec) -> int:
@@ -73,11 +75,12 @@ def train(msg: Message, context: Context) -> Message:
     splits = load_splits(spec.data, spec.seed)
     model = fresh_model(spec, splits, "init")
     return train_reply(msg, context, model, spec.federate, splits.input_shape,
-                       splits.clients[pid])
+                       splits.clients[pid], spec.prune.snip_batches)
 
 
 def train_reply(msg: Message, context: Context, model: Classifier, federate: FederateSpec,
-                input_shape: tuple[int, int, int], data: Labeled) -> Message:
+                input_shape: tuple[int, int, int], data: Labeled,
+                saliency_batches: int = 1) -> Message:
     """The reply to a TRAIN message: decode the global subnetwork (the mask from this
     message, kept in ``context.state``, or from there), train ``model`` on ``data``,
     encode the result. Shared by this ClientApp and any ClientApp that holds its data in
@@ -86,17 +89,26 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
     ins = Instruction(
         round=get(rec, "round", int), client=get(rec, "client", int),
         payload=get(rec, "payload", bytes), mask=get(rec, "mask", bytes),
-        seed=get(rec, "seed", int),
+        seed=get(rec, "seed", int), task=str(rec.get("task", "train")),
     )
     mask = _mask(context, model, ins.mask)
-    codec = Codec(mask, federate.values)
+    if ins.task != "train":  # scores of the dense model, before any mask exists
+        mask = Mask.full(model)
+        federate = replace(federate, compute="dense-masked", upload="model",
+                           error_feedback=False)
+    codec = Codec.of(mask, federate)
     trainer = LocalTrainer(model, mask, federate, input_shape)
+    trainer.saliency_batches = saliency_batches
     received = codec.decode(ins.payload)
     # one untimed update first: this is a fresh process, so the timed update would
     # otherwise pay torch's one-off start-up costs (thread pool, allocator growth)
     warm = min(len(data), federate.batch_size)
     trainer.warm_up(received, Labeled(data.x[:warm], data.y[:warm]))
-    rep = client_train(trainer, codec, ins.payload, data, ins)
+    memory = _memory(context, ins.client, codec.size)
+    rep = client_train(trainer, codec, ins.payload, data, ins, memory)
+    if ins.client in memory:
+        context.state[MEMORY_KEY] = ArrayRecord(
+            {"residual": Array(memory[ins.client])})
     out = ConfigRecord({
         "client": rep.client,
         "payload": rep.payload,
@@ -107,6 +119,15 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
         "cpu-s": rep.cpu_s,
     })
     return Message(RecordDict({RECORD: out}), reply_to=msg)
+
+
+def _memory(context: Context, client: int, size: int) -> dict[int, np.ndarray]:
+    """This node's error-feedback residual, from ``context.state`` (empty at first, or
+    if the residual kept there does not fit this run's payload)."""
+    if MEMORY_KEY not in context.state:
+        return {}
+    residual = context.state.array_records[MEMORY_KEY]["residual"].numpy()
+    return {client: residual} if residual.shape == (size,) else {}
 
 
 def _mask(context: Context, model: Classifier, message: bytes) -> Mask:

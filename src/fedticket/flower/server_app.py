@@ -150,7 +150,7 @@ class GridEngine:
         for ins in instructions:
             rec = ConfigRecord({
                 "round": ins.round, "client": ins.client, "payload": ins.payload,
-                "mask": ins.mask, "seed": ins.seed,
+                "mask": ins.mask, "seed": ins.seed, "task": ins.task,
             })
             msg = Message(RecordDict({RECORD: rec}), dst_node_id=self.nodes[ins.client],
                           message_type=MessageType.TRAIN)
@@ -215,12 +215,15 @@ class FlowerEngine:
     def __init__(self, grid: Grid, min_replies: int, timeout_s: float, node_wait_s: float):
         self.grid, self.min_replies = grid, min_replies
         self.timeout_s, self.node_wait_s = timeout_s, node_wait_s
+        self.engine: GridEngine | None = None
 
     def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> GridEngine:
-        asked: set[int] = set()
-        nodes = partition_map(self.grid, len(splits.clients), self.node_wait_s, asked)
-        log(INFO, "partitions -> nodes: %s", nodes)
-        return GridEngine(self.grid, nodes, self.timeout_s, asked)
+        if self.engine is None:  # a run may ask for two (the saliency step, then training)
+            asked: set[int] = set()
+            nodes = partition_map(self.grid, len(splits.clients), self.node_wait_s, asked)
+            log(INFO, "partitions -> nodes: %s", nodes)
+            self.engine = GridEngine(self.grid, nodes, self.timeout_s, asked)
+        return self.engine
 
 
 @app.main()

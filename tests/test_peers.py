@@ -1,0 +1,242 @@
+"""The peers' methods: each algorithm on a case small enough to check by hand, and the
+bytes of each preset's first two rounds against arithmetic."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedticket.accounting.wire import (
+    BITMAP,
+    INDEX_LIST,
+    QSGD_BUCKET,
+    UpdateCode,
+    qsgd_decode,
+    qsgd_encode,
+    topk_decode,
+    topk_encode,
+)
+from fedticket.cli import main
+from fedticket.data import Labeled
+from fedticket.errors import FedticketError
+from fedticket.federated.client import LocalTrainer
+from fedticket.federated.saliency import snip_scores
+from fedticket.pruning.mask import Mask
+from fedticket.pruning.synflow import synflow_prune, synflow_scores
+from fedticket.spec import FederateSpec
+
+# ------------------------------------------------------------------------- top-k + EF
+
+
+def test_topk_sends_the_k_largest_and_error_feedback_keeps_the_rest():
+    change = np.array([0.5, -3.0, 0.1, 2.0, -0.2, 0.05], dtype=np.float32)
+    residual = np.array([0.0, 0.5, 0.0, -1.5, -1.0, 0.0], dtype=np.float32)
+    code = UpdateCode("topk", n=6, density=0.5, error_feedback=True)  # k = 3
+    payload, new_residual = code.encode(change, residual, np.random.default_rng(0))
+    # change + residual = [0.5, -2.5, 0.1, 0.5, -1.2, 0.05]: the 3 largest are -2.5, -1.2
+    # and one of the two 0.5s; the index list (1 + 12 bytes) loses to the bitmap (1 + 1)
+    sent = code.decode(payload)
+    assert payload[0] == BITMAP and len(payload) == 1 + 1 + 4 * 3
+    assert sent[1] == -2.5 and sent[4] == pytest.approx(-1.2)
+    assert np.count_nonzero(sent) == 3 and {0, 3} & set(np.flatnonzero(sent))
+    # what was not sent is the new residual, exactly
+    np.testing.assert_array_equal(new_residual, change + residual - sent)
+    assert np.count_nonzero(new_residual) == 3
+
+
+def test_topk_positions_are_an_index_list_when_that_is_cheaper():
+    v = np.zeros(1000, dtype=np.float32)
+    v[[7, 500, 999]] = [1.0, -2.0, 3.0]
+    payload, idx = topk_encode(v, 3)
+    assert payload[0] == INDEX_LIST and len(payload) == 1 + 12 + 12  # vs 1 + 125 bitmap
+    assert list(idx) == [7, 500, 999]
+    np.testing.assert_array_equal(topk_decode(payload, 1000, 3), v)
+    with pytest.raises(FedticketError, match="bytes"):
+        topk_decode(payload[:-1], 1000, 3)
+
+
+def test_topk_without_error_feedback_forgets_what_it_did_not_send():
+    code = UpdateCode("topk", n=4, density=0.25)
+    _, residual = code.encode(np.array([1, 2, 3, 4], np.float32), None,
+                              np.random.default_rng(0))
+    assert residual is None
+
+
+# ------------------------------------------------------------------------------- QSGD
+
+
+@pytest.mark.parametrize("bits, levels", [(8, 127), (4, 7)])
+def test_qsgd_is_unbiased_and_within_one_level(bits, levels):
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal(1000).astype(np.float32)
+    draws = np.stack([qsgd_decode(qsgd_encode(v, bits, np.random.default_rng(i)), 1000, bits)
+                      for i in range(4000)])
+    # one draw is within one level (scale / s) of v, the mean of many within 5 standard
+    # errors of it: each value's rounding has variance at most (scale / s)^2 / 4
+    norms = [np.abs(v[:QSGD_BUCKET]).max(), np.abs(v[QSGD_BUCKET:]).max()]
+    step = np.repeat(np.array(norms) / levels, QSGD_BUCKET)[:1000]
+    assert (np.abs(draws[0] - v) <= step * (1 + 1e-5)).all()
+    assert (np.abs(draws.mean(0) - v) <= 5 * step / 2 / math.sqrt(4000)).all()
+    # two scales (float32) and one code per value, two a byte at 4 bits
+    assert len(qsgd_encode(v, bits, rng)) == 4 * 2 + (1000 if bits == 8 else 500)
+
+
+def test_qsgd_rejects_levels_outside_its_range():
+    payload = bytearray(qsgd_encode(np.ones(4, np.float32), 4, np.random.default_rng(0)))
+    payload[-1] = 0xFF  # a nibble of 15 is level 8 > 7
+    with pytest.raises(FedticketError, match="level outside"):
+        qsgd_decode(bytes(payload), 4, 4)
+
+
+# ------------------------------------------------------------------------------- SNIP
+
+
+def test_snip_scores_are_grad_times_weight_summed_over_the_batches():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    data = Labeled(torch.randn(8, 1, 1, 3), torch.tensor([0, 1, 1, 0, 1, 0, 0, 1]))
+    spec = FederateSpec(batch_size=4, compute="dense-masked")
+    trainer = LocalTrainer(net, Mask.full(net), spec, (1, 1, 3))
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    g = torch.Generator().manual_seed(5)
+    scores, loss, seen = snip_scores(trainer, state, data, 2, g)
+    # by hand: the same two batches, one backward each, |g * w| added up
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(5))
+    ref = nn.Sequential(nn.Flatten(), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    ref.load_state_dict(state)
+    ref.eval()
+    want = {k: torch.zeros_like(v) for k, v in state.items()}
+    losses = []
+    for b in (perm[:4], perm[4:]):
+        ref.zero_grad()
+        batch_loss = F.cross_entropy(ref(data.x[b]), data.y[b])
+        batch_loss.backward()
+        losses.append(float(batch_loss.detach()))
+        for k, p in ref.named_parameters():
+            want[k] += (p.grad * p).abs()
+    assert seen == 8 and loss == pytest.approx(sum(losses) / 2)
+    for k in state:
+        torch.testing.assert_close(scores[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- SynFlow
+
+
+def chain():
+    net = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, -2.0, 3.0], [-4.0, 5.0, -6.0]]))
+        net[1].weight.copy_(torch.tensor([[7.0, -8.0]]))
+    return net
+
+
+def test_synflow_scores_on_a_linear_chain():
+    # R = 1' |W2| |W1| 1 = 7 (1 + 2 + 3) + 8 (4 + 5 + 6) = 162; the score of a weight is
+    # |w| times the flow through the rest of the chain: W1[i, j] -> |w| |W2[0, i]|,
+    # W2[0, i] -> |w| sum_j |W1[i, j]|
+    scores = synflow_scores(chain(), Mask.full(chain()), ["0.weight", "1.weight"], (3,))
+    assert scores["0.weight"].tolist() == [[7, 14, 21], [32, 40, 48]]
+    assert scores["1.weight"].tolist() == [[42, 120]]
+
+
+def test_synflow_prunes_iteratively_to_the_exact_count():
+    mask = synflow_prune(chain(), ["0.weight", "1.weight"], 0.5, 10, (3,))
+    assert mask.nnz == 4  # round(8 * 0.5)
+    # layer collapse is what iterating avoids: the last layer keeps a path
+    assert bool(mask["1.weight"].any()) and bool(mask["0.weight"].any())
+    # one shot would keep the four largest scores, 48, 42, 40, 32, cutting W1's first
+    # row to nothing but keeping W2[0, 0] that only it feeds; iterating re-scores
+    one_shot = synflow_prune(chain(), ["0.weight", "1.weight"], 0.5, 1, (3,))
+    assert one_shot["0.weight"][0].sum() == 0 and bool(one_shot["1.weight"][0, 0])
+    assert mask["0.weight"][0].sum() == 0 or not bool(mask["1.weight"][0, 0])
+
+
+# ----------------------------------------------------------------- bytes of each preset
+
+TINY = """
+methods = ["{method}"]
+seeds = [0]
+[data]
+dataset = "digits"
+pool_size = 200
+num_clients = 4
+[model]
+name = "mlp"
+hidden = [16]
+[pretrain]
+epochs = 1
+[prune]
+sparsity = 0.8
+[federate]
+rounds = 2
+client_fraction = 0.5
+local_epochs = 1
+batch_size = 32
+"""
+# the MLP on 8x8 digits: 64*16 + 16 + 16*10 + 10 = 1210 values; prunable: the body's
+# 1024 weights, of which 20% (205) are kept, so a ticket holds 205 + 16 + 160 + 10 = 391
+NUMEL, KEPT = 1210, 391
+
+
+def run_rows(tmp_path: Path, method: str) -> tuple[list[dict], list[dict], dict]:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.format(method=method))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet",
+                 "--threads", "1"]) == 0
+    [run] = [p for p in (tmp_path / "out").iterdir() if p.name.startswith(method)]
+    clients = [json.loads(x) for x in (run / "clients.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return clients, metrics, json.loads((run / "mask_report.json").read_text())
+
+
+def bitmap_or_list(k: int, n: int) -> int:
+    return 1 + min(math.ceil(n / 8), 4 * k)
+
+
+UPLOADS = {  # method: (values a download holds, bytes of one upload)
+    "topk-ef": (NUMEL, bitmap_or_list(242, NUMEL) + 4 * 242),      # k = round(0.2 * 1210)
+    "qsgd-8": (NUMEL, 4 * 3 + NUMEL),                              # 3 buckets of 512
+    "qsgd-4": (NUMEL, 4 * 3 + NUMEL // 2),
+    "qsgd-8-dae": (NUMEL, 4 * 3 + NUMEL),
+    "dae-ticket-topk": (KEPT, bitmap_or_list(78, KEPT) + 4 * 78),  # k = round(0.2 * 391)
+    "dae-ticket-qsgd": (KEPT, 4 * 1 + KEPT),
+    "synflow-ticket": (KEPT, 4 * KEPT),
+}
+
+
+@pytest.mark.parametrize("method", sorted(UPLOADS))
+def test_first_two_rounds_bytes_by_hand(tmp_path, method):
+    values, up = UPLOADS[method]
+    clients, metrics, report = run_rows(tmp_path, method)
+    assert [r["round"] for r in clients] == [1, 1, 2, 2]  # 2 of the 4 clients a round
+    mask = 0 if values == NUMEL else bitmap_or_list(KEPT, NUMEL)  # 1 + 152-byte bitmap
+    assert report["wire"]["mask_message_bytes"] == mask
+    for r in clients:
+        assert r["down_bytes"] == 4 * values and r["up_bytes"] == up
+    first = {r["client"] for r in clients if r["round"] == 1}
+    masks = sum(r["mask_bytes"] for r in clients)
+    new_in_2 = sum(1 for r in clients if r["round"] == 2 and r["client"] not in first)
+    assert masks == mask * (2 + new_in_2)  # the mask goes once to each client
+    assert metrics[-1]["cum_up_bytes"] == 4 * up
+    assert metrics[-1]["cum_down_bytes"] == 4 * 4 * values + masks
+
+
+def test_snip_ticket_books_the_clients_saliency_in_round_0(tmp_path):
+    clients, metrics, report = run_rows(tmp_path, "snip-ticket")
+    # round 0: every client (snip_fraction = 1) downloads the dense init and uploads a
+    # dense float32 score per value; then training runs on the 391 kept values
+    zero = [r for r in clients if r["round"] == 0]
+    assert sorted(r["client"] for r in zero) == [0, 1, 2, 3]
+    assert all(r["down_bytes"] == r["up_bytes"] == 4 * NUMEL for r in zero)
+    assert metrics[0]["cum_up_bytes"] == metrics[0]["cum_down_bytes"] == 4 * 4 * NUMEL
+    assert report["nnz"] == KEPT
+    trained = [r for r in clients if r["round"] > 0]
+    assert all(r["down_bytes"] == r["up_bytes"] == 4 * KEPT for r in trained)
+    mask = bitmap_or_list(KEPT, NUMEL)
+    assert sum(r["mask_bytes"] for r in trained) == mask * len({r["client"] for r in trained})
+    assert metrics[-1]["cum_up_bytes"] == 4 * 4 * NUMEL + 4 * 4 * KEPT
