@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedticket.accounting import layer_costs, train_flops_per_sample
 from fedticket.accounting.wire import (
     BITMAP,
     INDEX_LIST,
     QSGD_BUCKET,
+    Codec,
     UpdateCode,
     qsgd_decode,
     qsgd_encode,
@@ -22,13 +24,18 @@ from fedticket.accounting.wire import (
     topk_encode,
 )
 from fedticket.cli import main
-from fedticket.data import Labeled
+from fedticket.data import Labeled, load_splits
 from fedticket.errors import FedticketError
+from fedticket.federated import LocalEngine, TicketStrategy
 from fedticket.federated.client import LocalTrainer
+from fedticket.federated.dst import alpha_at, merge, readjusted_mask
 from fedticket.federated.saliency import snip_scores
+from fedticket.flower.inprocess import InProcessFlower
 from fedticket.pruning.mask import Mask
 from fedticket.pruning.synflow import synflow_prune, synflow_scores
-from fedticket.spec import FederateSpec
+from fedticket.runner import fresh_model, pretrain_and_prune, starting_weights
+from fedticket.spec import FederateSpec, load_config
+from shared import GOOD
 
 # ------------------------------------------------------------------------- top-k + EF
 
@@ -158,26 +165,8 @@ def test_synflow_prunes_iteratively_to_the_exact_count():
 
 # ----------------------------------------------------------------- bytes of each preset
 
-TINY = """
-methods = ["{method}"]
-seeds = [0]
-[data]
-dataset = "digits"
-pool_size = 200
-num_clients = 4
-[model]
-name = "mlp"
-hidden = [16]
-[pretrain]
-epochs = 1
-[prune]
-sparsity = 0.8
-[federate]
-rounds = 2
-client_fraction = 0.5
-local_epochs = 1
-batch_size = 32
-"""
+TINY = (GOOD.replace('methods = ["fedavg"]', 'methods = ["{method}"]')
+        .replace("rounds = 1", "rounds = 2") + "[prune]\nsparsity = 0.8\n")
 # the MLP on 8x8 digits: 64*16 + 16 + 16*10 + 10 = 1210 values; prunable: the body's
 # 1024 weights, of which 20% (205) are kept, so a ticket holds 205 + 16 + 160 + 10 = 391
 NUMEL, KEPT = 1210, 391
@@ -240,3 +229,95 @@ def test_snip_ticket_books_the_clients_saliency_in_round_0(tmp_path):
     mask = bitmap_or_list(KEPT, NUMEL)
     assert sum(r["mask_bytes"] for r in trained) == mask * len({r["client"] for r in trained})
     assert metrics[-1]["cum_up_bytes"] == 4 * 4 * NUMEL + 4 * 4 * KEPT
+
+
+# ----------------------------------------------------------------------------- FedDST
+
+
+def test_feddst_alpha_decays_on_a_cosine_to_zero_at_the_end():
+    spec = FederateSpec(rounds=30, readjust_every=3, readjust_alpha=0.5, readjust_end=0.5,
+                        compute="dense-masked")
+    assert alpha_at(1, spec) == 0.5  # t = 0
+    assert alpha_at(2, spec) == 0.0  # not a readjustment round
+    assert alpha_at(4, spec) == pytest.approx(0.25 * (1 + math.cos(math.pi * 3 / 15)))
+    assert alpha_at(16, spec) == 0.0  # t = 15 = T_end
+
+
+def test_a_readjustment_drops_the_smallest_and_regrows_the_largest_gradients():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[0.5, 0.0, -0.1, 0.0], [0.0, 2.0, 0.0, -0.3]]))
+    keep = torch.tensor([[True, False, True, False], [False, True, False, True]])
+    mask = Mask({"1.weight": keep})
+    x, y = torch.tensor([[[[1.0, 2.0, 3.0, 4.0]]]]), torch.tensor([0])
+    # by hand: logits = (0.5 - 0.3, 4 - 1.2) = (0.2, 2.8); dL/dlogits = softmax - onehot
+    p = torch.softmax(torch.tensor([0.2, 2.8]), 0)
+    grad = torch.outer(p - torch.tensor([1.0, 0.0]), x.flatten())
+    new = readjusted_mask(net, mask, ["1.weight"], 0.5, x, y)  # swap 2 of the 4 kept
+    assert int(new["1.weight"].sum()) == 4  # the density stays exact
+    # dropped: the two kept weights of smallest magnitude, -0.1 and -0.3
+    assert not new["1.weight"][0, 2] and not new["1.weight"][1, 3]
+    # grown: the two pruned entries of largest |grad| (entries with x = 4 and x = 2 of
+    # row 0, and of row 1: |grad| = |p - onehot| * x)
+    pruned = (~keep).flatten().nonzero().flatten()
+    want = set(pruned[torch.topk(grad.flatten()[pruned].abs(), 2).indices].tolist())
+    got = set((new["1.weight"].flatten() & ~keep.flatten()).nonzero().flatten().tolist())
+    assert got == want
+
+
+def test_the_server_merges_masks_by_vote_and_prunes_back_by_magnitude():
+    a = {"w": torch.tensor([1.0, 2.0, 0.0, 0.0])}
+    b = {"w": torch.tensor([3.0, 0.0, -4.0, 0.0])}
+    ma = Mask({"w": torch.tensor([True, True, False, False])})
+    mb = Mask({"w": torch.tensor([True, False, True, False])})
+    # entry 0: (1 * 1 + 3 * 3) / 4 = 2.5; entry 1: 2 (only a holds it); entry 2: -4
+    state, mask = merge([(a, ma, 1), (b, mb, 3)], ["w"], keep=3)
+    assert state["w"].tolist() == [2.5, 2.0, -4.0, 0.0] and mask["w"].tolist() == [
+        True, True, True, False]
+    state, mask = merge([(a, ma, 1), (b, mb, 3)], ["w"], keep=2)  # the union is too dense
+    assert mask["w"].tolist() == [True, False, True, False] and state["w"][1] == 0
+
+
+def test_feddst_bytes_of_its_first_two_rounds_by_hand(tmp_path):
+    clients, metrics, report = run_rows(tmp_path, "feddst")
+    # ERK on the one prunable tensor keeps round(0.2 * 1024) = 205 of it: 391 values
+    assert report["nnz"] == KEPT
+    mask = bitmap_or_list(KEPT, NUMEL)
+    one = [r for r in clients if r["round"] == 1]
+    two = [r for r in clients if r["round"] == 2]
+    # round 1 readjusts (alpha 0.5): each client uploads a 4-byte header, its new mask and
+    # its 391 values; round 2 does not (readjust_every = 3) and every client gets the
+    # merged mask again, whether it held the old one or not
+    assert all(r["down_bytes"] == 4 * KEPT and r["mask_bytes"] == mask for r in one + two)
+    assert all(r["up_bytes"] == 4 + mask + 4 * KEPT for r in one)
+    assert all(r["up_bytes"] == 4 * KEPT for r in two)
+    assert metrics[-1]["cum_mask_bytes"] == 4 * mask
+
+
+def test_feddst_on_flower_messages_ends_with_the_simulators_model_and_mask(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.format(method="feddst").replace("rounds = 2", "rounds = 3"))
+    [spec] = load_config(cfg).specs({"federate.readjust_every": 1})
+    splits = load_splits(spec.data, spec.seed)
+    stages = pretrain_and_prune(spec, splits, tmp_path)
+    state = starting_weights(spec, splits, stages)
+
+    def run(engine_class):
+        model = fresh_model(spec, splits, "init")
+        trainer = LocalTrainer(model, stages.mask, spec.federate, splits.input_shape)
+        codec = Codec.of(stages.mask, spec.federate)
+        strategy = TicketStrategy(
+            codec, state, spec.federate, 0, len(splits.clients),
+            lambda s: trainer.evaluate(s, splits.test),
+            client_sizes=[len(c) for c in splits.clients],
+            flops_per_example=trainer.flops_per_sample, prunable=stages.prunable,
+            flops_fn=lambda m: train_flops_per_sample(layer_costs(model, (1, 8, 8), m)),
+            dense_flops_per_example=trainer.dense_flops_per_sample)
+        final = strategy.start(engine_class(trainer, codec, splits.clients))
+        return final, strategy.codec.mask, strategy.totals
+
+    sim, flower = run(LocalEngine), run(InProcessFlower)
+    assert sim[1] == flower[1] and sim[1] != stages.mask  # the mask moved, the same way
+    for k in sim[0]:
+        torch.testing.assert_close(sim[0][k], flower[0][k], rtol=0, atol=1e-6)
+    assert sim[2].up_bytes == flower[2].up_bytes and sim[2].down_bytes == flower[2].down_bytes

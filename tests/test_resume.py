@@ -131,11 +131,14 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(reference, tmp_
     assert not (run / "checkpoint.npz").exists() and not (run / "owner.pid").exists()
 
 
-def test_error_feedback_residuals_survive_a_kill(tmp_path):
-    """top-k uploads with error feedback: each simulated client's residual is on disk
-    beside the checkpoint, so the resumed run's clients carry exactly what they held."""
+@pytest.mark.parametrize("method, kept", [("topk-ef", "residual"), ("feddst", "mask")])
+def test_what_clients_keep_survives_a_kill(tmp_path, method, kept):
+    """What simulated clients keep between rounds is on disk beside the checkpoint (the
+    error-feedback residual of top-k uploads; the mask each client holds, and the
+    global mask, while FedDST changes it), so a resumed run's clients carry exactly
+    what they held."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text(CONFIG.replace('methods = ["dae-ticket"]', 'methods = ["topk-ef"]')
+    cfg.write_text(CONFIG.replace('methods = ["dae-ticket"]', f'methods = ["{method}"]')
                    .replace("client_fraction = 0.4", "client_fraction = 0.6"))
     res = subprocess.run(command(cfg, tmp_path / "ref"), capture_output=True, text=True,
                          timeout=600)
@@ -149,7 +152,7 @@ def test_error_feedback_residuals_survive_a_kill(tmp_path):
     kill_when(command(cfg, out), out, held)
     [tmp] = list(out.glob(".tmp-*"))
     files = sorted(p.name for p in (tmp / "memory").glob("*.npy"))
-    clients = {name.split("-")[0] for name in files}
+    clients = {name.split("-")[1] for name in files if name.startswith(f"{kept}-")}
     assert len(clients) >= 3  # 3 of the 5 clients a round: most have a residual by now
     res = subprocess.run(command(cfg, out), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "resuming" in res.stderr, res.stderr

@@ -9,8 +9,9 @@ It is read as plain arrays (``allow_pickle=False``): nothing in it is unpickled.
 
 What simulated clients keep between rounds (error-feedback residuals, one model-sized
 vector each) is too large to rewrite every round; each client's residual is written
-once when it changes, as ``memory/CLIENT-ROUND.npy``, and the checkpoint names the
-file of each client, so a resumed run reads exactly what its clients held then.
+once when it changes, as ``memory/KEY-ROUND.npy`` (``residual-7-12.npy``: client 7's
+residual as of round 12), and the checkpoint names the file of each key, so a
+resumed run reads exactly what its clients held then.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ class CheckpointError(FedticketError):
 
 
 def save(folder: Path, round_: int, strategy: TicketStrategy, run_name: str,
-         memory: dict[int, int] | None = None) -> None:
-    """Checkpoint ``strategy`` after ``round_``; ``memory`` names, by client, the round
-    of the residual file that client holds (:class:`MemoryFiles`)."""
+         memory: dict[str, int] | None = None) -> None:
+    """Checkpoint ``strategy`` after ``round_``; ``memory`` names, by key, the round of
+    the file that holds it (:class:`MemoryFiles`)."""
     state, meta = strategy.state_dict()
     blob = json.dumps({"format": FORMAT, "run_name": run_name, "round": round_,
                        "threads": torch.get_num_threads(), "strategy": meta,
-                       "memory": {str(c): r for c, r in sorted((memory or {}).items())}})
+                       "memory": dict(sorted((memory or {}).items()))})
     save_states(folder / paths.CHECKPOINT, {
         "global": state, "meta": {"json": torch.frombuffer(bytearray(blob.encode()),
                                                           dtype=torch.uint8)}})
@@ -80,37 +81,37 @@ class MemoryFiles:
 
     def __init__(self, folder: Path, memory: Memory):
         self.dir, self.memory = folder / paths.MEMORY, memory
-        self.files: dict[int, int] = {}  # client -> round of its file
-        self._saved: dict[int, np.ndarray] = {}  # the arrays those files hold
+        self.files: dict[str, int] = {}  # key -> round of its file
+        self._saved: dict[str, np.ndarray] = {}  # the arrays those files hold
 
-    def write(self, round_: int) -> dict[int, int]:
+    def write(self, round_: int) -> dict[str, int]:
         """Write what changed; return the files a checkpoint of ``round_`` names."""
-        for client, residual in sorted(self.memory.items()):
-            if self._saved.get(client) is not residual:
-                with atomic_write(self.dir / f"{client}-{round_}.npy") as f:
-                    np.save(f, residual, allow_pickle=False)
-                self.files[client], self._saved[client] = round_, residual
+        for key, value in sorted(self.memory.items()):
+            if self._saved.get(key) is not value:
+                with atomic_write(self.dir / f"{key}-{round_}.npy") as f:
+                    np.save(f, value, allow_pickle=False)
+                self.files[key], self._saved[key] = round_, value
         return dict(self.files)
 
     def prune(self) -> None:
         """Remove the files no checkpoint names any more."""
-        named = {f"{c}-{r}.npy" for c, r in self.files.items()}
+        named = {f"{k}-{r}.npy" for k, r in self.files.items()}
         for path in self.dir.glob("*.npy") if self.dir.is_dir() else ():
             if path.name not in named:
                 path.unlink()
 
     def load(self, named: dict[str, int]) -> None:
         """Read back the files a checkpoint names into the memory."""
-        for client, round_ in named.items():
-            path = self.dir / f"{client}-{round_}.npy"
+        for key, round_ in named.items():
+            path = self.dir / f"{key}-{round_}.npy"
             try:
                 residual = np.load(path, allow_pickle=False)
             except (OSError, ValueError, EOFError) as e:
                 raise CheckpointError(f"client memory {path} is missing or damaged "
                                       f"({type(e).__name__}); delete {self.dir.parent} to "
                                       "start the run over") from None
-            self.memory[int(client)] = residual
-            self.files[int(client)], self._saved[int(client)] = round_, residual
+            self.memory[key] = residual
+            self.files[key], self._saved[key] = round_, residual
 
 
 class Checkpointer:

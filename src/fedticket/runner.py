@@ -114,7 +114,9 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         codec, state, spec.federate, spec.seed, len(splits.clients),
         lambda s: trainer.evaluate(s, splits.test),
         min_replies=engine.min_replies, client_sizes=[len(c) for c in splits.clients],
-        flops_per_example=trainer.flops_per_sample,
+        flops_per_example=trainer.flops_per_sample, prunable=stages.prunable,
+        flops_fn=lambda m: train_flops_per_sample(layer_costs(model, splits.input_shape, m)),
+        dense_flops_per_example=trainer.dense_flops_per_sample,
     )
     if prelude is not None:
         strategy.book_prelude(*prelude)
@@ -122,6 +124,9 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     rows = _federate(folder, spec, strategy, engine(trainer, codec, splits), after, stream,
                      label)
     save_states(folder / paths.FINAL, {"global": strategy.global_state})
+    if spec.federate.readjust_every:  # the mask the final model lives under
+        strategy.codec.mask.save(folder / paths.MASK)
+        stages = replace(stages, mask=strategy.codec.mask)
     # the checkpoint stays until the finished folder is in place (in_run_folder removes
     # it then): a kill before the rename resumes after the last round, not from round 0
     summary = _summary(spec, engine, trainer, stages, strategy, rows, after,

@@ -29,7 +29,7 @@ NOISES = ("gaussian", "masking", "salt-pepper")
 LOSSES = ("mse", "bce")
 OPTIMIZERS = ("adam", "sgd")
 PRUNE_STRATEGIES = ("none", "magnitude", "random", "random-matched", "synflow", "snip")
-PRUNE_SCOPES = ("global", "layer")
+PRUNE_SCOPES = ("global", "layer", "erk")
 PRUNE_STRUCTURES = ("none", "channels")
 COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
 VALUE_ENCODINGS = ("f32", "f16", "q8")
@@ -306,6 +306,16 @@ class FederateSpec:
     """Reject an update whose change's L2 norm is more than this many times the median
     of the round's checked updates (it needs no knowledge of the scale; e.g. 10);
     0: off. With both set, the smaller bound holds."""
+    readjust_every: int = 0
+    """Dynamic sparse training (FedDST, Bibikar et al. 2022): every this many rounds,
+    from round 1, each client drops a fraction of its kept weights by magnitude and
+    regrows as many by gradient magnitude, and the server merges the clients' masks;
+    0: the mask stays fixed (every other method)."""
+    readjust_alpha: float = 0.5
+    """The fraction of kept weights a readjustment swaps at round 1, decayed on a cosine
+    to 0 at ``readjust_end`` of the rounds (FedDST's ``alpha_t``)."""
+    readjust_end: float = 0.5
+    """The share of the rounds after which no readjustment happens (FedDST's T_end)."""
     checkpoint_every: int = 1
     """Checkpoint the run every this many rounds (and after round 0 and the last), so a
     killed run resumes there; 0: never. One checkpoint is the global model plus a few
@@ -327,6 +337,16 @@ class FederateSpec:
         _choice("federate", "values", self.values, VALUE_ENCODINGS)
         _choice("federate", "aggregation", self.aggregation, AGGREGATIONS)
         _choice("federate", "upload", self.upload, UPLOAD_CODES)
+        _positive("federate", "readjust_every", self.readjust_every, allow_zero=True)
+        if not 0.0 < self.readjust_alpha < 1.0:
+            raise ConfigError(f"federate.readjust_alpha must be in (0, 1), got "
+                              f"{self.readjust_alpha}")
+        if not 0.0 < self.readjust_end <= 1.0:
+            raise ConfigError(f"federate.readjust_end must be in (0, 1], got "
+                              f"{self.readjust_end}")
+        if self.readjust_every and (self.compute != "dense-masked" or self.upload != "model"):
+            raise ConfigError("federate.readjust_every (a mask that changes) needs "
+                              "federate.compute = dense-masked and federate.upload = model")
         if not 0.0 < self.upload_density <= 1.0:
             raise ConfigError(f"federate.upload_density must be in (0, 1], got "
                               f"{self.upload_density}")
@@ -466,6 +486,12 @@ METHODS["synflow-ticket"] = {"pretrain.kind": "none", "prune.strategy": "synflow
                              "weights.init": "pretrained"}
 METHODS["snip-ticket"] = {"pretrain.kind": "none", "prune.strategy": "snip",
                           "weights.init": "pretrained"}
+
+# FedDST (Bibikar et al. 2022, bibikar/feddst): an ERK-budgeted magnitude mask of the
+# random init that the clients readjust during training (docs/PEERS.md: the settings).
+METHODS["feddst"] = {"pretrain.kind": "none", "prune.strategy": "magnitude",
+                     "prune.scope": "erk", "weights.init": "pretrained",
+                     "federate.readjust_every": 3, "federate.compute": "dense-masked"}
 
 # Peers that compress a dense model's uploads (their download stays the dense model):
 # top-k with error feedback (Lin et al. 2018, Deep Gradient Compression; Sattler et

@@ -137,6 +137,24 @@ class LocalTrainer:
         # moved by gradients: reset them after training, as nothing reads them
         self.masked_buffers = [n for n in mask if n not in params and not bool(mask[n].all())]
 
+    def set_mask(self, mask: Mask) -> None:
+        """Train under ``mask`` from now on (a mask that changes during training, as
+        FedDST's; ``dense-masked`` compute only)."""
+        if self.compact is not None or self.sparse:
+            raise ConfigError("a mask that changes needs federate.compute = dense-masked")
+        mask.check_matches(self.model)
+        self.mask = mask
+        self.costs = layer_costs(self.model, self.input_shape, mask)
+        self.flops_per_sample = train_flops_per_sample(self.costs)
+        self.grad_mask = GradMask(self.net, mask)
+        params = {n for n, _ in self.model.named_parameters()}
+        self.masked_buffers = [n for n in mask if n not in params and not bool(mask[n].all())]
+
+    @property
+    def dense_flops_per_sample(self) -> int:
+        """Training FLOPs of one sample on the dense model (a gradient of every entry)."""
+        return train_flops_per_sample(layer_costs(self.model, self.input_shape, None))
+
     def _sparsify(self, mask: Mask, every: bool) -> None:
         """Put the linear layers where CSR kernels pay (all masked ones if ``every``)
         on :class:`~fedticket.pruning.sparse.SparseLinear`."""
@@ -212,6 +230,7 @@ class LocalTrainer:
                 opt.step()
                 total += loss.detach() * len(y)
                 steps += 1
+        self.last_batch = (x, y)
         seen = n * spec.local_epochs
         mean_loss = float(total) / seen
         if not math.isfinite(mean_loss):

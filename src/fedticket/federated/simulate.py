@@ -32,6 +32,7 @@ from fedticket.federated.strategy import (
     Reply,
     TicketStrategy,
     client_train,
+    memory_of,
 )
 from fedticket.pruning.mask import model_tensors
 from fedticket.spec import FederateSpec
@@ -181,8 +182,7 @@ class ParallelEngine:
             load[w] += len(self.clients[instructions[i].client])
         for conn, batch in zip(self.conns, batches, strict=True):
             mine = [instructions[i] for i in batch]
-            conn.send((mine, {i.client: self.memory[i.client] for i in mine
-                              if i.client in self.memory}))
+            conn.send((mine, memory_of(self.memory, {i.client for i in mine})))
         replies: dict[int, Reply] = {}
         for batch, (got, memory) in zip(batches, self._receive(self.conns), strict=True):
             replies.update(zip(batch, got, strict=True))

@@ -15,6 +15,7 @@ payload, so the bytes counted are the same whichever engine carries them.
 
 from __future__ import annotations
 
+import base64
 import math
 import statistics
 import time
@@ -36,7 +37,17 @@ from fedticket.federated.aggregate import (
     trimmed_mean,
 )
 from fedticket.federated.client import LocalTrainer, cpu_clock
+from fedticket.federated.dst import (
+    READJUST,
+    alpha_at,
+    check_readjusted,
+    decode_readjusted,
+    encode_readjusted,
+    merge,
+    readjusted_mask,
+)
 from fedticket.federated.validate import check_reply_costs, check_reply_numbers, check_state
+from fedticket.pruning.mask import Mask
 from fedticket.spec import FederateSpec
 
 State = dict[str, torch.Tensor]
@@ -55,8 +66,11 @@ class Instruction:
     seed: int
     """Seed of the client's batch order (:func:`client_seed`)."""
     task: str = "train"
-    """``train``, or ``saliency``: score the model before training
+    """``train``; ``readjust``: train, then readjust the mask by ``alpha``
+    (:mod:`fedticket.federated.dst`); or ``saliency``: score the model before training
     (:mod:`fedticket.federated.saliency`, the ``snip`` mask)."""
+    alpha: float = 0.0
+    """``readjust``: the fraction of kept weights to swap."""
 
 
 def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
@@ -208,10 +222,39 @@ class Engine(Protocol):
         ...
 
 
-Memory = dict[int, np.ndarray]
-"""What clients keep between rounds, by client id: the error-feedback residual of a
-compressed upload. It never travels; an engine keeps it for its simulated clients (a
-Flower node keeps its own in ``context.state``)."""
+Memory = dict[str, np.ndarray]
+"""What clients keep between rounds, as ``"WHAT-CLIENT"`` keys: ``residual-7`` (the
+error-feedback residual of client 7's compressed uploads) and ``mask-7`` (the mask
+message client 7 holds, when masks change during training). It never travels; an
+engine keeps it for its simulated clients (a Flower node keeps its own in
+``context.state``)."""
+
+
+def memory_of(memory: Memory, clients: set[int]) -> Memory:
+    """The entries of ``memory`` that belong to ``clients``."""
+    return {k: v for k, v in memory.items() if int(k.rsplit("-", 1)[1]) in clients}
+
+
+def _held(trainer: LocalTrainer, codec: Codec, instruction: Instruction,
+          memory: Memory | None) -> Codec:
+    """The codec of the mask this client holds: the one in ``instruction``, or the one it
+    kept (``memory``) when masks change during training, or the run's. ``trainer`` is
+    set to that mask."""
+    if not trainer.spec.readjust_every:
+        return codec
+    key = f"mask-{instruction.client}"
+    message = instruction.mask
+    if message and memory is not None:
+        memory[key] = np.frombuffer(message, dtype=np.uint8).copy()
+    elif memory is not None and key in memory:
+        message = memory[key].tobytes()
+    if not message or message == getattr(trainer, "mask_message", codec.encode_mask()):
+        return getattr(trainer, "mask_codec", codec)
+    mask = codec.decode_mask(message)
+    trainer.set_mask(mask)
+    held = Codec.of(mask, trainer.spec)
+    trainer.mask_message, trainer.mask_codec = message, held  # type: ignore[attr-defined]
+    return held
 
 
 def client_train(
@@ -223,7 +266,7 @@ def client_train(
     compressed by ``codec.update``, with the residual in ``memory`` under error
     feedback). The seconds reported cover all three, as a device would spend them
     (:func:`~fedticket.federated.client.cpu_clock`)."""
-    if instruction.task != "train":
+    if instruction.task not in ("train", READJUST):
         from fedticket.federated.saliency import SALIENCY, client_saliency
 
         if instruction.task != SALIENCY:
@@ -231,21 +274,29 @@ def client_train(
         return client_saliency(trainer, codec, payload, data, instruction,
                                trainer.saliency_batches)
     start, start_cpu = time.perf_counter(), cpu_clock()
+    codec = _held(trainer, codec, instruction, memory)
     received = codec.decode(payload)
     g = torch.Generator().manual_seed(instruction.seed)
     upd = trainer.update(received, data, g)
-    if codec.update.is_model:
+    flops = upd.flops
+    if instruction.task == READJUST:
+        mask = readjusted_mask(trainer.net, codec.mask, list(codec.mask), instruction.alpha,
+                               *trainer.last_batch)
+        flops += trainer.dense_flops_per_sample * len(trainer.last_batch[1])
+        upload = encode_readjusted(mask, upd.state, codec.values)
+    elif codec.update.is_model:
         upload = codec.encode(upd.state)
     else:
         change = codec.kept(upd.state) - codec.kept(received)
-        residual = None if memory is None else memory.get(instruction.client)
+        key = f"residual-{instruction.client}"
+        residual = None if memory is None else memory.get(key)
         rng = np.random.default_rng([instruction.seed, 0x05D])
         upload, residual = codec.update.encode(change, residual, rng)
         if memory is not None and residual is not None:
-            memory[instruction.client] = residual
+            memory[key] = residual
     return Reply(
         instruction.client, upload, upd.num_examples, upd.train_loss,
-        upd.flops, time.perf_counter() - start, cpu_clock() - start_cpu,
+        flops, time.perf_counter() - start, cpu_clock() - start_cpu,
     )
 
 
@@ -275,6 +326,9 @@ class TicketStrategy:
         Training FLOPs of one example under the mask (one forward and backward pass):
         a reply must report exactly ``flops_per_example * examples * local_epochs``.
         Seconds are only checked to be finite and non-negative.
+    prunable, flops_fn, dense_flops_per_example : optional
+        For a mask that changes (``spec.readjust_every``): the tensors it may change,
+        the training FLOPs of an example under a mask, and on the dense model.
     """
 
     def __init__(
@@ -288,8 +342,15 @@ class TicketStrategy:
         min_replies: int = 1,
         client_sizes: Sequence[int] | None = None,
         flops_per_example: int | None = None,
+        prunable: Sequence[str] = (),
+        flops_fn: Callable[[Mask], int] | None = None,
+        dense_flops_per_example: int | None = None,
     ):
         self.flops_per_example = flops_per_example
+        self.prunable = list(prunable)
+        """The tensors a FedDST readjustment may change."""
+        self.flops_fn, self.dense_flops_per_example = flops_fn, dense_flops_per_example
+        self._masks: dict[int, Mask] = {}
         self.codec, self.spec, self.seed = codec, spec, seed
         self.client_sizes = None if client_sizes is None else list(client_sizes)
         self.num_clients = num_clients
@@ -321,12 +382,25 @@ class TicketStrategy:
         on its first round only (``mask_once``), or every time (stateless clients)."""
         ids = sample_clients(self.num_clients, self.spec.client_fraction, self.rng)
         down = self.codec.encode(self.global_state)
+        alpha = alpha_at(round_, self.spec)
+        task = READJUST if alpha > 0 else "train"
         out = []
         for cid in ids:
             held = self.spec.mask_once and cid in self.has_mask
             mask = b"" if held else self.mask_msg
-            out.append(Instruction(round_, cid, down, mask, client_seed(self.seed, round_, cid)))
+            out.append(Instruction(round_, cid, down, mask, client_seed(self.seed, round_, cid),
+                                   task, alpha))
         return out
+
+    def set_mask(self, mask: Mask) -> None:
+        """From now on the global model lives under ``mask`` (FedDST's merged mask): the
+        next download of every client carries it."""
+        self.codec = Codec.of(mask, self.spec)
+        self.mask_msg = self.codec.encode_mask()
+        self.has_mask.clear()
+        self._kept_cache = None
+        if self.flops_fn is not None:
+            self.flops_per_example = self.flops_fn(mask)
 
     def aggregate_round(
         self, round_: int, instructions: Sequence[Instruction], replies: Sequence[Reply],
@@ -348,7 +422,7 @@ class TicketStrategy:
                 continue
             seen.add(rep.client)
             expected = None if self.client_sizes is None else self.client_sizes[rep.client]
-            state, why = self._check(rep, expected)
+            state, why = self._check(rep, expected, sent[rep.client])
             if state is None:
                 failed.append(Failure(round_, rep.client, f"rejected: {why}"))
                 continue
@@ -377,7 +451,14 @@ class TicketStrategy:
             )
         for rec in records:
             self.totals.add(rec)
-        new = self.aggregate([(s, rep.num_examples) for rep, s in usable])
+        if instructions and instructions[0].task == READJUST:
+            new, mask = merge([(s, self._masks.pop(rep.client), rep.num_examples)
+                               for rep, s in usable], self.prunable,
+                              sum(int(self.codec.mask[n].sum()) for n in self.prunable))
+            self.set_mask(mask)
+        else:
+            new = self.aggregate([(s, rep.num_examples) for rep, s in usable])
+        self._masks.clear()
         if not all(bool(torch.isfinite(t).all()) for t in new.values()):
             raise DivergenceError(f"round {round_}: the aggregated model has weights that are "
                                   "not finite; lower federate.lr")
@@ -409,20 +490,36 @@ class TicketStrategy:
                                                        f"is above {limit:.4g} ({why})"))
         return keep, out
 
-    def _check(self, rep: Reply, expected: int | None) -> tuple[State | None, str | None]:
-        """The decoded update of ``rep``, or None and why it may not be aggregated."""
+    def _check(self, rep: Reply, expected: int | None, ins: Instruction | None = None
+               ) -> tuple[State | None, str | None]:
+        """The decoded update of ``rep``, or None and why it may not be aggregated (a
+        readjusting client's mask goes to ``self._masks``)."""
+        readjust = ins is not None and ins.task == READJUST
         why = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
         if why is None:
             flops = (None if self.flops_per_example is None else
                      self.flops_per_example * rep.num_examples * self.spec.local_epochs)
+            if flops is not None and readjust:  # one more batch, its gradient dense
+                if self.dense_flops_per_example is None:
+                    flops = None
+                else:
+                    last = rep.num_examples % self.spec.batch_size or self.spec.batch_size
+                    flops += self.dense_flops_per_example * min(last, rep.num_examples)
             why = check_reply_costs(rep.flops, rep.wall_s, rep.cpu_s, flops, rep.elapsed_s)
         if why is not None:
             return None, why
+        mask = self.codec.mask
         try:
-            state = self.decode_upload(rep.payload)
+            if readjust:
+                mask, state = decode_readjusted(rep.payload, self.codec, self.codec.values)
+            else:
+                state = self.decode_upload(rep.payload)
         except FedticketError as e:
             return None, str(e)
-        why = check_state(state, self.global_state, self.codec.mask)
+        why = check_readjusted(mask, self.codec.mask, self.prunable) if readjust else None
+        why = why or check_state(state, self.global_state, mask)
+        if why is None and readjust:
+            self._masks[rep.client] = mask
         return (None, why) if why is not None else (state, None)
 
     def decode_upload(self, payload: bytes) -> State:
@@ -466,6 +563,8 @@ class TicketStrategy:
         """Everything the next round depends on: the global model, and as plain JSON the
         sampling generator, who holds the mask, the targets reached and the ledger."""
         meta = {
+            "mask": base64.b64encode(self.mask_msg).decode() if self.spec.readjust_every
+            else None,
             "rng": self.rng.bit_generator.state,
             "has_mask": sorted(self.has_mask),
             "reached": sorted(self.reached),
@@ -477,6 +576,8 @@ class TicketStrategy:
         """Inverse of :meth:`state_dict`."""
         if set(state) != set(self.global_state):
             raise FedticketError("the checkpoint holds another model's tensors")
+        if meta.get("mask"):  # a mask that changed during training
+            self.set_mask(self.codec.decode_mask(base64.b64decode(meta["mask"])))
         self.global_state = {k: v.clone() for k, v in state.items()}
         self.rng.bit_generator.state = meta["rng"]
         self.has_mask = set(meta["has_mask"])

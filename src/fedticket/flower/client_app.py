@@ -20,6 +20,7 @@ from fedticket.accounting.wire import Codec
 from fedticket.data import Labeled, load_splits
 from fedticket.errors import FedticketError
 from fedticket.federated.client import LocalTrainer
+from fedticket.federated.saliency import SALIENCY
 from fedticket.federated.strategy import Instruction, client_train
 from fedticket.flower.common import RECORD, get, set_threads, spec_from_run_config
 from fedticket.models import Classifier
@@ -90,9 +91,10 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
         round=get(rec, "round", int), client=get(rec, "client", int),
         payload=get(rec, "payload", bytes), mask=get(rec, "mask", bytes),
         seed=get(rec, "seed", int), task=str(rec.get("task", "train")),
+        alpha=get(rec, "alpha", float) if "alpha" in rec else 0.0,
     )
     mask = _mask(context, model, ins.mask)
-    if ins.task != "train":  # scores of the dense model, before any mask exists
+    if ins.task == SALIENCY:  # scores of the dense model, before any mask exists
         mask = Mask.full(model)
         federate = replace(federate, compute="dense-masked", upload="model",
                            error_feedback=False)
@@ -106,9 +108,9 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
     trainer.warm_up(received, Labeled(data.x[:warm], data.y[:warm]))
     memory = _memory(context, ins.client, codec.size)
     rep = client_train(trainer, codec, ins.payload, data, ins, memory)
-    if ins.client in memory:
+    if f"residual-{ins.client}" in memory:
         context.state[MEMORY_KEY] = ArrayRecord(
-            {"residual": Array(memory[ins.client])})
+            {"residual": Array(memory[f"residual-{ins.client}"])})
     out = ConfigRecord({
         "client": rep.client,
         "payload": rep.payload,
@@ -121,13 +123,13 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
     return Message(RecordDict({RECORD: out}), reply_to=msg)
 
 
-def _memory(context: Context, client: int, size: int) -> dict[int, np.ndarray]:
+def _memory(context: Context, client: int, size: int) -> dict[str, np.ndarray]:
     """This node's error-feedback residual, from ``context.state`` (empty at first, or
     if the residual kept there does not fit this run's payload)."""
     if MEMORY_KEY not in context.state:
         return {}
     residual = context.state.array_records[MEMORY_KEY]["residual"].numpy()
-    return {client: residual} if residual.shape == (size,) else {}
+    return {f"residual-{client}": residual} if residual.shape == (size,) else {}
 
 
 def _mask(context: Context, model: Classifier, message: bytes) -> Mask:

@@ -150,7 +150,7 @@ class GridEngine:
         for ins in instructions:
             rec = ConfigRecord({
                 "round": ins.round, "client": ins.client, "payload": ins.payload,
-                "mask": ins.mask, "seed": ins.seed, "task": ins.task,
+                "mask": ins.mask, "seed": ins.seed, "task": ins.task, "alpha": ins.alpha,
             })
             msg = Message(RecordDict({RECORD: rec}), dst_node_id=self.nodes[ins.client],
                           message_type=MessageType.TRAIN)

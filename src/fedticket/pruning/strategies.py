@@ -9,6 +9,7 @@ removes the lowest-scored fraction of them, over all prunable tensors at once
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -68,9 +69,44 @@ def prune_lowest(
         for n in names:
             drop = _lowest(scores[n].flatten(), mask[n].flatten(), fraction)
             new[n] = mask[n] & ~drop.view_as(mask[n])
+    elif scope == "erk":
+        alive = sum(int(mask[n].sum()) for n in names)
+        budget = erk_counts({n: tuple(mask[n].shape) for n in names},
+                            round((1.0 - fraction) * alive))
+        for n in names:
+            kept = int(mask[n].sum())
+            drop = _lowest(scores[n].flatten(), mask[n].flatten(),
+                           max(0, kept - budget[n]) / kept if kept else 0.0)
+            new[n] = mask[n] & ~drop.view_as(mask[n])
     else:
         raise ValueError(f"unknown pruning scope {scope!r}")
     return Mask(new)
+
+
+def erk_counts(shapes: Mapping[str, tuple[int, ...]], keep: int) -> dict[str, int]:
+    """Weights each tensor keeps when ``keep`` of them are kept in all, by
+    Erdos-Renyi-Kernel (Evci et al. 2020, RigL; FedDST's default): a tensor's density is
+    proportional to ``sum(shape) / prod(shape)``, capped at 1 (a capped tensor keeps
+    everything and the others share the rest)."""
+    dense: set[str] = set()
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    while True:
+        free = keep - sum(sizes[n] for n in dense)
+        raw = {n: sum(s) / sizes[n] for n, s in shapes.items() if n not in dense}
+        scale = free / sum(raw[n] * sizes[n] for n in raw) if raw else 0.0
+        over = [n for n in raw if raw[n] * scale >= 1.0]
+        if not over:
+            break
+        dense.update(over)
+    counts = {n: sizes[n] if n in dense else int(raw[n] * scale * sizes[n]) for n in shapes}
+    short = keep - sum(counts.values())  # rounding: the largest free tensors take the rest
+    for n in sorted((n for n in shapes if n not in dense), key=lambda n: -sizes[n]):
+        if short <= 0:
+            break
+        extra = min(short, sizes[n] - counts[n])
+        counts[n] += extra
+        short -= extra
+    return counts
 
 
 def random_like(reference: Mask, names: list[str], generator: torch.Generator) -> Mask:

@@ -1,0 +1,150 @@
+"""FedDST: a sparse mask the clients readjust during training (Bibikar et al. 2022).
+
+Every ``federate.readjust_every`` rounds from round 1, while ``alpha_t`` is above zero,
+each sampled client trains as usual and then readjusts its mask, tensor by tensor over
+the prunable tensors: it drops the ``round(alpha_t * kept)`` kept weights of smallest
+magnitude and regrows as many of the weights that were pruned, those with the largest
+gradient magnitude on its last local batch, at zero. Its density stays exact. It
+uploads its new mask (the cheaper of bitmap and index list) and its weights on it.
+
+The server averages each weight over the clients whose mask holds it (weighted by
+their samples), takes the union of their masks, and if that keeps more than the run's
+density it prunes each tensor by the magnitude of the merged weights back to its ERK
+budget (:func:`~fedticket.pruning.strategies.erk_counts`). The new mask goes to every
+client with its next download; the ledger counts it.
+
+``alpha_t = alpha / 2 * (1 + cos(pi * t / T_end))`` for ``t = round - 1 < T_end``,
+0 after (the paper's cosine decay; the reference code multiplies by ``alpha`` twice).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedticket.accounting.wire import Codec
+from fedticket.errors import FedticketError
+from fedticket.pruning.mask import Mask
+from fedticket.pruning.strategies import erk_counts
+from fedticket.spec import FederateSpec
+
+READJUST = "readjust"
+"""The task of an instruction whose client readjusts its mask after training."""
+
+
+def alpha_at(round_: int, spec: FederateSpec) -> float:
+    """The fraction of kept weights a readjustment in ``round_`` swaps (0: none)."""
+    if not spec.readjust_every or (round_ - 1) % spec.readjust_every:
+        return 0.0
+    t, end = round_ - 1, spec.readjust_end * spec.rounds
+    return spec.readjust_alpha / 2 * (1 + math.cos(math.pi * t / end)) if t < end else 0.0
+
+
+def readjusted_mask(net: nn.Module, mask: Mask, names: Sequence[str], alpha: float,
+                    x: torch.Tensor, y: torch.Tensor) -> Mask:
+    """``mask`` with, in each of ``names``, the ``round(alpha * kept)`` kept weights of
+    ``net`` of smallest magnitude dropped and as many pruned ones of largest gradient
+    magnitude (on the batch ``x, y``, the gradient of every entry) grown."""
+    params = dict(net.named_parameters())
+    net.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    new = {n: mask[n].clone() for n in mask}
+    for n in names:
+        keep = mask[n].reshape(-1)
+        kept = int(keep.sum())
+        k = min(round(alpha * kept), int((~keep).sum()))
+        if k <= 0:
+            continue
+        w = params[n].detach().reshape(-1)
+        grad = params[n].grad
+        g = torch.zeros_like(w) if grad is None else grad.detach().reshape(-1)
+        alive, dead = keep.nonzero().flatten(), (~keep).nonzero().flatten()
+        drop = alive[torch.topk(w[alive].abs(), k, largest=False).indices]
+        grow = dead[torch.topk(g[dead].abs(), k).indices]
+        flat = keep.clone()
+        flat[drop] = False
+        flat[grow] = True
+        new[n] = flat.view_as(mask[n])
+    net.zero_grad()
+    return Mask(new)
+
+
+# ---------------------------------------------------------------------------- wire
+def encode_readjusted(mask: Mask, state: Mapping[str, torch.Tensor], values: str) -> bytes:
+    """A readjusting client's upload: the length of its mask message (uint32), the mask
+    message, then its weights on that mask."""
+    codec = Codec(mask, values)
+    msg = codec.encode_mask()
+    return len(msg).to_bytes(4, "little") + msg + codec.encode(state)
+
+
+def decode_readjusted(payload: bytes, reference: Codec, values: str
+                      ) -> tuple[Mask, dict[str, torch.Tensor]]:
+    """Inverse of :func:`encode_readjusted` (the mask's names and shapes from
+    ``reference``)."""
+    if len(payload) < 4:
+        raise FedticketError("readjusted upload is shorter than its header")
+    size = int.from_bytes(payload[:4], "little")
+    if size > len(payload) - 4:
+        raise FedticketError("readjusted upload's mask is longer than the upload")
+    mask = reference.decode_mask(payload[4:4 + size]) if size else reference.mask
+    return mask, Codec(mask, values).decode(payload[4 + size:])
+
+
+# ---------------------------------------------------------------------------- server
+def check_readjusted(mask: Mask, current: Mask, names: Sequence[str]) -> str | None:
+    """Why a client's readjusted mask may not be merged, or None: it keeps exactly as
+    many weights in each prunable tensor as the current mask, and changes nothing
+    else."""
+    for n in current:
+        if n in names:
+            if int(mask[n].sum()) != int(current[n].sum()):
+                return f"readjusted mask changes the density of {n}"
+        elif not torch.equal(mask[n], current[n]):
+            return f"readjusted mask changes {n}, which is not prunable"
+    return None
+
+
+def merge(updates: Sequence[tuple[Mapping[str, torch.Tensor], Mask, int]],
+          names: Sequence[str], keep: int) -> tuple[dict[str, torch.Tensor], Mask]:
+    """The new global weights and mask from the clients' (weights, mask, samples): each
+    entry the sample-weighted mean over the clients whose mask holds it, the union of
+    the masks, pruned back by magnitude to ``keep`` weights over ``names`` (ERK)."""
+    first = updates[0][0]
+    out: dict[str, torch.Tensor] = {}
+    union: dict[str, torch.Tensor] = {}
+    for n in first:
+        num = torch.zeros_like(first[n], dtype=torch.float64)
+        den = torch.zeros_like(first[n], dtype=torch.float64)
+        for state, mask, size in updates:
+            m = mask[n].to(torch.float64)
+            num += size * m * state[n].double()
+            den += size * m
+        out[n] = torch.where(den > 0, num / den.clamp_min(1e-300), 0.0).to(first[n].dtype)
+        union[n] = den > 0
+    if sum(int(union[n].sum()) for n in names) > keep:
+        budget = erk_counts({n: tuple(union[n].shape) for n in names}, keep)
+        for n in names:
+            flat = union[n].reshape(-1)
+            if int(flat.sum()) > budget[n]:
+                score = torch.where(flat, out[n].reshape(-1).abs(), -1.0)
+                top = torch.topk(score, budget[n]).indices
+                flat = torch.zeros_like(flat)
+                flat[top] = True
+                union[n] = flat.view_as(union[n])
+    mask = Mask(union)
+    return {n: out[n] * mask.float(n) for n in out}, mask
+
+
+def kept_counts(mask: Mask, names: Sequence[str]) -> int:
+    return sum(int(mask[n].sum()) for n in names)
+
+
+def as_array(message: bytes) -> np.ndarray:
+    """A mask message as a uint8 array (what a simulated client keeps of it)."""
+    return np.frombuffer(message, dtype=np.uint8).copy()
