@@ -42,7 +42,7 @@ def test_presets_cover_the_methods():
     assert list(METHODS) == [
         "fedavg", "fedavg-dae", "random-mask-unscaled", "random-ticket", "magnitude-init",
         "dae-ticket", "dae-ticket-rewind", "supervised-ticket", "dae-ticket-fast",
-        "synflow-ticket", "snip-ticket", "topk-ef", "topk-ef-dae", "qsgd-8", "qsgd-4",
+        "synflow-ticket", "snip-ticket", "feddst", "topk-ef", "topk-ef-dae", "qsgd-8", "qsgd-4",
         "qsgd-8-dae", "qsgd-4-dae", "dae-ticket-topk", "dae-ticket-qsgd",
     ]
     s = with_method(ExperimentSpec(), "topk-ef-dae")
@@ -51,6 +51,9 @@ def test_presets_cover_the_methods():
     s = with_method(ExperimentSpec(), "qsgd-4")
     assert (s.pretrain.kind, s.federate.upload, s.federate.upload_bits,
             s.federate.error_feedback) == ("none", "qsgd", 4, False)
+    s = with_method(ExperimentSpec(), "feddst")
+    assert (s.prune.scope, s.federate.readjust_every, s.federate.compute) == (
+        "erk", 3, "dense-masked")
     s = with_method(ExperimentSpec(), "snip-ticket")
     assert (s.pretrain.kind, s.prune.strategy, s.prune.snip_fraction) == ("none", "snip", 1.0)
     s = with_method(ExperimentSpec(), "dae-ticket-fast")
