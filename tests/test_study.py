@@ -426,3 +426,34 @@ def test_the_prose_about_the_resnet_study_quotes_its_summary():
     for key in ("RESNET_TRAFFIC", "RESNET_CPU", "RESNET_FAST_CPU", "RESNET_FINAL",
                 "RESNET_FEDAVG_FINAL"):
         assert facts[key] in " ".join(bullet.split()), (key, facts[key])
+
+
+def test_the_peers_question_needs_both_savings_above_zero_against_every_method():
+    from fedticket.study import peer_verdict
+
+    ticket = per_seed([0.8] * 3, [10.0] * 3, [50.0] * 3, [5.0, 5.0, 5.0])
+    cheaper = per_seed([0.8] * 3, [20.0] * 3, [50.0] * 3, [10.0, 10.0, 10.0])
+    # a peer with less traffic (8 < 10 on every seed) wins on traffic: no
+    lean = per_seed([0.8] * 3, [8.0] * 3, [50.0] * 3, [10.0, 10.0, 10.0])
+    never = per_seed([0.6] * 3, [None] * 3, [None] * 3, [None] * 3)
+    v = peer_verdict({"methods": {"dae-ticket": ticket, "fedavg": cheaper,
+                                  "snip-ticket": never}}, "dae-ticket")
+    # 50% less traffic and CPU than fedavg, on every seed; snip-ticket never reached it
+    assert v["methods"]["fedavg"]["answer"] == "yes"
+    assert v["methods"]["fedavg"]["savings"]["traffic_bytes_to_target"]["mean"] == \
+        pytest.approx(50.0)
+    never_row = v["methods"]["snip-ticket"]
+    assert never_row["answer"] == "yes" and "never reached" in never_row["why"]
+    assert v["overall"] == "yes"
+    # a leaner fedticket method gets its row but does not decide: only dense FL and peers do
+    v = peer_verdict({"methods": {"dae-ticket": ticket, "fedavg": cheaper,
+                                  "dae-ticket-topk": lean}}, "dae-ticket")
+    assert v["methods"]["dae-ticket-topk"]["answer"] == "no"
+    assert not v["methods"]["dae-ticket-topk"]["rival"] and v["overall"] == "yes"
+    v = peer_verdict({"methods": {"dae-ticket": ticket, "fedavg": cheaper,
+                                  "topk-ef": lean}}, "dae-ticket")
+    assert v["methods"]["topk-ef"]["answer"] == "no"  # saving -25% on every seed
+    assert v["methods"]["topk-ef"]["savings"]["traffic_bytes_to_target"]["mean"] == \
+        pytest.approx(-25.0)
+    assert v["overall"] == "no"
+    assert peer_verdict({"methods": {"fedavg": cheaper}}, "dae-ticket") is None

@@ -29,6 +29,7 @@ from fedticket.report.intervals import (
     INCONCLUSIVE,
     MIN_SEEDS,
     NO,
+    YES,
     against,
     all_of,
     any_of,
@@ -381,6 +382,55 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
                 {COST_NAMES[k]: (v, Q1_BAR) for k, v in savings.items()}, {})
         answer[base_name] = {"answer": word, "savings": savings, "why": why}
     return answer
+
+
+PEER_METHODS = ("synflow-ticket", "snip-ticket", "feddst", "topk-ef", "topk-ef-dae",
+                "qsgd-8", "qsgd-4", "qsgd-8-dae", "qsgd-4-dae")
+"""The peers' presets (docs/PEERS.md): a grid that holds one gets the peers' question."""
+TICKETS = ("dae-ticket", "dae-ticket-fast")
+"""The methods the peer grid asks about."""
+RIVALS = ("fedavg", "fedavg-dae") + PEER_METHODS
+"""What a ticket must beat in the peers' question: dense FL and every peer. The other
+fedticket methods of the grid (the other ticket, the ticket with compressed uploads)
+get a row each but do not decide the answer."""
+PEER_COSTS = ("traffic_bytes_to_target", "client_cpu_s_to_target")
+"""What 'less' means against a peer: traffic and client CPU time to the target."""
+
+
+def peer_verdict(result: dict[str, Any], ticket: str) -> dict[str, Any] | None:
+    """The peers' question for one partition and target: does ``ticket`` reach the target
+    with less traffic and less client CPU time than each other method of the grid? Per
+    method ``{"answer", "savings", "why", "rival"}``, and ``overall`` (``yes`` only if it
+    is ``yes`` against every :data:`RIVALS` member in the grid). ``yes`` when both
+    savings' 95% intervals are above 0, ``no`` when one is below 0 or ``ticket`` missed
+    the target on some seed; ``yes`` too when the other method never reached the target
+    on any seed while ``ticket`` did on every one; ``inconclusive`` otherwise."""
+    methods = result["methods"]
+    mine = methods.get(ticket)
+    if mine is None:
+        return None
+    n = mine["final_accuracy"]["n"]
+    rows: dict[str, Any] = {}
+    for name, other in methods.items():
+        if name == ticket:
+            continue
+        savings = {k: saving(mine, other, k) for k in PEER_COSTS}
+        missed, other_missed = _missed(mine, COSTS[0]), _missed(other, COSTS[0])
+        if missed:
+            word, why = NO, f"{ticket} never reached the target on {missed} of {n} seeds"
+        elif other_missed == other["final_accuracy"]["n"]:
+            word, why = YES, f"{name} never reached the target"
+        elif other_missed:
+            word, why = INCONCLUSIVE, (f"{name} never reached the target on {other_missed} "
+                                       f"of {other['final_accuracy']['n']} seeds")
+        else:
+            word = all_of([against(v, 0.0) for v in savings.values()])
+            why = "" if word != INCONCLUSIVE else _settle(
+                {COST_NAMES[k]: (v, 0.0) for k, v in savings.items()}, {})
+        rows[name] = {"answer": word, "savings": savings, "why": why,
+                      "rival": name in RIVALS}
+    return {"overall": all_of([r["answer"] for r in rows.values() if r["rival"]]),
+            "methods": rows}
 
 
 def q2_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -140,11 +139,3 @@ def merge(updates: Sequence[tuple[Mapping[str, torch.Tensor], Mask, int]],
     mask = Mask(union)
     return {n: out[n] * mask.float(n) for n in out}, mask
 
-
-def kept_counts(mask: Mask, names: Sequence[str]) -> int:
-    return sum(int(mask[n].sum()) for n in names)
-
-
-def as_array(message: bytes) -> np.ndarray:
-    """A mask message as a uint8 array (what a simulated client keeps of it)."""
-    return np.frombuffer(message, dtype=np.uint8).copy()

@@ -248,8 +248,11 @@ def _held(trainer: LocalTrainer, codec: Codec, instruction: Instruction,
         memory[key] = np.frombuffer(message, dtype=np.uint8).copy()
     elif memory is not None and key in memory:
         message = memory[key].tobytes()
-    if not message or message == getattr(trainer, "mask_message", codec.encode_mask()):
-        return getattr(trainer, "mask_codec", codec)
+    if not hasattr(trainer, "mask_message"):  # it starts on the run's mask: encode it once
+        trainer.mask_message = codec.encode_mask()  # type: ignore[attr-defined]
+        trainer.mask_codec = codec  # type: ignore[attr-defined]
+    if not message or message == trainer.mask_message:  # type: ignore[attr-defined]
+        return trainer.mask_codec  # type: ignore[attr-defined,no-any-return]
     mask = codec.decode_mask(message)
     trainer.set_mask(mask)
     held = Codec.of(mask, trainer.spec)

@@ -15,12 +15,16 @@ from fedticket.report.table import NULL, format_stat
 from fedticket.study import (
     BASE,
     COSTS,
+    PEER_COSTS,
+    PEER_METHODS,
     Q1_BAR,
     Q2_ACCURACY_GAP,
     Q2_CPU_X,
     Q2_TRAFFIC_X,
+    TICKETS,
     best_variant,
     deciding,
+    peer_verdict,
     q2_candidates,
     read_summary,
     saving,
@@ -209,7 +213,37 @@ def render(summary: dict[str, Any]) -> str:
                     f"{_pct(s[COSTS[0]])}, FLOPs {_pct(s[COSTS[1]])}, CPU time "
                     f"{_pct(s[COSTS[2]])}; {Q1_BAR:g}% of each needed{why}).")
             lines += [q2_line(best_variant(result)), ""]
+            if any(m in PEER_METHODS for m in result["methods"]):
+                lines += peer_lines(result)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def peer_lines(result: dict[str, Any]) -> list[str]:
+    """The peers' question for one partition and target: per ticket, its traffic and
+    client CPU saving against every other method, and the answer."""
+    lines = []
+    for ticket in TICKETS:
+        v = peer_verdict(result, ticket)
+        if v is None:
+            continue
+        # the rivals first (they decide), then the other fedticket methods, marked
+        order = sorted(v["methods"].items(), key=lambda kv: not kv[1]["rival"])
+        wins = [n for n, r in order if r["rival"] and r["answer"] == "no"]
+        # where a rival wins, that comes first
+        lines += [f"- Peers: does `{ticket}` reach the target with less traffic and less "
+                  f"client CPU time than dense FL and every peer? **{v['overall']}**"
+                  + (f" (not against {', '.join(f'`{w}`' for w in wins)})." if wins else "."),
+                  "", f"`{ticket}`'s saving against each method (above 0: it needs less):", "",
+                  "| against | traffic save % | CPU save % | answer | why |",
+                  "| :-- | --: | --: | :-- | :-- |"]
+        for name, row in order:
+            s = row["savings"]
+            label = name if row["rival"] else f"{name} (fedticket)"
+            lines.append(f"| {label} | {_save_cell(s[PEER_COSTS[0]])} | "
+                         f"{_save_cell(s[PEER_COSTS[1]])} | {row['answer']} | "
+                         f"{row['why'] or ''} |")
+        lines.append("")
+    return lines
 
 
 def update_doc(doc: Path, summary_path: Path) -> None:
