@@ -145,6 +145,9 @@ def test_compare_costs_to_target_and_savings(results: Path) -> None:
     assert dae["density"] == {"mean": 0.2, "std": 0.0, "n": 2}
     assert fedavg["density"] == {"mean": None, "std": None, "n": 0}
     assert fedavg["traffic_saving_pct"]["mean"] == 0.0
+    # the whole runs: both fedavg runs have 7 rows (rounds 0-6), 600 bytes and 18 CPU s
+    assert fedavg["traffic_bytes_run"]["seeds"] == {"0": 600.0, "1": 600.0}
+    assert fedavg["client_cpu_s_run"]["seeds"] == {"0": 18.0, "1": 18.0}
 
 
 def test_run_that_never_reaches_target_is_null(results: Path) -> None:
@@ -218,6 +221,8 @@ def test_result_is_strict_json(results: Path) -> None:
     costs = {"rounds_to_target", "traffic_bytes_to_target", "client_flops_to_target",
              "client_wall_s_to_target", "client_cpu_s_to_target"}
     assert set(result["methods"]["fedavg"]) == costs | {f"{c}_smoothed" for c in costs} | {
+        "traffic_bytes_run",
+        "client_cpu_s_run",
         "final_accuracy",
         "best_accuracy",
         "density",

@@ -139,7 +139,8 @@ def test_q2_needs_every_bar_cleared_by_the_interval():
 
 
 def test_the_committed_reproduction_tables_are_render_of_the_committed_summaries():
-    doc = (ROOT / "docs" / "REPRODUCTION.md").read_text()
+    # each summary's tables sit in one page of docs/ (REPRODUCTION.md, PEERS.md)
+    doc = "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
     summaries = sorted((ROOT / "docs" / "results").glob("*.json"))
     assert summaries, "docs/results holds the study summaries the doc is made from"
     for path in summaries:
@@ -457,3 +458,26 @@ def test_the_peers_question_needs_both_savings_above_zero_against_every_method()
         pytest.approx(-25.0)
     assert v["overall"] == "no"
     assert peer_verdict({"methods": {"fedavg": cheaper}}, "dae-ticket") is None
+
+
+def test_a_peer_that_missed_some_seeds_is_beaten_only_if_its_whole_run_costs_more():
+    from fedticket.study import peer_verdict
+
+    ticket = per_seed([0.8] * 3, [10.0] * 3, [50.0] * 3, [5.0] * 3)
+    # topk-ef reached the target on seeds 0 and 2 (20 bytes, 10 CPU s), never on seed 1,
+    # whose whole run moved 30 bytes and took 15 CPU s: at least that much was needed
+    peer = per_seed([0.8, 0.7, 0.8], [20.0, None, 20.0], [50.0] * 3, [10.0, None, 10.0])
+    peer |= {"traffic_bytes_run": seeds(25.0, 30.0, 25.0),
+             "client_cpu_s_run": seeds(12.0, 15.0, 12.0)}
+    row = peer_verdict({"methods": {"dae-ticket": ticket, "topk-ef": peer}},
+                       "dae-ticket")["methods"]["topk-ef"]
+    # lower-bound ratios 10/20, 10/30, 10/20: saving 100 * (1 - (1/12) ** (1/3)) = 56.3%
+    assert row["answer"] == "yes" and "lower bound" in row["why"]
+    assert row["savings"]["traffic_bytes_to_target"]["mean"] == pytest.approx(
+        100 * (1 - (1 / 12) ** (1 / 3)))
+    # a short run that stopped cheaper than the ticket's cost proves nothing
+    peer |= {"traffic_bytes_run": seeds(25.0, 4.0, 25.0)}
+    row = peer_verdict({"methods": {"dae-ticket": ticket, "topk-ef": peer}},
+                       "dae-ticket")["methods"]["topk-ef"]
+    assert row["answer"] == "inconclusive" and "1 of 3 seeds" in row["why"]
+    assert row["savings"]["traffic_bytes_to_target"]["mean"] is None

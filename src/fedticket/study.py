@@ -236,7 +236,8 @@ def timings(folder: Path, study: str) -> list[dict[str, Any]]:
 
 
 KEPT_FIELDS = ("final_accuracy", "best_accuracy", "rounds_to_target",
-               "rounds_to_target_smoothed", *COSTS, "client_wall_s_to_target")
+               "rounds_to_target_smoothed", *COSTS, "client_wall_s_to_target",
+               "traffic_bytes_run", "client_cpu_s_run")
 
 
 def _slim(result: dict[str, Any]) -> dict[str, Any]:
@@ -395,6 +396,23 @@ fedticket methods of the grid (the other ticket, the ticket with compressed uplo
 get a row each but do not decide the answer."""
 PEER_COSTS = ("traffic_bytes_to_target", "client_cpu_s_to_target")
 """What 'less' means against a peer: traffic and client CPU time to the target."""
+RUN_COSTS = {"traffic_bytes_to_target": "traffic_bytes_run",
+             "client_cpu_s_to_target": "client_cpu_s_run"}
+"""Each peer cost's whole-run counterpart: a lower bound where the target was missed."""
+
+
+def at_least(fields: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """``fields[key]`` with each seed that never reached the target given its whole run's
+    cost instead (:data:`RUN_COSTS`): a lower bound on what that seed would have needed.
+    None when the summary keeps no whole-run costs per seed."""
+    run = fields.get(RUN_COSTS[key], {}).get("seeds")
+    seeds = fields[key].get("seeds")
+    if not run or seeds is None:
+        return None
+    bound = {s: v if v is not None else run.get(s) for s, v in seeds.items()}
+    if any(v is None for v in bound.values()):
+        return None
+    return {"seeds": bound, "n": len(bound), "mean": sum(bound.values()) / len(bound)}
 
 
 def peer_verdict(result: dict[str, Any], ticket: str) -> dict[str, Any] | None:
@@ -423,6 +441,13 @@ def peer_verdict(result: dict[str, Any], ticket: str) -> dict[str, Any] | None:
         elif other_missed:
             word, why = INCONCLUSIVE, (f"{name} never reached the target on {other_missed} "
                                        f"of {other['final_accuracy']['n']} seeds")
+            bounds = {k: at_least(other, k) for k in PEER_COSTS}
+            if all(b is not None for b in bounds.values()):
+                low = {k: saving(mine, {**other, k: b}, k) for k, b in bounds.items()}
+                if all_of([against(v, 0.0) for v in low.values()]) == YES:
+                    savings, word = low, YES
+                    why += ("; with its whole run's cost there (a lower bound), "
+                            "both savings are still above 0")
         else:
             word = all_of([against(v, 0.0) for v in savings.values()])
             why = "" if word != INCONCLUSIVE else _settle(

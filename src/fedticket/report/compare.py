@@ -20,6 +20,13 @@ COST_FIELDS: dict[str, tuple[str, ...]] = {
     "client_cpu_s_to_target": ("cum_client_cpu_s",),
 }
 
+# field in the result -> key of the run's last metrics row: what the whole run cost, a
+# lower bound on the cost to a target the run never reached
+RUN_FIELDS: dict[str, tuple[str, ...]] = {
+    "traffic_bytes_run": ("cum_down_bytes", "cum_up_bytes"),
+    "client_cpu_s_run": ("cum_client_cpu_s",),
+}
+
 # saving field -> the *_to_target field it compares against the baseline
 SAVING_FIELDS = {
     "traffic_saving_pct": "traffic_bytes_to_target",
@@ -135,6 +142,11 @@ def first_staying(run: Run, target: float, k: int = SMOOTH_K) -> dict[str, Any] 
     return found
 
 
+def _run_cost(run: Run, keys: tuple[str, ...]) -> float | None:
+    last = run.metrics[-1] if run.metrics else {}
+    return None if any(k not in last for k in keys) else float(sum(last[k] for k in keys))
+
+
 def costs_to_target(run: Run, target: float, smooth: bool = False) -> dict[str, float | None]:
     """Each ``*_to_target`` cost of one run; all None if it never reaches ``target``.
     With ``smooth`` the reach is :func:`first_staying`'s, else :func:`first_reaching`'s."""
@@ -185,7 +197,9 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
     target`` gives ``rounds_to_target`` (that round), ``traffic_bytes_to_target``
     (cumulative down + up bytes), ``client_flops_to_target``, ``client_cpu_s_to_target``
     and ``client_wall_s_to_target``; a run that never reaches the target contributes
-    null. The same fields with ``_smoothed`` use the robust reach of
+    null. ``traffic_bytes_run`` and ``client_cpu_s_run`` are the whole run's (its last
+    metrics row), a lower bound on the cost of a target it missed. The same fields
+    with ``_smoothed`` use the robust reach of
     :func:`first_staying` instead (the mean of the last 3 evaluations stays at or
     above the target from that round to the end). ``n`` counts the non-null values; mean
     and sample std (ddof=1, 0.0 when n == 1) are over those, and null when n == 0.
@@ -232,6 +246,8 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
         smoothed = [costs_to_target(r, target, smooth=True) for r in group]
         fields |= {f"{name}_smoothed": stat([c[name] for c in smoothed])
                    for name in COST_FIELDS}
+        fields |= {name: stat([_run_cost(r, keys) for r in group])
+                   for name, keys in RUN_FIELDS.items()}
         fields["density"] = aggregate([_finite(r.density) for r in group])
         methods[method] = fields
     base = methods.get(baseline)
