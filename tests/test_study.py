@@ -481,3 +481,75 @@ def test_a_peer_that_missed_some_seeds_is_beaten_only_if_its_whole_run_costs_mor
                        "dae-ticket")["methods"]["topk-ef"]
     assert row["answer"] == "inconclusive" and "1 of 3 seeds" in row["why"]
     assert row["savings"]["traffic_bytes_to_target"]["mean"] is None
+
+
+def test_the_prose_about_the_peer_grid_quotes_its_summary():
+    from fedticket.report.study_render import peer_result
+    from fedticket.study import RIVALS, at_least, peer_verdict, saving
+
+    s = read_summary(ROOT / "docs" / "results" / "peers.json")
+    res = s["results"]
+    traffic, cpu = "traffic_bytes_to_target", "client_cpu_s_to_target"
+
+    def sv(part, target, ticket, other, key):
+        x = peer_verdict(res[part][target], ticket)["methods"][other]["savings"][key]
+        return f"{x['mean']:.1f}% [{x['lo']:.1f}, {x['hi']:.1f}]"
+
+    def mb(part, method):
+        return f"{res[part]['0.80']['methods'][method][traffic]['mean'] / 1e6:.0f} MB"
+
+    def final(part, method):
+        return f"{res[part]['0.80']['methods'][method]['final_accuracy']['mean']:.3f}"
+
+    doc = (ROOT / "docs" / "PEERS.md").read_text()
+    section = " ".join(doc[doc.index("## Results: the peer grid"):
+                           doc.index("<!-- BEGIN peers.json -->")].split())
+    iid, dirichlet = "iid", "dirichlet-0.3"
+    quoted = [sv(iid, "0.80", "dae-ticket", "fedavg-dae", cpu),
+              sv(dirichlet, "0.80", "dae-ticket", "fedavg-dae", cpu),
+              sv(iid, "0.70", "dae-ticket-fast", "fedavg-dae", cpu),
+              sv(dirichlet, "0.70", "dae-ticket-fast", "synflow-ticket", traffic),
+              sv(iid, "0.80", "dae-ticket", "fedavg-dae", traffic),
+              sv(dirichlet, "0.80", "dae-ticket", "fedavg-dae", traffic)]
+    quoted += [sv(p, "0.80", "dae-ticket-fast", "fedavg-dae", k)
+               for p in (iid, dirichlet) for k in (traffic, cpu)]
+    quoted += [mb(p, m) for p in (iid, dirichlet)
+               for m in ("dae-ticket", "dae-ticket-topk", "dae-ticket-qsgd")]
+    quoted += [final(p, m) for p in (iid, dirichlet)
+               for m in ("feddst", "synflow-ticket", "snip-ticket", "fedavg")]
+    for q in quoted:
+        assert q in section, q
+    # the words: dae-ticket-fast is yes at 0.80 under both partitions, neither ticket gets
+    # a no from dense FL or a peer, and dae-ticket's answers against the DAE-started dense
+    # methods are inconclusive
+    for p in (iid, dirichlet):
+        assert peer_verdict(res[p]["0.80"], "dae-ticket-fast")["overall"] == "yes"
+        for t in ("0.70", "0.80"):
+            for ticket in ("dae-ticket", "dae-ticket-fast"):
+                rows = peer_verdict(res[p][t], ticket)["methods"]
+                assert all(rows[m]["answer"] != "no" for m in RIVALS if m in rows)
+            rows = peer_verdict(res[p][t], "dae-ticket")["methods"]
+            for m in ("fedavg-dae", "topk-ef-dae", "qsgd-8-dae", "qsgd-4-dae"):
+                assert rows[m]["answer"] == "inconclusive", (p, t, m)
+    assert peer_verdict(res[iid]["0.70"], "dae-ticket-fast")["overall"] == "inconclusive"
+    # dae-ticket's traffic saving is above 0 against every rival (a missed seed counted at
+    # its whole run) except synflow-ticket to 0.80 under Dirichlet(0.3), 1 seed of 3
+    below = []
+    for p in (iid, dirichlet):
+        for t in ("0.70", "0.80"):
+            methods = res[p][t]["methods"]
+            for m in RIVALS:
+                o = methods[m]
+                bound = o[traffic] if o[traffic]["n"] == 3 else at_least(o, traffic)
+                if saving(methods["dae-ticket"], {**o, traffic: bound}, traffic)["lo"] <= 0:
+                    below.append((p, t, m))
+    assert below == [(dirichlet, "0.80", "synflow-ticket")]
+    assert res[dirichlet]["0.80"]["methods"]["synflow-ticket"][traffic]["n"] == 1
+    assert res[dirichlet]["0.80"]["methods"]["feddst"][traffic]["n"] == 0
+    # README: each method's row carries its result
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| name | from (paper; code) |"):]
+    table = table[:table.index("\n\n")]
+    for m in res[iid]["0.80"]["methods"]:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{m}`"))
+        assert peer_result(s, m) in row, m

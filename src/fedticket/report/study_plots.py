@@ -63,8 +63,11 @@ def plot_curves(study: str, partition: str, by_method: dict[str, dict[str, list[
     for key, (_, label, what) in AXES.items():
         fig = Figure(figsize=(6.4, 4.2), dpi=110, layout="constrained")
         ax = fig.add_subplot()
-        for method, c in by_method.items():
+        for i, (method, c) in enumerate(by_method.items()):
+            # ten colours; past ten methods the lines go dashed, then dotted, so no two
+            # methods look the same
             (line,) = ax.plot(c[key], c["acc"], marker=".", markersize=3,
+                              color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3],
                               label=f"{method} (n={c['seeds'][0]})")
             ax.fill_between(c[key], c["acc_min"], c["acc_max"], color=line.get_color(),
                             alpha=0.15, linewidth=0)

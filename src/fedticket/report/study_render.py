@@ -258,3 +258,20 @@ def update_doc(doc: Path, summary_path: Path) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     atomic_write_bytes(doc, text.encode())
+
+
+def peer_result(summary: dict[str, Any], method: str, target: str = "0.80") -> str:
+    """One method's cost to ``target`` per partition, for the README's peers table:
+    ``142 MB, 17 CPU s / 370 MB, 42 CPU s``; the seeds that reached it when not all did
+    (the mean is over those), ``never`` with the final accuracy when none did."""
+    cells = []
+    for by_target in summary["results"].values():
+        f = by_target[target]["methods"][method]
+        traffic, cpu, runs = (f["traffic_bytes_to_target"], f["client_cpu_s_to_target"],
+                              f["final_accuracy"]["n"])
+        if not traffic["n"]:
+            cells.append(f"never (final {f['final_accuracy']['mean']:.3f})")
+            continue
+        cells.append(f"{traffic['mean'] / 1e6:.0f} MB, {cpu['mean']:.0f} CPU s"
+                     + (f" ({traffic['n']}/{runs} seeds)" if traffic["n"] < runs else ""))
+    return " / ".join(cells)
