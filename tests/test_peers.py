@@ -294,10 +294,13 @@ def test_feddst_bytes_of_its_first_two_rounds_by_hand(tmp_path):
     assert metrics[-1]["cum_mask_bytes"] == 4 * mask
 
 
-def test_feddst_on_flower_messages_ends_with_the_simulators_model_and_mask(tmp_path):
+def simulator_and_flower(tmp_path, method, overrides=None):
+    """The same 3-round run of ``method`` on the simulator and on Flower's messages
+    (InProcessFlower): each one's final weights, final mask and byte totals, and the
+    server stage's mask."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text(TINY.format(method="feddst").replace("rounds = 2", "rounds = 3"))
-    [spec] = load_config(cfg).specs({"federate.readjust_every": 1})
+    cfg.write_text(TINY.format(method=method).replace("rounds = 2", "rounds = 3"))
+    [spec] = load_config(cfg).specs(overrides or {})
     splits = load_splits(spec.data, spec.seed)
     stages = pretrain_and_prune(spec, splits, tmp_path)
     state = starting_weights(spec, splits, stages)
@@ -316,8 +319,25 @@ def test_feddst_on_flower_messages_ends_with_the_simulators_model_and_mask(tmp_p
         final = strategy.start(engine_class(trainer, codec, splits.clients))
         return final, strategy.codec.mask, strategy.totals
 
-    sim, flower = run(LocalEngine), run(InProcessFlower)
-    assert sim[1] == flower[1] and sim[1] != stages.mask  # the mask moved, the same way
+    return run(LocalEngine), run(InProcessFlower), stages.mask
+
+
+def test_feddst_on_flower_messages_ends_with_the_simulators_model_and_mask(tmp_path):
+    sim, flower, start = simulator_and_flower(tmp_path, "feddst",
+                                              {"federate.readjust_every": 1})
+    assert sim[1] == flower[1] and sim[1] != start  # the mask moved, the same way
     for k in sim[0]:
         torch.testing.assert_close(sim[0][k], flower[0][k], rtol=0, atol=1e-6)
     assert sim[2].up_bytes == flower[2].up_bytes and sim[2].down_bytes == flower[2].down_bytes
+
+
+@pytest.mark.parametrize("method", ["synflow-ticket", "qsgd-4", "dae-ticket-qsgd"])
+def test_each_peer_on_flower_messages_ends_with_the_simulators_model_and_bytes(tmp_path,
+                                                                           method):
+    # the peers the real-SuperLink parity test (test_flower_deploy.py) does not run
+    sim, flower, start = simulator_and_flower(tmp_path, method)
+    assert sim[1] == flower[1] == start  # these masks stay put
+    for k in sim[0]:
+        torch.testing.assert_close(sim[0][k], flower[0][k], rtol=0, atol=1e-6)
+    assert (sim[2].up_bytes, sim[2].down_bytes) == (flower[2].up_bytes, flower[2].down_bytes)
+    assert sim[2].up_bytes > 0 and sim[2].down_bytes > 0
