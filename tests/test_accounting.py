@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedticket.accounting import Codec, layer_costs, train_flops_per_sample
+from fedticket.accounting import Codec, layer_costs, maskcode, train_flops_per_sample
+from fedticket.accounting.maskcode import ENTROPY
 from fedticket.accounting.wire import BITMAP, INDEX_LIST
 from fedticket.errors import FedticketError
 from fedticket.models import build
@@ -38,28 +39,36 @@ def test_sparse_payload_is_4_bytes_per_kept_weight_and_zero_elsewhere():
 
 
 @pytest.mark.parametrize(
-    "nnz, tag, size",
+    "nnz, tag",
     [
-        (30, BITMAP, 1 + 13),      # bitmap ceil(100/8)=13 bytes beats 4*30=120
-        (3, INDEX_LIST, 1 + 12),   # 3 indices * 4 bytes = 12 beats 13
-        (0, INDEX_LIST, 1),        # nothing kept: an empty index list
+        (30, BITMAP),       # bitmap 1 + ceil(100/8) = 14 bytes; ANS: 1 + 1 + 16 (4 words)
+        (3, ENTROPY),       # 3 of 100: 1 + 1 + 8 (2 words) beats 1 + 4 * 3 indices
+        (0, INDEX_LIST),    # nothing kept: an empty index list (1 byte; ANS needs 3)
+        (50, BITMAP),       # H(0.5) = 1 bit a weight: nothing beats the bitmap
     ],
 )
-def test_mask_message_is_the_cheaper_encoding(nnz, tag, size):
+def test_mask_message_is_the_cheapest_encoding(nnz, tag):
     mask = mask_with(nnz)
     codec = Codec(mask)
     msg = codec.encode_mask()
-    assert msg[0] == tag and len(msg) == size
+    sizes = {BITMAP: 1 + 13, INDEX_LIST: 1 + 4 * nnz,
+             ENTROPY: len(maskcode.encode([mask["w"].numpy()]))}
+    assert msg[0] == tag and len(msg) == min(sizes.values()) == sizes[tag]
     assert codec.decode_mask(msg) == mask
 
 
-def test_fedavg_cnn_mask_at_80_percent_sparsity_costs_a_bitmap():
-    # 1,663,370 parameters -> bitmap 1 + 207,922 bytes; index list would be 4 bytes per kept one
+def test_fedavg_cnn_mask_at_80_percent_sparsity_costs_its_entropy():
+    # 1,663,370 parameters at density 0.2: a bitmap would be 1 + 207,922 bytes; the bound
+    # n * H(0.2) = 1,663,370 * 0.72193 bits = 150,104 bytes
     m = build(ModelSpec(), (1, 28, 28), 10)
     flat = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < 0.2
             for n, p in m.named_parameters()}
     codec = Codec(Mask(flat))
-    assert len(codec.encode_mask()) == 1 + (1_663_370 + 7) // 8 == 207_923
+    msg = codec.encode_mask()
+    bound = maskcode.entropy_bits(codec._flat_mask) / 8
+    assert 150_000 < bound < 150_250
+    assert msg[0] == ENTROPY and bound < len(msg) < 1.001 * bound + 64
+    assert codec.decode_mask(msg) == Mask(flat)
 
 
 def test_decode_rejects_wrong_length_and_bad_mask_messages():
@@ -101,7 +110,7 @@ def test_conv_flops_by_hand():
     assert c.forward_flops == 2 * 288 + 2 * 16
 
 
-@pytest.mark.parametrize("values", ["f32", "f16", "q8"])
+@pytest.mark.parametrize("values", ["f32", "f16", "q8", "q4"])
 def test_value_encodings_sizes_and_errors(values):
     g = torch.Generator().manual_seed(0)
     state = {"a": torch.randn(20, 30, generator=g), "b": torch.randn(7, generator=g) * 100}
@@ -109,7 +118,9 @@ def test_value_encodings_sizes_and_errors(values):
     codec = Codec(mask, values)
     payload = codec.encode(state)
     nnz = mask.nnz
-    expected = {"f32": 4 * nnz, "f16": 2 * nnz, "q8": 2 * 8 + nnz}[values]
+    # each tensor holds fewer than 256 kept values: one block (min and step) each
+    expected = {"f32": 4 * nnz, "f16": 2 * nnz, "q8": 2 * 8 + nnz,
+                "q4": 2 * 8 + (nnz + 1) // 2}[values]
     assert len(payload) == codec.payload_bytes == expected
     back = codec.decode(payload)
     for k in state:
@@ -120,8 +131,9 @@ def test_value_encodings_sizes_and_errors(values):
             assert float(err.max()) == 0.0
         elif values == "f16":  # 11 significant bits: relative error at most 2**-11
             assert bool((err <= state[k][kept].abs() * 2.0**-11 + 1e-7).all())
-        else:  # nearest of 256 levels between the tensor's min and max
-            step = float(state[k][kept].max() - state[k][kept].min()) / 255
+        else:  # nearest of 256 (16) levels between the tensor's min and max
+            levels = 255 if values == "q8" else 15
+            step = float(state[k][kept].max() - state[k][kept].min()) / levels
             assert float(err.max()) <= step / 2 + 1e-5
     with pytest.raises(FedticketError, match="expected"):
         codec.decode(payload[:-1])

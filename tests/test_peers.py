@@ -187,6 +187,14 @@ def bitmap_or_list(k: int, n: int) -> int:
     return 1 + min(math.ceil(n / 8), 4 * k)
 
 
+# A ticket's mask goes entropy-coded (fedticket.accounting.maskcode): the tag; a varint
+# per tensor (2 bytes for the body's 2 * 205, 1 for its bias, 2 for the head's row and
+# column counts, as a full tensor factors, 1 for its bias); then 24 32-bit ANS words
+# for the body's 1024 bits at density 205/1024 (the bound 1024 * H(0.2) is 740 bits,
+# 23.1 words). A bitmap would take 1 + 152 bytes.
+MASK = 1 + 2 + 1 + 2 + 1 + 4 * 24
+
+
 UPLOADS = {  # method: (values a download holds, bytes of one upload)
     "topk-ef": (NUMEL, bitmap_or_list(242, NUMEL) + 4 * 242),      # k = round(0.2 * 1210)
     "qsgd-8": (NUMEL, 4 * 3 + NUMEL),                              # 3 buckets of 512
@@ -203,7 +211,7 @@ def test_first_two_rounds_bytes_by_hand(tmp_path, method):
     values, up = UPLOADS[method]
     clients, metrics, report = run_rows(tmp_path, method)
     assert [r["round"] for r in clients] == [1, 1, 2, 2]  # 2 of the 4 clients a round
-    mask = 0 if values == NUMEL else bitmap_or_list(KEPT, NUMEL)  # 1 + 152-byte bitmap
+    mask = 0 if values == NUMEL else MASK
     assert report["wire"]["mask_message_bytes"] == mask
     for r in clients:
         assert r["down_bytes"] == 4 * values and r["up_bytes"] == up
@@ -226,7 +234,7 @@ def test_snip_ticket_books_the_clients_saliency_in_round_0(tmp_path):
     assert report["nnz"] == KEPT
     trained = [r for r in clients if r["round"] > 0]
     assert all(r["down_bytes"] == r["up_bytes"] == 4 * KEPT for r in trained)
-    mask = bitmap_or_list(KEPT, NUMEL)
+    mask = MASK
     assert sum(r["mask_bytes"] for r in trained) == mask * len({r["client"] for r in trained})
     assert metrics[-1]["cum_up_bytes"] == 4 * 4 * NUMEL + 4 * 4 * KEPT
 
@@ -282,7 +290,7 @@ def test_feddst_bytes_of_its_first_two_rounds_by_hand(tmp_path):
     clients, metrics, report = run_rows(tmp_path, "feddst")
     # ERK on the one prunable tensor keeps round(0.2 * 1024) = 205 of it: 391 values
     assert report["nnz"] == KEPT
-    mask = bitmap_or_list(KEPT, NUMEL)
+    mask = MASK
     one = [r for r in clients if r["round"] == 1]
     two = [r for r in clients if r["round"] == 2]
     # round 1 readjusts (alpha 0.5): each client uploads a 4-byte header, its new mask and

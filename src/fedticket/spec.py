@@ -32,8 +32,8 @@ PRUNE_STRATEGIES = ("none", "magnitude", "random", "random-matched", "synflow", 
 PRUNE_SCOPES = ("global", "layer", "erk")
 PRUNE_STRUCTURES = ("none", "channels")
 COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
-VALUE_ENCODINGS = ("f32", "f16", "q8")
-UPLOAD_CODES = ("model", "topk", "qsgd")
+VALUE_ENCODINGS = ("f32", "f16", "q8", "q4")
+UPLOAD_CODES = ("model", "topk", "qsgd", "change")
 # data fields that shape only the clients' part (and the test set), never the pool
 CLIENT_SPLIT_FIELDS = ("train_size", "test_size", "num_clients", "partition",
                        "dirichlet_alpha", "shards_per_client", "min_client_size")
@@ -275,21 +275,24 @@ class FederateSpec:
     false: with every download (stateless clients, as cross-device FL often has)."""
     values: str = "f32"
     """How weight values travel (:mod:`fedticket.accounting.wire`): ``f32`` (exact),
-    ``f16`` (half precision) or ``q8`` (8-bit codes with a per-tensor scale), both
-    ways (download and upload)."""
+    ``f16`` (half precision), ``q8`` or ``q4`` (8- or 4-bit codes, a float32 minimum
+    and step per 256 values of a tensor, rounded to the nearest), both ways (download
+    and upload)."""
     upload: str = "model"
     """What a client uploads (:mod:`fedticket.accounting.wire`): its new ``model`` (in
     ``values``), or its change from the model it received, as the ``topk`` largest
     entries (``upload_density`` of the values a download holds, positions and float32
     values) or quantized by ``qsgd`` (``upload_bits`` bits a value, stochastic rounding,
-    a norm per 512 values). The download stays the model in ``values``."""
+    a norm per 512 values), or whole as the ``change`` in ``values`` (its own minimum
+    and step per block; stochastic rounding, or to the nearest under error feedback).
+    The download stays the model in ``values``."""
     upload_density: float = 0.2
     """``topk``: the fraction of the download's values an upload sends (0.2: the kept
     fraction of a ticket at the study's 80% sparsity)."""
     upload_bits: int = 8
     """``qsgd``: bits a value, 8 or 4 (sign and level: 127 or 7 levels)."""
     error_feedback: bool = False
-    """``topk`` and ``qsgd``: each client keeps what its upload did not carry (its
+    """``topk``, ``qsgd`` and ``change``: each client keeps what its upload did not carry (its
     residual) and adds it to its next change before compressing; the residual never
     travels. Clients that keep no state between rounds cannot do this."""
     aggregation: str = "fedavg"
@@ -354,7 +357,10 @@ class FederateSpec:
             raise ConfigError(f"federate.upload_bits must be 4 or 8, got {self.upload_bits}")
         if self.error_feedback and self.upload == "model":
             raise ConfigError("federate.error_feedback needs a compressed upload "
-                              "(federate.upload = topk or qsgd)")
+                              "(federate.upload = topk, qsgd or change)")
+        if self.error_feedback and self.upload == "change" and self.values == "f32":
+            raise ConfigError("federate.error_feedback with federate.upload = change needs "
+                              "values that lose something (f16, q8 or q4)")
         if self.error_feedback and not self.mask_once:
             raise ConfigError("federate.error_feedback keeps a residual on each client; "
                               "stateless clients (federate.mask_once = false) have none")

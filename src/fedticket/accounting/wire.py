@@ -50,11 +50,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from fedticket.accounting import maskcode
 from fedticket.errors import FedticketError
 from fedticket.pruning.mask import Mask
 from fedticket.spec import FederateSpec
@@ -63,8 +64,82 @@ BITMAP = 0x01
 INDEX_LIST = 0x02
 
 
-VALUE_BYTES = {"f32": 4, "f16": 2, "q8": 1}
-UPLOADS = ("model", "topk", "qsgd")
+VALUE_BITS = {"f32": 32, "f16": 16, "q8": 8, "q4": 4}
+VALUE_BLOCK = 256
+"""Values per scale of ``q8`` and ``q4`` (a block never spans two tensors)."""
+UPLOADS = ("model", "topk", "qsgd", "change")
+
+
+def value_blocks(bounds: np.ndarray) -> np.ndarray:
+    """The starts of the :data:`VALUE_BLOCK`-value blocks of a flat vector whose tensors
+    span ``bounds[i]:bounds[i + 1]``, and its length last."""
+    starts = [np.arange(a, b, VALUE_BLOCK) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return np.concatenate([*starts, [bounds[-1]]]).astype(np.int64)
+
+
+def values_bytes(code: str, blocks: np.ndarray) -> int:
+    """Length of a :func:`values_encode` payload."""
+    n, nb = int(blocks[-1]), blocks.size - 1
+    if code in ("f32", "f16"):
+        return VALUE_BITS[code] // 8 * n
+    return 8 * nb + (n if code == "q8" else (n + 1) // 2)
+
+
+def values_encode(flat: np.ndarray, code: str, blocks: np.ndarray,
+                  rng: np.random.Generator | None = None) -> bytes:
+    """``flat`` in ``code``. ``q8`` and ``q4``: per block the float32 minimum ``lo`` and
+    step ``(max - lo) / (2 ** bits - 1)``, then a code a value (``v = lo + code *
+    step``; two codes a byte at 4 bits, the first in the high nibble), rounded to the
+    nearest or, given ``rng``, stochastically (up with probability equal to the
+    fraction, so the decoded value is ``v`` in expectation)."""
+    flat = flat.astype(np.float32, copy=False)
+    if code == "f32":
+        return flat.astype("<f4").tobytes()
+    if code == "f16":
+        return flat.astype("<f2").tobytes()
+    top = 2 ** VALUE_BITS[code] - 1
+    starts = blocks[:-1]
+    if starts.size == 0:
+        return b""
+    lo = np.minimum.reduceat(flat, starts).astype(np.float32)
+    step = ((np.maximum.reduceat(flat, starts) - lo) / np.float32(top)).astype(np.float32)
+    per = np.diff(blocks)
+    inv = np.divide(1.0, step, out=np.zeros_like(step), where=step > 0)
+    x = (flat - np.repeat(lo, per)) * np.repeat(inv, per)
+    if rng is None:
+        q = np.rint(x)
+    else:
+        q = np.floor(x)
+        q += rng.random(x.shape, dtype=np.float32) < x - q
+    codes = np.clip(q, 0, top).astype(np.uint8)
+    if code == "q4":
+        if codes.size % 2:
+            codes = np.append(codes, np.uint8(0))
+        codes = (codes[0::2] << 4 | codes[1::2]).astype(np.uint8)
+    scales = np.stack([lo, step], axis=1).astype("<f4")
+    return scales.tobytes() + codes.tobytes()
+
+
+def values_decode(payload: bytes, code: str, blocks: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`values_encode`: float32 values."""
+    expected = values_bytes(code, blocks)
+    if len(payload) != expected:
+        raise FedticketError(f"payload has {len(payload)} bytes, expected {expected} for this "
+                             "mask")
+    if code == "f32":
+        return np.frombuffer(payload, dtype="<f4").astype(np.float32)
+    if code == "f16":
+        return np.frombuffer(payload, dtype="<f2").astype(np.float32)
+    n, nb = int(blocks[-1]), blocks.size - 1
+    scales = np.frombuffer(payload, dtype="<f4", count=2 * nb).reshape(nb, 2)
+    if not np.isfinite(scales).all() or bool((scales[:, 1] < 0).any()):
+        raise FedticketError("payload has a block scale that is not finite and >= 0")
+    body = np.frombuffer(payload, dtype=np.uint8, offset=8 * nb)
+    if code == "q4":
+        body = np.stack([body >> 4, body & 0x0F], axis=1).reshape(-1)[:n]
+    per = np.diff(blocks)
+    lo, step = np.repeat(scales[:, 0], per), np.repeat(scales[:, 1], per)
+    return (lo + body.astype(np.float32) * step).astype(np.float32)
 QSGD_BUCKET = 512
 """Values per QSGD bucket (one scale each): the bucket size of QSGD's 4- and 8-bit
 experiments."""
@@ -75,9 +150,9 @@ class Codec:
 
     def __init__(self, mask: Mask, values: str = "f32", upload: str = "model",
                  density: float = 1.0, bits: int = 8, error_feedback: bool = False):
-        if values not in VALUE_BYTES:
+        if values not in VALUE_BITS:
             raise FedticketError(f"unknown value encoding {values!r}; choose one of: "
-                                 f"{', '.join(VALUE_BYTES)}")
+                                 f"{', '.join(VALUE_BITS)}")
         self.values = values
         self.mask = mask
         self.names = list(mask)
@@ -91,7 +166,10 @@ class Codec:
         # where each tensor's values sit in the (kept) flat vector, for q8's per-tensor scale
         sizes = [int(mask[n].sum()) if self.sparse else mask[n].numel() for n in self.names]
         self._bounds = np.cumsum([0, *sizes])
-        self.update = UpdateCode(upload, self.size, density, bits, error_feedback)
+        self._blocks = value_blocks(self._bounds)
+        self._mask_message: bytes | None = None
+        self.update = UpdateCode(upload, self.size, density, bits, error_feedback, values,
+                                 self._blocks)
         """How uploads travel: the model payload, or a compressed change."""
 
     @classmethod
@@ -108,10 +186,7 @@ class Codec:
     @property
     def payload_bytes(self) -> int:
         """Length of every model payload under this mask and encoding."""
-        n = self.nnz if self.sparse else self.numel
-        if self.values == "q8":
-            return 8 * len(self.names) + n
-        return VALUE_BYTES[self.values] * n
+        return values_bytes(self.values, self._blocks)
 
     @property
     def size(self) -> int:
@@ -136,45 +211,14 @@ class Codec:
 
     # ---------------------------------------------------------------- values
     def encode(self, state: Mapping[str, torch.Tensor]) -> bytes:
-        """Payload of ``state`` (dense when the mask is full, else kept values only)."""
-        flat = self.kept(state)
-        if self.values == "f32":
-            return flat.tobytes()
-        if self.values == "f16":
-            return flat.astype("<f2").tobytes()
-        parts = []
-        for a, b in zip(self._bounds[:-1], self._bounds[1:], strict=True):
-            seg = flat[a:b]
-            lo = float(seg.min()) if seg.size else 0.0
-            hi = float(seg.max()) if seg.size else 0.0
-            step = (hi - lo) / 255.0
-            codes = np.zeros(seg.size, np.uint8) if step == 0 else \
-                np.clip(np.rint((seg - lo) / step), 0, 255).astype(np.uint8)
-            parts.append(np.array([lo, step], dtype="<f4").tobytes() + codes.tobytes())
-        return b"".join(parts)
-
-    def _values(self, payload: bytes) -> np.ndarray:
-        if self.values == "f32":
-            return np.frombuffer(payload, dtype="<f4")
-        if self.values == "f16":
-            return np.frombuffer(payload, dtype="<f2").astype(np.float32)
-        out, pos = [], 0
-        for a, b in zip(self._bounds[:-1], self._bounds[1:], strict=True):
-            lo, step = np.frombuffer(payload, dtype="<f4", count=2, offset=pos)
-            codes = np.frombuffer(payload, dtype=np.uint8, count=int(b - a), offset=pos + 8)
-            out.append((lo + codes.astype(np.float32) * step).astype(np.float32))
-            pos += 8 + int(b - a)
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        """Payload of ``state`` (dense when the mask is full, else kept values only),
+        rounded to the nearest where ``values`` rounds."""
+        return values_encode(self.kept(state), self.values, self._blocks)
 
     def decode(self, payload: bytes) -> dict[str, torch.Tensor]:
         """Inverse of :meth:`encode` (exact for ``f32``); pruned entries come back as
         exact zeros."""
-        expected = self.payload_bytes
-        if len(payload) != expected:
-            raise FedticketError(
-                f"payload has {len(payload)} bytes, expected {expected} for this mask"
-            )
-        values = self._values(payload)
+        values = values_decode(payload, self.values, self._blocks)
         if not np.isfinite(values).all():
             raise FedticketError("payload holds values that are not finite")
         return self.from_kept(values)
@@ -191,11 +235,21 @@ class Codec:
 
     # ------------------------------------------------------------------ mask
     def encode_mask(self) -> bytes:
-        """The mask message (empty for a full mask): the cheaper of bitmap and index list."""
+        """The mask message (empty for a full mask): the cheapest of a bitmap, an index
+        list and the entropy code (:mod:`fedticket.accounting.maskcode`), made once."""
         if not self.sparse:
             return b""
+        if self._mask_message is not None:
+            return self._mask_message
+        self._mask_message = self._encode_mask()
+        return self._mask_message
+
+    def _encode_mask(self) -> bytes:
         bitmap_len = 1 + (self.numel + 7) // 8
         index_len = 1 + 4 * self.nnz
+        entropy = maskcode.encode([self.mask[n].numpy() for n in self.names])
+        if len(entropy) < min(bitmap_len, index_len):
+            return entropy
         if index_len < bitmap_len:
             return bytes([INDEX_LIST]) + self._kept.astype("<u4").tobytes()
         return bytes([BITMAP]) + np.packbits(self._flat_mask).tobytes()
@@ -205,6 +259,9 @@ class Codec:
         if not payload:
             raise FedticketError("empty mask message")
         tag, body = payload[0], payload[1:]
+        if tag == maskcode.ENTROPY:
+            parts = maskcode.decode(payload, [self.shapes[n] for n in self.names])
+            return Mask({n: torch.from_numpy(m) for n, m in zip(self.names, parts, strict=True)})
         if tag == BITMAP:
             if len(body) != (self.numel + 7) // 8:
                 raise FedticketError(f"bitmap mask has {len(body)} bytes for {self.numel} entries")
@@ -346,6 +403,11 @@ class UpdateCode:
     density: float = 1.0
     bits: int = 8
     error_feedback: bool = False
+    values: str = "f32"
+    """``change``: the value code (:func:`values_encode`)."""
+    blocks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """``change``: the blocks of the ``n`` values (:func:`value_blocks`); one tensor of
+    ``n`` values when None."""
 
     def __post_init__(self) -> None:
         if self.kind not in UPLOADS:
@@ -363,9 +425,17 @@ class UpdateCode:
     def is_model(self) -> bool:
         return self.kind == "model"
 
+    @property
+    def _blocks(self) -> np.ndarray:
+        if self.blocks is not None:
+            return self.blocks
+        return value_blocks(np.array([0, self.n]))
+
     def payload_bytes(self) -> int:
         if self.kind == "topk":
             return positions_bytes(self.k, self.n) + 4 * self.k
+        if self.kind == "change":
+            return values_bytes(self.values, self._blocks)
         return qsgd_bytes(self.n, self.bits)
 
     def encode(self, change: np.ndarray, residual: np.ndarray | None,
@@ -377,6 +447,14 @@ class UpdateCode:
             payload, idx = topk_encode(v, self.k)
             sent = np.zeros_like(v)
             sent[idx] = v[idx]
+        elif self.kind == "change":
+            # nearest under error feedback (the residual carries the rounding error),
+            # else stochastic (the average over clients is unbiased)
+            payload = values_encode(v, self.values, self._blocks,
+                                    None if self.error_feedback else rng)
+            if not self.error_feedback:
+                return payload, None
+            sent = values_decode(payload, self.values, self._blocks)
         else:
             payload = qsgd_encode(v, self.bits, rng)
             if not self.error_feedback:
@@ -388,4 +466,6 @@ class UpdateCode:
         """The change an upload carries."""
         if self.kind == "topk":
             return topk_decode(payload, self.n, self.k)
+        if self.kind == "change":
+            return values_decode(payload, self.values, self._blocks)
         return qsgd_decode(payload, self.n, self.bits)

@@ -1,0 +1,282 @@
+"""Bytes at their limit: the entropy-coded mask, values in 8 and 4 bits, uploads of the
+quantized change with error feedback."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedticket.accounting import Codec, maskcode
+from fedticket.accounting.wire import (
+    VALUE_BLOCK,
+    UpdateCode,
+    value_blocks,
+    values_bytes,
+    values_decode,
+    values_encode,
+)
+from fedticket.cli import main
+from fedticket.errors import ConfigError, FedticketError
+from fedticket.pruning import Mask
+from fedticket.spec import FederateSpec
+from test_peers import KEPT, MASK, NUMEL, TINY
+
+# ------------------------------------------------------------------- the mask code
+
+
+def test_binary_entropy_by_hand():
+    assert maskcode.binary_entropy(0.5) == 1.0
+    assert maskcode.binary_entropy(0.05) == pytest.approx(0.2864, abs=1e-4)
+    assert maskcode.binary_entropy(0.10) == pytest.approx(0.4690, abs=1e-4)
+    assert maskcode.binary_entropy(0.20) == pytest.approx(0.7219, abs=1e-4)
+    assert maskcode.binary_entropy(0.0) == maskcode.binary_entropy(1.0) == 0.0
+
+
+def header_bytes(msg: bytes, shapes) -> int:
+    """The tag and the varints: everything before the ANS words."""
+    pos = 1
+    for _ in shapes:
+        h, pos = maskcode._read_varint(msg, pos)
+        if h & 1:
+            _, pos = maskcode._read_varint(msg, pos)
+    return pos
+
+
+FEDAVG_CNN = [(32, 1, 5, 5), (32,), (64, 32, 5, 5), (64,), (512, 3136), (512,), (10, 512),
+              (10,)]
+
+
+@pytest.mark.parametrize("density", [0.001, 0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 0.95,
+                                     0.999])
+def test_a_random_mask_of_the_fedavg_cnn_codes_within_3_percent_of_its_entropy(density):
+    rng = np.random.default_rng(int(density * 1000))
+    tensors = [rng.random(s) < density for s in FEDAVG_CNN]
+    msg = maskcode.encode(tensors)
+    flat = np.concatenate([t.reshape(-1) for t in tensors])
+    bound = maskcode.entropy_bits(flat)  # n * H(d), n = 1,663,370
+    head = header_bytes(msg, FEDAVG_CNN)
+    assert head <= 1 + 3 * len(FEDAVG_CNN)  # the tag and at most 3 bytes a tensor
+    # ANS words: within 3% of the bound, plus the coder's final state (<= 2 words)
+    assert 8 * (len(msg) - head) <= 1.03 * bound + 64
+    assert all(np.array_equal(a, b) for a, b in
+               zip(tensors, maskcode.decode(msg, FEDAVG_CNN), strict=True))
+
+
+def test_whole_channels_removed_cost_their_rows_and_columns_only():
+    # conv2 keeps 16 of its 64 output channels and 8 of its 32 inputs; fc1 keeps the
+    # 16 * 7 * 7 = 784 input features of those channels and 128 of its 512 rows
+    conv = np.zeros((64, 32, 5, 5), bool)
+    rows, cols = np.arange(64) % 4 == 0, np.arange(32) % 4 == 0
+    conv[np.ix_(rows, cols)] = True
+    fc = np.zeros((512, 3136), bool)
+    fc[np.ix_(np.arange(512) % 4 == 0, np.repeat(rows, 49))] = True
+    tensors = [conv, np.ones(64, bool), fc]
+    msg = maskcode.encode(tensors)
+    flat = np.concatenate([t.reshape(-1) for t in tensors])
+    # the coded bits are 64 + 32 + 512 + 3136 row and column bits: at most one bit each,
+    # far below n * H(d) of the 1,657,920 entries
+    assert 8 * len(msg) <= 1 + 3 * 3 + (64 + 32 + 512 + 3136) / 8 * 8 + 64
+    assert 8 * len(msg) < 0.01 * maskcode.entropy_bits(flat)
+    back = maskcode.decode(msg, [t.shape for t in tensors])
+    assert all(np.array_equal(a, b) for a, b in zip(tensors, back, strict=True))
+
+
+masks = st.lists(
+    st.tuples(
+        st.lists(st.integers(0, 6), min_size=1, max_size=4),   # a shape (0 allowed)
+        st.sampled_from(["empty", "full", "random", "rows", "cols"]),
+        st.floats(0.0, 1.0),
+        st.integers(0, 2**31),
+    ),
+    min_size=1, max_size=5,
+)
+
+
+def build(spec):
+    out = []
+    for shape, kind, d, seed in spec:
+        rng = np.random.default_rng(seed)
+        if kind in ("empty", "full"):
+            out.append(np.full(shape, kind == "full"))
+        elif kind == "random" or len(shape) < 2:
+            out.append(rng.random(shape) < d)
+        else:
+            keep = rng.random(shape[0] if kind == "rows" else shape[1]) < d
+            m = np.zeros(shape, bool)
+            if kind == "rows":
+                m[keep] = True
+            else:
+                m[:, keep] = True
+            out.append(m)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(masks)
+def test_the_mask_code_round_trips_bit_for_bit(spec):
+    tensors = build(spec)
+    shapes = [t.shape for t in tensors]
+    back = maskcode.decode(maskcode.encode(tensors), shapes)
+    assert all(a.dtype == bool and a.shape == b.shape and np.array_equal(a, b)
+               for a, b in zip(back, tensors, strict=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(masks)
+def test_the_codec_sends_the_cheapest_mask_message_and_reads_it_back(spec):
+    tensors = [t for t in build(spec) if t.size]
+    if not tensors:
+        return
+    mask = Mask({f"t{i}": torch.from_numpy(t) for i, t in enumerate(tensors)})
+    codec = Codec(mask)
+    msg = codec.encode_mask()
+    if mask.is_full:
+        assert msg == b""
+        return
+    n, k = codec.numel, codec.nnz
+    assert len(msg) == min(1 + (n + 7) // 8, 1 + 4 * k, len(maskcode.encode(tensors)))
+    assert codec.decode_mask(msg) == mask
+
+
+def test_a_broken_mask_message_is_refused_in_one_line():
+    rng = np.random.default_rng(0)
+    t = [rng.random((40, 40)) < 0.1]
+    msg = maskcode.encode(t)
+    with pytest.raises(FedticketError, match="truncated header"):
+        maskcode.decode(msg[:1], [(40, 40)])
+    head = header_bytes(msg, [(40, 40)])
+    for extra in (msg[:head] + b"\x01\0\0\0" + msg[head:], msg + b"\x01\0\0\0"):
+        with pytest.raises(FedticketError, match="left over|another count|not valid"):
+            maskcode.decode(extra, [(40, 40)])
+    with pytest.raises(FedticketError, match="whole number of words"):
+        maskcode.decode(msg[:-1], [(40, 40)])
+    with pytest.raises(FedticketError, match="more entries"):
+        maskcode.decode(bytes([maskcode.ENTROPY]) + maskcode._varint(2 * 1601), [(40, 40)])
+    other = bytearray(msg)
+    other[1:3] = maskcode._varint(2 * (int(t[0].sum()) + 1))  # claims one more kept entry
+    with pytest.raises(FedticketError):
+        maskcode.decode(bytes(other), [(40, 40)])
+
+
+# ------------------------------------------------------------------------ values
+
+
+def blocks_of(*sizes):
+    return value_blocks(np.cumsum([0, *sizes]))
+
+
+def test_blocks_hold_256_values_and_never_span_two_tensors():
+    b = blocks_of(600, 3, 0, 256)
+    assert b.tolist() == [0, 256, 512, 600, 603, 859]
+    assert values_bytes("q8", b) == 8 * 5 + 859 and values_bytes("q4", b) == 8 * 5 + 430
+    assert values_bytes("f16", b) == 2 * 859 and VALUE_BLOCK == 256
+
+
+@pytest.mark.parametrize("code, levels", [("q8", 255), ("q4", 15)])
+def test_nearest_rounding_is_within_half_a_step_of_each_block(code, levels):
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.normal(0, 0.05, 700), rng.normal(3, 1, 90)]).astype(np.float32)
+    b = blocks_of(700, 90)
+    back = values_decode(values_encode(v, code, b), code, b)
+    for a, z in zip(b[:-1], b[1:], strict=True):
+        step = (v[a:z].max() - v[a:z].min()) / levels
+        assert np.abs(back[a:z] - v[a:z]).max() <= step / 2 * (1 + 1e-5) + 1e-7
+        assert back[a:z].min() == pytest.approx(v[a:z].min(), abs=1e-6)  # the ends are exact
+
+
+def test_stochastic_rounding_is_unbiased_and_within_one_step():
+    # a block from 0 to 15 (q4: step 1) and values at 0.25 of a step: up 1 time in 4
+    v = np.array([0.0, 15.0] + [7.25] * 254, np.float32)
+    b = blocks_of(256)
+    draws = np.stack([values_decode(values_encode(v, "q4", b, np.random.default_rng(s)),
+                                    "q4", b) for s in range(400)])
+    assert set(np.unique(draws[:, 2:])) == {7.0, 8.0}
+    assert draws[:, 2:].mean() == pytest.approx(7.25, abs=0.01)  # 0.25 * 8 + 0.75 * 7
+    assert (draws[:, :2] == [0.0, 15.0]).all()
+
+
+def test_a_constant_block_costs_its_scale_and_comes_back_exactly():
+    v = np.full(300, -0.125, np.float32)
+    b = blocks_of(300)
+    for code in ("q8", "q4"):
+        assert (values_decode(values_encode(v, code, b), code, b) == v).all()
+
+
+def test_a_block_scale_that_is_not_finite_is_refused():
+    b = blocks_of(4)
+    bad = np.array([np.nan, 1.0], "<f4").tobytes() + bytes(4)
+    with pytest.raises(FedticketError, match="block scale"):
+        values_decode(bad, "q8", b)
+
+
+# --------------------------------------------------------------- change uploads
+
+
+def test_error_feedback_keeps_what_the_upload_did_not_carry():
+    b = blocks_of(500, 12)
+    code = UpdateCode("change", 512, values="q4", error_feedback=True, blocks=b)
+    rng = np.random.default_rng(0)
+    changes = [rng.normal(0, 0.01, 512).astype(np.float32) for _ in range(3)]
+    residual, sent_total = None, np.zeros(512, np.float32)
+    for c in changes:
+        payload, new = code.encode(c, residual, rng)
+        assert len(payload) == code.payload_bytes() == 8 * 3 + 256
+        sent = code.decode(payload)
+        # what was meant (the change plus the residual) = what was sent + the new residual
+        meant = c if residual is None else c + residual
+        np.testing.assert_allclose(sent + new, meant, atol=1e-7)
+        step = max((meant[a:z].max() - meant[a:z].min()) / 15 for a, z in
+                   zip(b[:-1], b[1:], strict=True))
+        assert np.abs(new).max() <= step / 2 * (1 + 1e-5)  # nearest rounding
+        residual, sent_total = new, sent_total + sent
+    # over the rounds nothing is lost but the last residual
+    np.testing.assert_allclose(sent_total + residual, sum(changes), atol=1e-6)
+
+
+def test_without_error_feedback_the_change_is_rounded_stochastically_and_nothing_kept():
+    b = blocks_of(256)
+    code = UpdateCode("change", 256, values="q8", blocks=b)
+    c = np.linspace(-1, 1, 256).astype(np.float32)
+    c[5] = -1 + 2 / 255 * 0.5  # halfway between two levels
+    ups = [code.decode(code.encode(c, None, np.random.default_rng(s))[0]) for s in range(200)]
+    assert code.encode(c, None, np.random.default_rng(0))[1] is None
+    assert {round(float(u[5]) * 255 / 2 + 127.5) for u in ups} == {0, 1}
+
+
+def test_error_feedback_on_a_change_in_f32_is_refused():
+    with pytest.raises(ConfigError, match="values that lose something"):
+        FederateSpec(upload="change", error_feedback=True)
+    with pytest.raises(ConfigError, match="stateless"):
+        FederateSpec(upload="change", values="q8", error_feedback=True, mask_once=False)
+
+
+def run(tmp_path, method, federate):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.format(method=method).replace("rounds = 2", "rounds = 2\n" + federate))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet",
+                 "--threads", "1"]) == 0
+    [folder] = [p for p in (tmp_path / "out").iterdir() if p.name.startswith(method)]
+    clients = [json.loads(x) for x in (folder / "clients.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return clients, metrics
+
+
+@pytest.mark.parametrize("values, up_ef", [("q4", True), ("q8", False)])
+def test_a_ticket_in_4_and_8_bits_books_its_bytes_by_hand(tmp_path, values, up_ef):
+    federate = f'values = "{values}"\nupload = "change"\nerror_feedback = {str(up_ef).lower()}'
+    clients, metrics = run(tmp_path, "dae-ticket", federate)
+    # the ticket's 391 values sit in 4 tensors of 205, 16, 160 and 10 kept values:
+    # 4 blocks of 256 or fewer, each a float32 minimum and step
+    nbytes = 8 * 4 + (KEPT if values == "q8" else math.ceil(KEPT / 2))
+    assert all(r["down_bytes"] == r["up_bytes"] == nbytes for r in clients)
+    first = {r["client"] for r in clients if r["round"] == 1}
+    again = sum(1 for r in clients if r["round"] == 2 and r["client"] in first)
+    assert sum(r["mask_bytes"] for r in clients) == MASK * (len(clients) - again)
+    assert metrics[-1]["cum_up_bytes"] == 4 * nbytes
+    assert metrics[-1]["cum_down_bytes"] == 4 * nbytes + MASK * (len(clients) - again)
+    assert metrics[-1]["test_accuracy"] > 0.1  # it learns (10 classes: 0.1 is chance)
+    assert nbytes < 4 * KEPT < 4 * NUMEL
