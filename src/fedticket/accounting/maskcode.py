@@ -75,7 +75,8 @@ def _factors(m: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if m.ndim < 2 or m.size == 0:
         return None
     flat = m.reshape(m.shape[0], m.shape[1], -1)
-    rows, cols = flat.any(axis=(1, 2)), flat.any(axis=(0, 2))
+    rows = np.asarray(flat.any(axis=(1, 2)))
+    cols = np.asarray(flat.any(axis=(0, 2)))
     if not np.array_equal(flat, (rows[:, None] & cols[None, :])[:, :, None]
                           .repeat(flat.shape[2], axis=2)):
         return None
