@@ -66,6 +66,21 @@ def test_a_random_mask_of_the_fedavg_cnn_codes_within_3_percent_of_its_entropy(d
                zip(tensors, maskcode.decode(msg, FEDAVG_CNN), strict=True))
 
 
+def test_a_fast_ticket_codes_its_channels_then_the_weights_inside_them():
+    # as dae-ticket-fast prunes: 16 of conv2's 64 output channels and 8 of its 32 inputs
+    # kept, then 40% of the weights inside them by magnitude (here at random)
+    rng = np.random.default_rng(3)
+    rows, cols = np.arange(64) % 4 == 0, np.arange(32) % 4 == 0
+    m = np.zeros((64, 32, 5, 5), bool)
+    m[np.ix_(rows, cols)] = rng.random((16, 8, 5, 5)) < 0.4
+    k, inside = int(m.sum()), 16 * 8 * 25
+    msg = maskcode.encode([m])
+    bound = 64 + 32 + inside * maskcode.binary_entropy(k / inside)  # row and column bits
+    assert 8 * (len(msg) - header_bytes(msg, [m.shape])) <= 1.03 * bound + 64
+    assert 8 * len(msg) < 0.4 * maskcode.entropy_bits(m.reshape(-1))  # n * H(d): 8,809 bits
+    assert np.array_equal(maskcode.decode(msg, [m.shape])[0], m)
+
+
 def test_whole_channels_removed_cost_their_rows_and_columns_only():
     # conv2 keeps 16 of its 64 output channels and 8 of its 32 inputs; fc1 keeps the
     # 16 * 7 * 7 = 784 input features of those channels and 128 of its 512 rows
@@ -88,7 +103,7 @@ def test_whole_channels_removed_cost_their_rows_and_columns_only():
 masks = st.lists(
     st.tuples(
         st.lists(st.integers(0, 6), min_size=1, max_size=4),   # a shape (0 allowed)
-        st.sampled_from(["empty", "full", "random", "rows", "cols"]),
+        st.sampled_from(["empty", "full", "random", "rows", "cols", "channels"]),
         st.floats(0.0, 1.0),
         st.integers(0, 2**31),
     ),
@@ -111,6 +126,9 @@ def build(spec):
                 m[keep] = True
             else:
                 m[:, keep] = True
+            if kind == "channels":  # rows and columns removed, then entries inside
+                m[rng.random(shape[0]) < 0.5] = False
+                m &= rng.random(shape) < d
             out.append(m)
     return out
 

@@ -11,9 +11,10 @@ The message, after the tag byte ``0x03``:
 
 * a header, per tensor in the mask's order, as unsigned LEB128 varints: ``2 k`` (the
   tensor's kept count ``k``; its bits are coded one per weight) or ``2 k_r + 1``,
-  ``k_c`` (a *factored* tensor: the mask is ``rows[o] and cols[i]`` over the first two
-  dimensions and constant over the rest, as whole channels removed leave it; only its
-  ``d0`` row bits and ``d1`` column bits are coded);
+  ``k_c``, ``k`` (a *factored* tensor, when that is cheaper: first the bits of its
+  ``d0`` rows and ``d1`` columns, over its first two dimensions, that keep anything
+  (``k_r`` and ``k_c`` of them), then the ``k`` kept entries among those rows and
+  columns only, as whole channels removed leave a mask);
 * the ANS words (little-endian uint32) of all coded bits, tensor by tensor, each bit
   sequence with the fixed two-symbol model ``P(1) = k / len`` its header gives. A
   sequence that is all zeros or all ones costs nothing.
@@ -70,17 +71,25 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             return x, pos
 
 
-def _factors(m: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(rows, cols)`` when ``m[o, i, ...] == rows[o] & cols[i]`` for every entry."""
+def _support(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The rows and columns (first two dimensions) that keep anything, and the entries
+    of their product, the support every kept entry lies in; None for fewer than two
+    dimensions or no entries."""
     if m.ndim < 2 or m.size == 0:
         return None
     flat = m.reshape(m.shape[0], m.shape[1], -1)
     rows = np.asarray(flat.any(axis=(1, 2)))
     cols = np.asarray(flat.any(axis=(0, 2)))
-    if not np.array_equal(flat, (rows[:, None] & cols[None, :])[:, :, None]
-                          .repeat(flat.shape[2], axis=2)):
-        return None
-    return rows, cols
+    return rows, cols, _product(rows, cols, m.shape)
+
+
+def _product(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    inner = math.prod(shape[2:])
+    return np.repeat((rows[:, None] & cols[None, :])[:, :, None], inner, axis=2).reshape(shape)
+
+
+def _cost(k: int, n: int) -> float:
+    return n * binary_entropy(k / n) if n else 0.0
 
 
 def _model(k: int, n: int):  # noqa: ANN202 - a constriction model
@@ -98,13 +107,18 @@ def encode(tensors: Sequence[np.ndarray]) -> bytes:
     sequences: list[np.ndarray] = []
     for m in tensors:
         m = np.asarray(m, dtype=bool)
-        f = _factors(m)
-        if f is not None and f[0].size + f[1].size < m.size:
-            rows, cols = f
-            header += _varint(2 * int(rows.sum()) + 1) + _varint(int(cols.sum()))
-            sequences += [rows, cols]
+        k = int(np.count_nonzero(m))
+        sup = _support(m)
+        if sup is not None:
+            rows, cols, inside = sup
+            kr, kc, ks = int(rows.sum()), int(cols.sum()), int(inside.sum())
+            factored = (_cost(kr, rows.size) + _cost(kc, cols.size) + _cost(k, ks) + 16
+                        < _cost(k, m.size))
+        if sup is not None and factored:
+            header += _varint(2 * kr + 1) + _varint(kc) + _varint(k)
+            sequences += [rows, cols, m[inside]]
         else:
-            header += _varint(2 * int(np.count_nonzero(m)))
+            header += _varint(2 * k)
             sequences.append(m.reshape(-1))
     coder = constriction.stream.stack.AnsCoder()
     for seq in reversed(sequences):  # a stack: the last sequence goes in first
@@ -114,13 +128,28 @@ def encode(tensors: Sequence[np.ndarray]) -> bytes:
     return bytes(header) + coder.get_compressed().astype("<u4").tobytes()
 
 
+def _bits(coder, k: int, n: int) -> np.ndarray:  # noqa: ANN001 - a constriction coder
+    """``n`` bits holding ``k`` ones, decoded from ``coder`` (nothing when all equal)."""
+    if k in (0, n):
+        return np.full(n, k == n, dtype=bool)
+    try:
+        seq = np.asarray(coder.decode(_model(k, n), n), dtype=np.int32) == 1
+    except Exception as e:
+        raise FedticketError(f"entropy-coded mask body is not valid: {e}") from None
+    if int(seq.sum()) != k:
+        raise FedticketError("entropy-coded mask decodes to another count than its header "
+                             "states")
+    return seq
+
+
 def decode(message: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
     """Inverse of :func:`encode` for tensors of ``shapes``: boolean arrays."""
     import constriction
 
     if not message or message[0] != ENTROPY:
         raise FedticketError("not an entropy-coded mask")
-    pos, plan = 1, []
+    pos = 1
+    plan: list[tuple[tuple[int, ...], list[int]]] = []
     for shape in shapes:
         size = math.prod(shape)
         h, pos = _read_varint(message, pos)
@@ -128,12 +157,15 @@ def decode(message: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray
             if len(shape) < 2:
                 raise FedticketError("entropy-coded mask factors a tensor of one dimension")
             kc, pos = _read_varint(message, pos)
-            counts = [(h >> 1, shape[0]), (kc, shape[1])]
+            k, pos = _read_varint(message, pos)
+            counts = [h >> 1, kc, k]
+            if counts[0] > shape[0] or kc > shape[1] or k > size:
+                raise FedticketError("entropy-coded mask keeps more entries than a tensor has")
         else:
-            counts = [(h >> 1, size)]
-        if any(k > n for k, n in counts):
-            raise FedticketError("entropy-coded mask keeps more entries than a tensor has")
-        plan.append((shape, counts))
+            counts = [h >> 1]
+            if counts[0] > size:
+                raise FedticketError("entropy-coded mask keeps more entries than a tensor has")
+        plan.append((tuple(shape), counts))
     body = message[pos:]
     if len(body) % 4:
         raise FedticketError("entropy-coded mask body is not a whole number of words")
@@ -144,26 +176,18 @@ def decode(message: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray
         raise FedticketError(f"entropy-coded mask body is not valid: {e}") from None
     out = []
     for shape, counts in plan:
-        seqs = []
-        for k, n in counts:
-            if k in (0, n):
-                seqs.append(np.full(n, k == n, dtype=bool))
-                continue
-            try:
-                seq = np.asarray(coder.decode(_model(k, n), n), dtype=np.int32) == 1
-            except Exception as e:
-                raise FedticketError(f"entropy-coded mask body is not valid: {e}") from None
-            if int(seq.sum()) != k:
-                raise FedticketError("entropy-coded mask decodes to another count than "
-                                     "its header states")
-            seqs.append(seq)
-        if len(seqs) == 2:
-            rows, cols = seqs
-            inner = math.prod(shape[2:])
-            m = np.repeat((rows[:, None] & cols[None, :])[:, :, None], inner, axis=2)
-            out.append(m.reshape(shape))
-        else:
-            out.append(seqs[0].reshape(shape))
+        if len(counts) == 1:
+            out.append(_bits(coder, counts[0], math.prod(shape)).reshape(shape))
+            continue
+        rows = _bits(coder, counts[0], shape[0])
+        cols = _bits(coder, counts[1], shape[1])
+        inside = _product(rows, cols, shape)
+        if counts[2] > int(inside.sum()):
+            raise FedticketError("entropy-coded mask keeps more entries than its rows and "
+                                 "columns hold")
+        m = np.zeros(shape, dtype=bool)
+        m[inside] = _bits(coder, counts[2], int(inside.sum()))
+        out.append(m)
     if not coder.is_empty():
         raise FedticketError("entropy-coded mask has words left over")
     return out
