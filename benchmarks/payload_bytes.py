@@ -1,34 +1,51 @@
-"""Every payload's bytes over its limit (target p3).
+"""Every payload's bytes over its limit (target p3), the mask over its entropy, and what
+coding costs a client beside its update.
 
-For the masks of `configs/quick.toml` (`fedavg`, `dae-ticket`, `dae-ticket-fast`; the
-FedAvg CNN at 80% of the prunable weights removed) and each value encoding, three
-kinds of payload are measured:
+The masks are the real pipeline's (`configs/quick.toml`: the FedAvg CNN on
+Fashion-MNIST, DAE pretrained on the server's pool): `fedavg` (no mask), `dae-ticket`
+and `dae-ticket-fast` at 80% and 95% of the prunable weights removed; and, as the
+hardest case for a mask code, masks drawn at random (no structure at all) at 80, 90 and
+95%. For each value encoding:
 
-* the model payload (every download and upload) over ``bytes_per_value * nnz``;
+* the model payload (every download) over its limit: ``bits * nnz / 8``, plus for q8
+  and q4 the 8-byte minimum and step of every block, counted;
 * a client's first download, model + mask message, over the values plus the cheaper
-  of the two mask codes (a bitmap or an index list);
+  of a bitmap and an index list (the codes before the entropy code: the message is
+  the cheapest of the three);
 * the Flower message that carries a first download (fedticket's ClientApp record:
   payload, mask and four integers) over the codec bytes it carries: Flower's own
-  framing.
+  framing;
+* the mask message, header included, over ``n * H(d)`` bits (target <= 1.03).
 
-The mask message is also set against the entropy bound ``log2 C(n, nnz)`` bits, for
-information: a mask code that approached it would need an entropy coder.
+Then, on one torch thread, the CPU time of what a client codes in a round (decode the
+download, encode the upload: its quantized change with error feedback for q8 and q4,
+its model for f32 and f16) over the CPU time of its own update (E=1 over 400 images at
+B=10; target < 5%); and with the mask's decode added, which a client that keeps state
+does once and a stateless client every round. The random masks' rows give the server's
+encode of a mask (once per run) and a client's decode.
 
     .venv/bin/python benchmarks/payload_bytes.py
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
-from fedticket.accounting.wire import VALUE_BYTES, Codec
-from fedticket.data import load_splits
-from fedticket.spec import load_config
-from fedticket.stages import pretrain_and_prune, starting_weights
+import numpy as np
+import torch
+from _timing import cpu_model, median_cpu_s
+
+from fedticket.accounting import maskcode
+from fedticket.accounting.wire import VALUE_BITS, Codec
+from fedticket.data import Labeled, load_splits
+from fedticket.federated import LocalTrainer
+from fedticket.pruning import Mask
+from fedticket.spec import load_config, parse_set
+from fedticket.stages import fresh_model, pretrain_and_prune, starting_weights
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "runs" / "bench"
 
 
 def flower_bytes(payload: bytes, mask: bytes) -> int | None:
@@ -42,36 +59,102 @@ def flower_bytes(payload: bytes, mask: bytes) -> int | None:
     return sum(len(o.deflate()) for o in get_all_nested_objects(rec).values())
 
 
+def value_limit(codec: Codec, values: str) -> int:
+    n = codec.size
+    blocks = codec._blocks.size - 1
+    scales = 8 * blocks if values in ("q8", "q4") else 0
+    return -(-VALUE_BITS[values] * n // 8) + scales
+
+
 def main() -> None:
+    torch.set_num_threads(1)
     config = load_config(ROOT / "configs" / "quick.toml")
-    worst = 0.0
-    print(f"{'method':16} {'values':6} {'payload B':>10} {'limit B':>10} {'ratio':>6} "
-          f"{'1st down B':>10} {'ratio':>6} {'flower B':>10} {'ratio':>6} {'mask/entropy':>12}")
-    for method in ("fedavg", "dae-ticket", "dae-ticket-fast"):
-        [spec] = replace(config, methods=(method,)).specs()
+    cases = [("fedavg", 0.8), ("dae-ticket", 0.8), ("dae-ticket", 0.95),
+             ("dae-ticket-fast", 0.8), ("dae-ticket-fast", 0.95)]
+    worst, worst_mask, worst_time, worst_stateless = 0.0, 0.0, 0.0, 0.0
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread")
+    print(f"{'mask':22} {'values':6} {'payload B':>10} {'ratio':>6} {'1st down B':>10} "
+          f"{'ratio':>6} {'flower':>6} {'mask B':>8} {'mask/nH':>7} {'code ms':>7} "
+          f"{'mask ms':>7} {'update ms':>9} {'code/up':>7} {'+mask/up':>8}")
+    data = None
+    for method, sparsity in cases:
+        [spec] = replace(config, methods=(method,)).specs(parse_set(
+            [f"prune.sparsity={sparsity}", "federate.batch_size=10",
+             "federate.local_epochs=1", "data.train_size=4000"]))
         splits = load_splits(spec.data, spec.seed)
-        stages = pretrain_and_prune(spec, splits, ROOT / "runs" / "quick")
+        stages = pretrain_and_prune(spec, splits, CACHE)
         state = starting_weights(spec, splits, stages)
-        for values in VALUE_BYTES:
-            codec = Codec(stages.mask, values)
-            payload, mask = codec.encode(state), codec.encode_mask()
-            n = codec.nnz if codec.sparse else codec.numel
-            limit = VALUE_BYTES[values] * n
-            mask_limit = min(1 + (codec.numel + 7) // 8, 1 + 4 * codec.nnz) if mask else 0
-            first, first_limit = len(payload) + len(mask), limit + mask_limit
-            fl = flower_bytes(payload, mask)
-            k = codec.nnz
-            entropy = (math.lgamma(codec.numel + 1) - math.lgamma(k + 1)
-                       - math.lgamma(codec.numel - k + 1)) / math.log(2) / 8
-            ratios = [len(payload) / limit, first / first_limit]
-            if fl is not None:
-                ratios.append(fl / first)
-            worst = max(worst, *ratios)
-            print(f"{method:16} {values:6} {len(payload):>10,} {limit:>10,} {ratios[0]:6.4f} "
-                  f"{first:>10,} {ratios[1]:6.4f} {fl or 0:>10,} "
-                  f"{(fl or 0) / first:6.4f} "
-                  f"{(len(mask) / entropy if mask else float('nan')):12.3f}")
+        model = fresh_model(spec, splits, "init")
+        mask = stages.mask if method != "fedavg" else Mask.full(model)
+        if data is None:
+            data = Labeled(torch.cat([c.x for c in splits.clients])[:400],
+                           torch.cat([c.y for c in splits.clients])[:400])
+        trainer = LocalTrainer(model, mask, spec.federate, splits.input_shape)
+        trainer.warm_up(state, data)
+        update_s = median_cpu_s(lambda t=trainer, s=state, d=data: t.update(
+            s, d, torch.Generator().manual_seed(0)), repeat=3)
+        label = f"{method} s{round(sparsity * 100)}" if method != "fedavg" else "fedavg"
+        rows = measure(label, mask, state, update_s)
+        for ratio, mask_ratio, code_ratio, stateless_ratio in rows:
+            worst = max(worst, ratio)
+            worst_mask = max(worst_mask, mask_ratio)
+            worst_time = max(worst_time, code_ratio)
+            worst_stateless = max(worst_stateless, stateless_ratio)
+    rng = np.random.default_rng(0)
+    for sparsity in (0.8, 0.9, 0.95):
+        shapes = {n: m.shape for n, m in mask.items()}
+        random = Mask({n: torch.from_numpy(rng.random(s) >= sparsity) for n, s in shapes.items()})
+        codec = Codec(random)
+        msg = codec.encode_mask()
+        ratio = 8 * len(msg) / maskcode.entropy_bits(codec._flat_mask)
+        worst_mask = max(worst_mask, ratio)
+        enc = median_cpu_s(lambda c=random: Codec(c).encode_mask(), repeat=3)
+        dec = median_cpu_s(lambda c=codec, m=msg: c.decode_mask(m), repeat=3)
+        print(f"{f'random s{round(sparsity * 100)}':22} {'-':6} {'':>10} {'':>6} {'':>10} "
+              f"{'':>6} {'':>6} {len(msg):>8,} {ratio:7.4f}   mask encode {1e3 * enc:.1f} ms, "
+              f"decode {1e3 * dec:.1f} ms")
     print(f"p3_payload_bytes_over_limit: {worst:.4f}")
+    print(f"p3_mask_bits_over_entropy: {worst_mask:.4f}")
+    print(f"p3_client_coding_cpu_over_update: {worst_time:.4f}")
+    print(f"p3_stateless_client_coding_cpu_over_update: {worst_stateless:.4f}")
+
+
+def measure(label: str, mask: Mask, state: dict, update_s: float
+            ) -> list[tuple[float, float, float, float]]:
+    out = []
+    for values in VALUE_BITS:
+        lossy = values in ("q8", "q4")
+        codec = Codec(mask, values, upload="change" if lossy else "model",
+                      error_feedback=lossy)
+        payload, msg = codec.encode(state), codec.encode_mask()
+        limit = value_limit(codec, values)
+        old_mask = min(1 + (codec.numel + 7) // 8, 1 + 4 * codec.nnz) if msg else 0
+        first, first_limit = len(payload) + len(msg), limit + old_mask
+        fl = flower_bytes(payload, msg)
+        ratios = [len(payload) / limit, first / first_limit]
+        if fl is not None:
+            ratios.append(fl / first)
+        mask_ratio = 8 * len(msg) / maskcode.entropy_bits(codec._flat_mask) if msg else 0.0
+        rng = np.random.default_rng(0)
+        change = np.zeros(codec.size, np.float32)
+        residual = np.zeros(codec.size, np.float32)
+
+        def client(c=codec, p=payload, ch=change, r=residual, g=rng) -> None:
+            received = c.decode(p)
+            if c.update.is_model:
+                c.encode(received)
+            else:
+                c.update.encode(ch + c.kept(received) * 1e-3, r, g)
+
+        code_s = median_cpu_s(client, repeat=5)
+        mask_s = median_cpu_s(lambda c=codec, m=msg: c.decode_mask(m), repeat=3) if msg else 0.0
+        out.append((max(ratios), mask_ratio, code_s / update_s, (code_s + mask_s) / update_s))
+        print(f"{label:22} {values:6} {len(payload):>10,} {ratios[0]:6.4f} {first:>10,} "
+              f"{ratios[1]:6.4f} {(fl or 0) / first:6.4f} {len(msg):>8,} "
+              f"{mask_ratio:7.4f} {1e3 * code_s:7.1f} {1e3 * mask_s:7.1f} "
+              f"{1e3 * update_s:9.1f} {code_s / update_s:7.4f} "
+              f"{(code_s + mask_s) / update_s:8.4f}")
+    return out
 
 
 if __name__ == "__main__":
