@@ -22,7 +22,9 @@ from fedticket.accounting.wire import (
 from fedticket.cli import main
 from fedticket.errors import ConfigError, FedticketError
 from fedticket.pruning import Mask
+from fedticket.report.study_render import bits_cells, pareto, q3_line
 from fedticket.spec import FederateSpec
+from fedticket.study import q3_rows
 from test_peers import KEPT, MASK, NUMEL, TINY
 
 # ------------------------------------------------------------------- the mask code
@@ -298,3 +300,62 @@ def test_a_ticket_in_4_and_8_bits_books_its_bytes_by_hand(tmp_path, values, up_e
     assert metrics[-1]["cum_down_bytes"] == 4 * nbytes + MASK * (len(clients) - again)
     assert metrics[-1]["test_accuracy"] > 0.1  # it learns (10 classes: 0.1 is chance)
     assert nbytes < 4 * KEPT < 4 * NUMEL
+
+
+# ------------------------------------------------------------------ the bits study
+
+
+def stat(values):
+    seeds = {str(i): v for i, v in enumerate(values)}
+    got = [v for v in values if v is not None]
+    return {"mean": sum(got) / len(got) if got else None, "n": len(got), "seeds": seeds,
+            "std": 0.0}
+
+
+def fields(acc, traffic, cpu, run=None, mask=None):
+    return {"final_accuracy": stat(acc), "traffic_bytes_to_target": stat(traffic),
+            "client_cpu_s_to_target": stat(cpu),
+            "traffic_bytes_run": stat(run or traffic), "mask_bytes_run": stat(mask or [0] * 3)}
+
+
+FEDAVG = fields([0.85, 0.86, 0.84], [1000.0, 1100.0, 900.0], [100.0, 110.0, 90.0])
+
+
+def test_q3_asks_100x_less_traffic_10x_less_cpu_and_half_a_point_of_accuracy():
+    # 200x less traffic and 20x less CPU on every seed, 0.3 points below fedavg: yes
+    good = fields([0.847, 0.857, 0.837], [5.0, 5.5, 4.5], [5.0, 5.5, 4.5])
+    # 50x less traffic: the traffic bar binds; 1 point below: so does accuracy
+    short = fields([0.84, 0.85, 0.83], [20.0, 22.0, 18.0], [5.0, 5.5, 4.5])
+    # one seed never reaches 0.80: rounds bind, the answer is no
+    late = fields([0.80, 0.79, 0.80], [5.0, None, 4.5], [5.0, None, 4.5])
+    results = {"95% q4-ef": {"0.80": {"methods": {"fedavg": FEDAVG, "dae-ticket-fast": good,
+                                                  "dae-ticket": late}}},
+               "90% q8": {"0.80": {"methods": {"fedavg": FEDAVG, "dae-ticket-fast": short}}}}
+    rows = {(r["variant"], r["method"]): r for r in q3_rows(results)}
+    yes = rows[("95% q4-ef", "dae-ticket-fast")]
+    assert yes["answer"] == "yes" and yes["binds"] == []
+    assert yes["traffic_x"] == pytest.approx(200.0) and yes["cpu_x"] == pytest.approx(20.0)
+    assert yes["accuracy"]["mean"] == pytest.approx(-0.003)
+    assert rows[("90% q8", "dae-ticket-fast")]["binds"] == ["accuracy", "traffic"]
+    assert rows[("95% q4-ef", "dae-ticket")]["answer"] == "no"
+    assert rows[("95% q4-ef", "dae-ticket")]["binds"] == ["rounds"]
+    line = q3_line("iid", results)
+    assert line.startswith("- Q3 (iid): **yes** (95% q4-ef `dae-ticket-fast`: 200.0x")
+    assert "Of 3 settings, 2 reach 0.80 on every seed; 1 clear the traffic bar" in line
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_bytes_and_accuracy():
+    # (bytes, accuracy): the second is beaten by the first (fewer bytes, higher accuracy),
+    # the fourth ties the third's accuracy with more bytes
+    pts = [(10.0, 0.84), (20.0, 0.83), (30.0, 0.86), (40.0, 0.86), (5.0, 0.70)]
+    assert pareto(pts) == [True, False, True, False, True]
+
+
+def test_the_mask_share_is_the_masks_part_of_the_whole_runs_traffic():
+    ticket = fields([0.84] * 3, [5.0] * 3, [5.0] * 3, run=[200.0] * 3, mask=[50.0] * 3)
+    summary = {"partitions": ["iid"], "results": {"iid": {
+        "95% q4": {"0.80": {"methods": {"fedavg": FEDAVG, "dae-ticket-fast": ticket}}}}}}
+    cells = {c["method"]: c for c in bits_cells(summary, "iid")}
+    assert cells["dae-ticket-fast"]["mask_share"] == 0.25
+    assert cells["fedavg"]["variant"] == "base" and cells["fedavg"]["mask_share"] == 0.0
+    assert cells["dae-ticket-fast"]["front"] and cells["fedavg"]["front"]  # cheaper / better

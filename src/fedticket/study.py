@@ -38,7 +38,13 @@ from fedticket.report.intervals import (
     seeds_to_settle,
 )
 from fedticket.report.runs import load_run
-from fedticket.report.study_plots import curves, plot_curves, plot_sweep, provenance
+from fedticket.report.study_plots import (
+    curves,
+    plot_curves,
+    plot_pareto,
+    plot_sweep,
+    provenance,
+)
 from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set, read_toml
 
 COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
@@ -237,7 +243,7 @@ def timings(folder: Path, study: str) -> list[dict[str, Any]]:
 
 KEPT_FIELDS = ("final_accuracy", "best_accuracy", "rounds_to_target",
                "rounds_to_target_smoothed", *COSTS, "client_wall_s_to_target",
-               "traffic_bytes_run", "client_cpu_s_run")
+               "traffic_bytes_run", "client_cpu_s_run", "mask_bytes_run")
 
 
 def _slim(result: dict[str, Any]) -> dict[str, Any]:
@@ -464,13 +470,24 @@ def q2_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:
     has the paired accuracy difference, the two savings (factors: ``traffic_x``,
     ``cpu_x``) and its ``answer``; a method some seed of which never reached the target
     is ``no``."""
-    methods = result["methods"]
-    base = methods.get("fedavg")
+    return candidates(result, Q2_TRAFFIC_X, Q2_CPU_X, Q2_ACCURACY_GAP)
+
+
+def candidates(result: dict[str, Any], traffic_x: float, cpu_x: float, gap: float,
+               methods: tuple[str, ...] = ("dae-ticket", "dae-ticket-fast",
+                                           "dae-ticket-rewind")) -> list[dict[str, Any]]:
+    """Per fedticket method of ``methods``: does it end within ``gap`` of ``fedavg``'s
+    final accuracy with ``traffic_x`` times less traffic and ``cpu_x`` times less client
+    CPU time to the target, each interval over seeds on the right side of its bar? Each
+    row also names the bars that are not cleared (``binds``: ``rounds`` when some seed
+    never reached the target)."""
+    methods_ = result["methods"]
+    base = methods_.get("fedavg")
     if base is None:
         return []
     rows = []
-    for name in ("dae-ticket", "dae-ticket-fast", "dae-ticket-rewind"):
-        f = methods.get(name)
+    for name in methods:
+        f = methods_.get(name)
         if f is None:
             continue
         acc = paired_difference(f["final_accuracy"].get("seeds", {}),
@@ -482,15 +499,32 @@ def q2_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:
         traffic = saving(f, base, "traffic_bytes_to_target")
         cpu = saving(f, base, "client_cpu_s_to_target")
         reached = not (_missed(f, COSTS[0]) or _missed(base, COSTS[0]))
-        bars = {"accuracy": (acc, -Q2_ACCURACY_GAP),
-                "traffic": (traffic, 100 * (1 - 1 / Q2_TRAFFIC_X)),
-                "CPU time": (cpu, 100 * (1 - 1 / Q2_CPU_X))}
-        word = all_of([against(v, bar) for v, bar in bars.values()]) if reached else NO
+        bars = {"accuracy": (acc, -gap),
+                "traffic": (traffic, 100 * (1 - 1 / traffic_x)),
+                "CPU time": (cpu, 100 * (1 - 1 / cpu_x))}
+        answers = {k: against(v, bar) for k, (v, bar) in bars.items()}
+        word = all_of(list(answers.values())) if reached else NO
+        binds = ([] if reached else ["rounds"]) + [k for k, a in answers.items()
+                                                   if reached and a != YES]
         rows.append({"method": name, "answer": word, "reached": reached, "accuracy": acc,
                      "traffic": traffic, "cpu": cpu, "traffic_x": factor(traffic["mean"]),
-                     "cpu_x": factor(cpu["mean"]),
+                     "cpu_x": factor(cpu["mean"]), "binds": binds, "bars": answers,
                      "why": "" if word != INCONCLUSIVE else _settle(bars, {"accuracy": False})})
     return rows
+
+
+Q3_TRAFFIC_X, Q3_CPU_X, Q3_ACCURACY_GAP = 100.0, 10.0, 0.005
+"""Question 3's bars (the bits sweep, docs/BITS.md): 100x less traffic, 10x less client
+CPU time to 0.80, and a final accuracy no more than 0.5 points below ``fedavg``'s."""
+Q3_TARGET = "0.80"
+
+
+def q3_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Question 3 for one partition of a sweep (variant -> target -> result): every
+    (variant, ticket) row at :data:`Q3_TARGET`."""
+    return [r | {"variant": v} for v, by_target in results.items() if Q3_TARGET in by_target
+            for r in candidates(by_target[Q3_TARGET], Q3_TRAFFIC_X, Q3_CPU_X,
+                                Q3_ACCURACY_GAP, TICKETS)]
 
 
 def deciding(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -523,7 +557,9 @@ def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     """The study's figures from its summary: accuracy curves per partition for a grid,
     one panel figure for a sweep."""
     if "variants" in summary:
-        return [plot_sweep(summary, out_dir)]
+        extra = [plot_pareto(summary, out_dir)] if summary["study"] in ("bits", "bits-quick") \
+            else []
+        return [plot_sweep(summary, out_dir), *extra]
     return [p for part, by_method in summary.get("curves", {}).items()
             for p in plot_curves(summary["study"], part, by_method, summary["targets"], out_dir,
                                  note=provenance(summary))]

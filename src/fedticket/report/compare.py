@@ -25,6 +25,7 @@ COST_FIELDS: dict[str, tuple[str, ...]] = {
 RUN_FIELDS: dict[str, tuple[str, ...]] = {
     "traffic_bytes_run": ("cum_down_bytes", "cum_up_bytes"),
     "client_cpu_s_run": ("cum_client_cpu_s",),
+    "mask_bytes_run": ("cum_mask_bytes",),
 }
 
 # saving field -> the *_to_target field it compares against the baseline
@@ -198,7 +199,8 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
     (cumulative down + up bytes), ``client_flops_to_target``, ``client_cpu_s_to_target``
     and ``client_wall_s_to_target``; a run that never reaches the target contributes
     null. ``traffic_bytes_run`` and ``client_cpu_s_run`` are the whole run's (its last
-    metrics row), a lower bound on the cost of a target it missed. The same fields
+    metrics row), a lower bound on the cost of a target it missed; ``mask_bytes_run`` is
+    the mask messages' part of its traffic. The same fields
     with ``_smoothed`` use the robust reach of
     :func:`first_staying` instead (the mean of the last 3 evaluations stays at or
     above the target from that round to the end). ``n`` counts the non-null values; mean

@@ -125,7 +125,8 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
             if base.get(field) and base[field]["mean"] is not None:
                 ax.axhline(base[field]["mean"] * scale, color="gray", linestyle="--",
                            linewidth=1, label="fedavg")
-            ax.set_xticks(range(len(variants)), variants, fontsize="small")
+            ax.set_xticks(range(len(variants)), variants, fontsize="small",
+                          rotation=90 if len(variants) > 8 else 0)
             ax.set_ylabel(label)
             if field != "final_accuracy":
                 ax.set_yscale("log")
@@ -137,5 +138,58 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
                  f"({provenance(summary)})", fontsize="medium")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{summary['study']}.png"
+    _save_atomic(fig, path)
+    return path
+
+
+def plot_pareto(summary: dict[str, Any], out_dir: Path, target: str = "0.80") -> Path:
+    """Final accuracy against the whole run's traffic (log), one point per (variant,
+    method) and partition, mean over seeds with the std of the accuracy; fedavg's a
+    gray star, the Pareto front a line."""
+    parts = summary["partitions"]
+    fig = Figure(figsize=(6.0 * len(parts), 4.8), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(parts), squeeze=False)[0]
+    marker = {"f32": "o", "f16": "s", "q8": "^", "q8-ef": "v", "q4": "D", "q4-ef": "P"}
+    for ax, part in zip(axes, parts, strict=True):
+        pts: list[tuple[float, float]] = []
+        methods: list[str] = []
+        for i, (variant, by_target) in enumerate(summary["results"][part].items()):
+            for name, f in by_target[target]["methods"].items():
+                run = f.get("traffic_bytes_run") or {}
+                acc = f["final_accuracy"]
+                if run.get("mean") is None or acc["mean"] is None or (name == "fedavg" and i):
+                    continue
+                x, y = run["mean"] / 1e6, acc["mean"]
+                pts.append((x, y))
+                if name == "fedavg":
+                    ax.plot(x, y, marker="*", markersize=12, color="gray", linestyle="none",
+                            label="fedavg")
+                    continue
+                if name not in methods:
+                    methods.append(name)
+                values = variant.split(" ", 1)[-1]
+                sparsity = variant.split(" ", 1)[0]
+                ax.errorbar(x, y, yerr=acc.get("std") or 0.0, color=f"C{methods.index(name)}",
+                            marker=marker.get(values, "o"), capsize=2, linestyle="none",
+                            alpha={"80%": 0.45, "90%": 0.7}.get(sparsity, 1.0))
+        front = sorted(p for p in pts if not any((b <= p[0] and a > p[1]) or
+                                                 (b < p[0] and a >= p[1]) for b, a in pts))
+        if front:
+            ax.plot(*zip(*front, strict=True), color="black", linewidth=0.8, linestyle="--",
+                    label="Pareto front")
+        for c, m in enumerate(methods):
+            ax.plot([], [], color=f"C{c}", marker="o", linestyle="none", label=m)
+        for v, mk in marker.items():
+            ax.plot([], [], color="black", marker=mk, linestyle="none", label=v)
+        ax.set_xscale("log")
+        ax.set_xlabel("traffic of the whole run (MB, log)")
+        ax.set_ylabel("final test accuracy")
+        ax.set_title(f"{part} (paler: 80%, 90% sparsity; darkest: 95%)", fontsize="medium")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small", ncol=2)
+    fig.suptitle(f"{summary['study']}: accuracy against bytes, mean over seeds "
+                 f"{summary['seeds']} ({provenance(summary)})", fontsize="medium")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{summary['study']}-pareto.png"
     _save_atomic(fig, path)
     return path

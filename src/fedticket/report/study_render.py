@@ -21,11 +21,16 @@ from fedticket.study import (
     Q2_ACCURACY_GAP,
     Q2_CPU_X,
     Q2_TRAFFIC_X,
+    Q3_ACCURACY_GAP,
+    Q3_CPU_X,
+    Q3_TARGET,
+    Q3_TRAFFIC_X,
     TICKETS,
     best_variant,
     deciding,
     peer_verdict,
     q2_candidates,
+    q3_rows,
     read_summary,
     saving,
     verdict,
@@ -163,10 +168,85 @@ def sweep_q2(results: dict[str, Any]) -> str:
     return q2_line(best, "" if best is None else f"{best['variant']} ")
 
 
+BITS_STUDIES = ("bits", "bits-quick")
+"""Sweeps that get the bits sections (:func:`bits_lines`) after their tables."""
+
+
+def pareto(points: list[tuple[float, float]]) -> list[bool]:
+    """Which of ``(bytes, accuracy)`` points no other point beats: none has at most its
+    bytes and a higher accuracy, or fewer bytes and at least its accuracy."""
+    return [not any((b2 <= b and a2 > a) or (b2 < b and a2 >= a) for b2, a2 in points)
+            for b, a in points]
+
+
+def bits_cells(summary: dict[str, Any], part: str) -> list[dict[str, Any]]:
+    """Every (variant, method) of one partition of a bits sweep, fedavg (its baseline)
+    first: mean final accuracy, the whole run's traffic and its mask share, and whether
+    it is on the Pareto front of accuracy against traffic."""
+    cells = []
+    results = summary["results"][part]
+    for i, (variant, by_target) in enumerate(results.items()):
+        for name, f in by_target[Q3_TARGET]["methods"].items():
+            if name == "fedavg" and i:
+                continue
+            run, mask = f.get("traffic_bytes_run") or {}, f.get("mask_bytes_run") or {}
+            if f["final_accuracy"]["mean"] is None or run.get("mean") is None:
+                continue
+            cells.append({"variant": BASE if name == "fedavg" else variant, "method": name,
+                          "accuracy": f["final_accuracy"], "bytes": run["mean"],
+                          "mask_share": (mask.get("mean") or 0.0) / run["mean"]})
+    front = pareto([(c["bytes"], c["accuracy"]["mean"]) for c in cells])
+    return [c | {"front": on} for c, on in zip(cells, front, strict=True)]
+
+
+def q3_line(part: str, results: dict[str, Any]) -> str:
+    """The Q3 sentence of one partition: the answer, the (variant, ticket) that decides
+    it and what binds, and how many settings clear each bar."""
+    rows = q3_rows(results)
+    best = deciding(rows)
+    if best is None:
+        return f"- Q3 ({part}): **no**: no setting reaches {Q3_TARGET} on every seed."
+    binds = best["binds"]
+    why = f"; {best['why']}" if best.get("why") and best["overall"] == INCONCLUSIVE else ""
+    clear = {k: sum(1 for r in rows if r["bars"][k] == "yes" and r["reached"])
+             for k in ("traffic", "CPU time", "accuracy")}
+    return (f"- Q3 ({part}): **{best['overall']}** ({best['variant']} `{best['method']}`: "
+            f"{_times(best['traffic'])} less traffic to {Q3_TARGET}, {Q3_TRAFFIC_X:g}x asked; "
+            f"{_times(best['cpu'], '.2f')} less client CPU time, {Q3_CPU_X:g}x asked; final "
+            f"accuracy {_acc_points(best['accuracy'])} points against fedavg, "
+            f"-{100 * Q3_ACCURACY_GAP:g} allowed{why}"
+            + (f"; not cleared: {', '.join(binds)}" if binds else "") + "). "
+            f"Of {len(rows)} settings, {sum(r['reached'] for r in rows)} reach {Q3_TARGET} on "
+            f"every seed; {clear['traffic']} clear the traffic bar, {clear['CPU time']} the "
+            f"CPU bar, {clear['accuracy']} the accuracy bar, "
+            f"{sum(1 for r in rows if r['answer'] == 'yes')} all three.")
+
+
+def bits_lines(summary: dict[str, Any]) -> list[str]:
+    """Per partition: every setting's final accuracy against its whole run's traffic,
+    the mask's share of that traffic, the Pareto front, and the Q3 sentence."""
+    lines = []
+    for part in summary["partitions"]:
+        lines += [f"#### {part}: accuracy against bytes", "",
+                  "Final accuracy (mean over seeds) against the whole run's traffic (every "
+                  "round, down and up, masks included); ★ marks the Pareto front.", "",
+                  "| variant | method | final acc | traffic MB (run) | mask share % | front |",
+                  "| :-- | :-- | --: | --: | --: | :-: |"]
+        for c in sorted(bits_cells(summary, part), key=lambda c: c["bytes"]):
+            lines.append(f"| {c['variant']} | {c['method']} | {_pm(c['accuracy'], '.3f')} | "
+                         f"{c['bytes'] / 1e6:.1f} | {100 * c['mask_share']:.1f} | "
+                         f"{'★' if c['front'] else ''} |")
+        lines += ["", q3_line(part, summary["results"][part]), ""]
+    return lines
+
+
 def render(summary: dict[str, Any]) -> str:
     """The markdown tables and verdict of one study summary (deterministic)."""
     if "variants" in summary:
-        return render_sweep(summary)
+        text = render_sweep(summary)
+        if summary["study"] in BITS_STUDIES:
+            text += "\n" + "\n".join(bits_lines(summary)).rstrip() + "\n"
+        return text
     commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
     lines = [f"Study `{summary['study']}` ({summary['config']}; seeds {summary['seeds']}; "
              f"overrides {summary['overrides'] or 'none'}). Runs made at commit {commits}; "
