@@ -25,10 +25,15 @@ does once and a stateless client every round. The random masks' rows give the se
 encode of a mask (once per run) and a client's decode.
 
     .venv/bin/python benchmarks/payload_bytes.py
+
+It writes every row and the targets' values to benchmarks/results/payload_bytes.json,
+with the commit, the versions and the CPU.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +45,7 @@ from fedticket.accounting import maskcode
 from fedticket.accounting.wire import VALUE_BITS, Codec
 from fedticket.data import Labeled, load_splits
 from fedticket.federated import LocalTrainer
+from fedticket.io import git_commit, versions
 from fedticket.pruning import Mask
 from fedticket.spec import load_config, parse_set
 from fedticket.stages import fresh_model, pretrain_and_prune, starting_weights
@@ -72,6 +78,7 @@ def main() -> None:
     cases = [("fedavg", 0.8), ("dae-ticket", 0.8), ("dae-ticket", 0.95),
              ("dae-ticket-fast", 0.8), ("dae-ticket-fast", 0.95)]
     worst, worst_mask, worst_time, worst_stateless = 0.0, 0.0, 0.0, 0.0
+    table: list[dict] = []
     print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread")
     print(f"{'mask':22} {'values':6} {'payload B':>10} {'ratio':>6} {'1st down B':>10} "
           f"{'ratio':>6} {'flower':>6} {'mask B':>8} {'mask/nH':>7} {'code ms':>7} "
@@ -94,7 +101,7 @@ def main() -> None:
         update_s = median_cpu_s(lambda t=trainer, s=state, d=data: t.update(
             s, d, torch.Generator().manual_seed(0)), repeat=3)
         label = f"{method} s{round(sparsity * 100)}" if method != "fedavg" else "fedavg"
-        rows = measure(label, mask, state, update_s)
+        rows = measure(label, mask, state, update_s, table)
         for ratio, mask_ratio, code_ratio, stateless_ratio in rows:
             worst = max(worst, ratio)
             worst_mask = max(worst_mask, mask_ratio)
@@ -110,16 +117,26 @@ def main() -> None:
         worst_mask = max(worst_mask, ratio)
         enc = median_cpu_s(lambda c=random: Codec(c).encode_mask(), repeat=3)
         dec = median_cpu_s(lambda c=codec, m=msg: c.decode_mask(m), repeat=3)
+        table.append({"mask": f"random s{round(sparsity * 100)}", "mask_bytes": len(msg),
+                      "mask_over_entropy": ratio, "mask_encode_ms": 1e3 * enc,
+                      "mask_decode_ms": 1e3 * dec})
         print(f"{f'random s{round(sparsity * 100)}':22} {'-':6} {'':>10} {'':>6} {'':>10} "
               f"{'':>6} {'':>6} {len(msg):>8,} {ratio:7.4f}   mask encode {1e3 * enc:.1f} ms, "
               f"decode {1e3 * dec:.1f} ms")
+    targets = {"p3_payload_bytes_over_limit": worst, "p3_mask_bits_over_entropy": worst_mask,
+               "p3_client_coding_cpu_over_update": worst_time,
+               "p3_stateless_client_coding_cpu_over_update": worst_stateless}
+    out = ROOT / "benchmarks" / "results" / "payload_bytes.json"
+    out.write_text(json.dumps({"rows": table, "targets": targets, "cpu": cpu_model(),
+                               "git": git_commit(), "versions": versions(),
+                               "argv": sys.argv}, indent=2) + "\n")
     print(f"p3_payload_bytes_over_limit: {worst:.4f}")
     print(f"p3_mask_bits_over_entropy: {worst_mask:.4f}")
     print(f"p3_client_coding_cpu_over_update: {worst_time:.4f}")
     print(f"p3_stateless_client_coding_cpu_over_update: {worst_stateless:.4f}")
 
 
-def measure(label: str, mask: Mask, state: dict, update_s: float
+def measure(label: str, mask: Mask, state: dict, update_s: float, table: list[dict]
             ) -> list[tuple[float, float, float, float]]:
     out = []
     for values in VALUE_BITS:
@@ -149,6 +166,12 @@ def measure(label: str, mask: Mask, state: dict, update_s: float
         code_s = median_cpu_s(client, repeat=5)
         mask_s = median_cpu_s(lambda c=codec, m=msg: c.decode_mask(m), repeat=3) if msg else 0.0
         out.append((max(ratios), mask_ratio, code_s / update_s, (code_s + mask_s) / update_s))
+        table.append({"mask": label, "values": values, "payload_bytes": len(payload),
+                      "payload_limit": limit, "first_download_bytes": first,
+                      "first_download_limit": first_limit, "flower_bytes": fl,
+                      "mask_bytes": len(msg), "mask_over_entropy": mask_ratio,
+                      "coding_ms": 1e3 * code_s, "mask_decode_ms": 1e3 * mask_s,
+                      "update_ms": 1e3 * update_s})
         print(f"{label:22} {values:6} {len(payload):>10,} {ratios[0]:6.4f} {first:>10,} "
               f"{ratios[1]:6.4f} {(fl or 0) / first:6.4f} {len(msg):>8,} "
               f"{mask_ratio:7.4f} {1e3 * code_s:7.1f} {1e3 * mask_s:7.1f} "
