@@ -25,7 +25,7 @@ from fedticket.pruning import Mask
 from fedticket.report.study_render import bits_cells, pareto, q3_line
 from fedticket.spec import FederateSpec
 from fedticket.study import q3_rows
-from test_peers import KEPT, MASK, NUMEL, TINY
+from test_peers import KEPT, MASK, NUMEL, TINY, simulator_and_flower
 
 # ------------------------------------------------------------------- the mask code
 
@@ -359,3 +359,16 @@ def test_the_mask_share_is_the_masks_part_of_the_whole_runs_traffic():
     assert cells["dae-ticket-fast"]["mask_share"] == 0.25
     assert cells["fedavg"]["variant"] == "base" and cells["fedavg"]["mask_share"] == 0.0
     assert cells["dae-ticket-fast"]["front"] and cells["fedavg"]["front"]  # cheaper / better
+
+
+def test_a_ticket_in_4_bits_with_error_feedback_on_flower_messages_ends_as_simulated(tmp_path):
+    # the residual lives in each node's context.state on Flower, in the engine's memory
+    # in the simulator: the same three rounds end with the same model and bytes
+    sim, flower, start = simulator_and_flower(
+        tmp_path, "dae-ticket-fast", {"federate.values": "q4", "federate.upload": "change",
+                                      "federate.error_feedback": True})
+    assert sim[1] == flower[1] == start
+    for k in sim[0]:
+        torch.testing.assert_close(sim[0][k], flower[0][k], rtol=0, atol=1e-6)
+    assert (sim[2].up_bytes, sim[2].down_bytes) == (flower[2].up_bytes, flower[2].down_bytes)
+    assert sim[2].up_bytes > 0

@@ -8,20 +8,26 @@ architecture and the mask):
 * dense payload: every value of every tensor;
 * sparse payload: only the values the mask keeps.
 
-The values are encoded one of three ways (``federate.values``):
+The values are encoded one of four ways (``federate.values``):
 
 * ``f32``: little-endian float32, 4 bytes a value (exact);
 * ``f16``: little-endian IEEE half precision, 2 bytes a value;
-* ``q8``: per tensor, a float32 minimum and a float32 step, then one uint8 code a
-  value, ``v = min + code * step`` with ``step = (max - min) / 255`` and codes rounded
-  to the nearest: ``8 * tensors + nnz`` bytes.
+* ``q8``, ``q4``: in blocks of :data:`VALUE_BLOCK` values (a block never spans two
+  tensors), first every block's float32 minimum ``lo`` and step
+  ``(max - lo) / (2 ** bits - 1)``, then one code a value, ``v = lo + code * step``
+  (one byte, or two codes a byte at 4 bits, the first in the high nibble):
+  ``8 * blocks + nnz`` or ``8 * blocks + ceil(nnz / 2)`` bytes. A model is rounded to
+  the nearest code (the server keeps its exact model, so a download's rounding error
+  never accumulates).
 
-The mask goes to each client once, on its first round, as the cheaper of
+The mask goes to each client once, on its first round, as the cheapest of
 
 * a bitmap: tag byte ``0x01`` + one bit per parameter (``numpy.packbits``,
   big-endian bit order), ``1 + ceil(numel / 8)`` bytes;
 * an index list: tag byte ``0x02`` + the flat indices of the kept entries as
-  little-endian uint32, ``1 + 4 * nnz`` bytes.
+  little-endian uint32, ``1 + 4 * nnz`` bytes;
+* an entropy code: tag byte ``0x03``, a varint header per tensor, then ANS words, within
+  a few bits of ``n * H(d)`` per tensor (:mod:`fedticket.accounting.maskcode`).
 
 A full mask is never sent: the dense payload needs none.
 
@@ -41,7 +47,15 @@ A client's upload is its new model as above (``federate.upload = "model"``), or 
   signed level ``l`` in ``[-s, s]`` (``v ~ r * l / s``; one int8 at 8 bits, two
   values a byte as ``l + s`` at 4 bits): ``4 * ceil(n / 512) + n`` or
   ``+ ceil(n / 2)`` bytes. The rounding is stochastic, so the decoded change equals
-  ``v`` in expectation.
+  ``v`` in expectation;
+* ``change``: ``v`` whole in the ``values`` code above, rounded stochastically (the
+  decoded change is ``v`` in expectation, so the average over clients carries no
+  rounding bias: rounding a round's small change to the nearest code would drop every
+  entry under half a step, the same way on every client), or to the nearest under error
+  feedback (the residual carries the rounding error to the next round, and the nearest
+  code errs by half a step at most, a stochastic one by up to a whole step). A
+  client's change is sent rather than its model because a round's change is far
+  smaller than the model's range: at 4 bits a model's step would erase it.
 
 Traffic is ``len()`` of these byte strings; nothing is estimated.
 """
