@@ -24,7 +24,7 @@ B=10; target < 5%); and with the mask's decode added, which a client that keeps 
 does once and a stateless client every round. The random masks' rows give the server's
 encode of a mask (once per run) and a client's decode.
 
-    .venv/bin/python benchmarks/payload_bytes.py
+    .venv/bin/python benchmarks/payload_bytes.py [--doc docs/BITS.md]
 
 It writes every row and the targets' values to benchmarks/results/payload_bytes.json,
 with the commit, the versions and the CPU.
@@ -32,6 +32,7 @@ with the commit, the versions and the CPU.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import replace
@@ -72,7 +73,59 @@ def value_limit(codec: Codec, values: str) -> int:
     return -(-VALUE_BITS[values] * n // 8) + scales
 
 
+def render(results: dict) -> str:
+    """The markdown of a results file: the targets, then per mask and value code the
+    payload, the first download and the mask against their limits, and the clients'
+    coding time against their update (deterministic: a test re-renders the committed
+    file and compares it with docs/BITS.md)."""
+    t = results["targets"]
+    lines = [f"`.venv/bin/python benchmarks/payload_bytes.py --doc docs/BITS.md` on "
+             f"{results['cpu']}, at commit `{results['git'].get('commit', '?')[:10]}`"
+             f"{' (with local changes)' if results['git'].get('dirty') else ''}:", "",
+             f"- `p3_mask_bits_over_entropy: {t['p3_mask_bits_over_entropy']:.4f}` (target "
+             "<= 1.03): the worst mask message, header included, over `n·H(d)` bits;",
+             f"- `p3_payload_bytes_over_limit: {t['p3_payload_bytes_over_limit']:.4f}`: the "
+             "worst payload over its limit (the values' bits and the blocks' scales; a first "
+             "download over the values plus the cheaper of bitmap and index list; a Flower "
+             "message over the codec bytes it carries);",
+             f"- `p3_client_coding_cpu_over_update: "
+             f"{t['p3_client_coding_cpu_over_update']:.4f}` (target < 0.05): a client's "
+             "decode of its download and encode of its upload over its own update (E=1, 400 "
+             "images, B=10), one thread;",
+             f"- `p3_stateless_client_coding_cpu_over_update: "
+             f"{t['p3_stateless_client_coding_cpu_over_update']:.4f}`: the same with the "
+             "mask's decode added, as a stateless client pays it every round (a stateful "
+             "client once).", "",
+             "| mask | values | payload B | first download B | mask B | mask / n·H(d) | "
+             "coding ms | mask decode ms | update ms |",
+             "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: |"]
+    for r in results["rows"]:
+        if "values" not in r:
+            lines.append(f"| {r['mask']} (encode {r['mask_encode_ms']:.1f} ms) | - | - | - | "
+                         f"{r['mask_bytes']:,} | {r['mask_over_entropy']:.4f} | - | "
+                         f"{r['mask_decode_ms']:.1f} | - |")
+            continue
+        ratio = f"{r['mask_over_entropy']:.4f}" if r["mask_bytes"] else "-"
+        lines.append(f"| {r['mask']} | {r['values']} | {r['payload_bytes']:,} | "
+                     f"{r['first_download_bytes']:,} | {r['mask_bytes']:,} | {ratio} | "
+                     f"{r['coding_ms']:.1f} | {r['mask_decode_ms']:.1f} | "
+                     f"{r['update_ms']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(doc: Path, text: str) -> None:
+    begin, end = "<!-- BEGIN payload_bytes -->\n", "<!-- END payload_bytes -->"
+    old = doc.read_text()
+    if begin not in old or end not in old:
+        raise SystemExit(f"{doc} has no {begin.strip()} ... {end} block")
+    doc.write_text(old[: old.index(begin)] + begin + text + old[old.index(end):])
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--doc", type=Path, help="also put the results table into this markdown "
+                                               "file, between its payload_bytes markers")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     config = load_config(ROOT / "configs" / "quick.toml")
     cases = [("fedavg", 0.8), ("dae-ticket", 0.8), ("dae-ticket", 0.95),
@@ -130,6 +183,8 @@ def main() -> None:
     out.write_text(json.dumps({"rows": table, "targets": targets, "cpu": cpu_model(),
                                "git": git_commit(), "versions": versions(),
                                "argv": sys.argv}, indent=2) + "\n")
+    if args.doc:
+        write_doc(args.doc, render(json.loads(out.read_text())))
     print(f"p3_payload_bytes_over_limit: {worst:.4f}")
     print(f"p3_mask_bits_over_entropy: {worst_mask:.4f}")
     print(f"p3_client_coding_cpu_over_update: {worst_time:.4f}")

@@ -135,3 +135,24 @@ def test_the_readmes_reading_of_the_demo_quotes_its_runs():
     text = section(README, "How to read it:", "## Command line")
     assert unquoted(text, [wrapped(n) for n in ("demo", "quick3", "quick3-target-0.6")],
                     ["80", "15", "0.6", "3"]) == []
+
+
+def test_the_payload_table_in_the_bits_doc_is_the_committed_benchmark_result():
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "payload_bytes.py"
+    spec = importlib.util.spec_from_file_location("payload_bytes", path)
+    assert spec is not None and spec.loader is not None
+    import sys
+
+    sys.path.insert(0, str(path.parent))
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    results = json.loads((ROOT / "benchmarks" / "results" / "payload_bytes.json").read_text())
+    doc = (ROOT / "docs" / "BITS.md").read_text()
+    block = section(doc, "<!-- BEGIN payload_bytes -->\n", "<!-- END payload_bytes -->")
+    assert block == "<!-- BEGIN payload_bytes -->\n" + module.render(results)
+    assert results["targets"]["p3_mask_bits_over_entropy"] <= 1.03
