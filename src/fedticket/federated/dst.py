@@ -5,7 +5,7 @@ each sampled client trains as usual and then readjusts its mask, tensor by tenso
 the prunable tensors: it drops the ``round(alpha_t * kept)`` kept weights of smallest
 magnitude and regrows as many of the weights that were pruned, those with the largest
 gradient magnitude on its last local batch, at zero. Its density stays exact. It
-uploads its new mask (the cheaper of bitmap and index list) and its weights on it.
+uploads its new mask (the cheapest of bitmap, index list and entropy code) and its weights on it.
 
 The server averages each weight over the clients whose mask holds it (weighted by
 their samples), takes the union of their masks, and if that keeps more than the run's
