@@ -182,6 +182,9 @@ class Codec:
         self._bounds = np.cumsum([0, *sizes])
         self._blocks = value_blocks(self._bounds)
         self._mask_message: bytes | None = None
+        # per tensor: None (kept whole) or the flat positions it keeps
+        self._where = {n: None if bool(mask[n].all()) else
+                       np.flatnonzero(mask[n].reshape(-1).numpy()) for n in self.names}
         self.update = UpdateCode(upload, self.size, density, bits, error_feedback, values,
                                  self._blocks)
         """How uploads travel: the model payload, or a compressed change."""
@@ -209,19 +212,25 @@ class Codec:
 
     def kept(self, state: Mapping[str, torch.Tensor]) -> np.ndarray:
         """The values of ``state`` a payload carries, as one float32 vector (a copy)."""
-        flat = np.concatenate(
-            [state[n].detach().reshape(-1).numpy().astype("<f4", copy=False) for n in self.names]
-        )
-        return flat[self._kept] if self.sparse else flat
+        parts = []
+        for n in self.names:
+            t = state[n].detach().reshape(-1).numpy().astype("<f4", copy=False)
+            where = self._where[n]
+            parts.append(t if where is None else t[where])
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def from_kept(self, values: np.ndarray) -> dict[str, torch.Tensor]:
         """Inverse of :meth:`kept`: full-size tensors, pruned entries exactly zero."""
-        if self.sparse:
-            flat = np.zeros(self.numel, dtype=np.float32)
-            flat[self._kept] = values
-        else:
-            flat = values.astype(np.float32)
-        return self._unflatten(flat)
+        out: dict[str, torch.Tensor] = {}
+        for n, a, b in zip(self.names, self._bounds[:-1], self._bounds[1:], strict=True):
+            where = self._where[n]
+            if where is None:
+                t = values[a:b].astype(np.float32)  # a copy: the result owns its memory
+            else:
+                t = np.zeros(math.prod(self.shapes[n]), dtype=np.float32)
+                t[where] = values[a:b]
+            out[n] = torch.from_numpy(t).view(self.shapes[n])
+        return out
 
     # ---------------------------------------------------------------- values
     def encode(self, state: Mapping[str, torch.Tensor]) -> bytes:

@@ -18,9 +18,10 @@ you give it. Arrays the mask does not name travel unchanged (dense).
 On the wire a model ``ArrayRecord`` becomes fedticket's codec payload: the float32
 values the mask keeps, in the mask's key order, as one ``Array`` with
 ``stype="fedticket.sparse"``, plus every array the mask does not name, unchanged. The
-mask (the cheapest of a bitmap, an index list and an entropy code) and its layout go to a node with each
-message until a reply from that node proves it holds them (it decoded, or it carries
-the node's acknowledgement of this mask); the node keeps them in ``context.state``.
+mask (the cheapest of a bitmap, an index list and an entropy code) and its layout go to
+a node with each message until a reply from that node proves it holds them (it decoded,
+or it carries the node's acknowledgement of this mask); the node keeps them in
+``context.state``.
 The other side decodes back to an ordinary dense ``ArrayRecord`` with exact zeros at
 the pruned entries, so the user's training code and Flower's own strategies (``FedAvg``
 and friends) see what they always see. A message that does not decode becomes an error
