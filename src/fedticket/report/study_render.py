@@ -236,7 +236,17 @@ def bits_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"| {c['variant']} | {c['method']} | {_pm(c['accuracy'], '.3f')} | "
                          f"{c['bytes'] / 1e6:.1f} | {100 * c['mask_share']:.1f} | "
                          f"{'★' if c['front'] else ''} |")
-        lines += ["", q3_line(part, summary["results"][part]), ""]
+        lines += ["", q3_line(part, summary["results"][part]), "",
+                  f"Every setting against Q3's bars at {Q3_TARGET} (factors against fedavg, "
+                  "95% intervals over seeds; accuracy: final, in points):", "",
+                  "| variant | method | traffic | client CPU | final accuracy | answer | "
+                  "not cleared |",
+                  "| :-- | :-- | --: | --: | --: | :-- | :-- |"]
+        for r in q3_rows(summary["results"][part]):
+            lines.append(f"| {r['variant']} | {r['method']} | {_times(r['traffic'])} | "
+                         f"{_times(r['cpu'], '.2f')} | {_acc_points(r['accuracy'])} | "
+                         f"{r['answer']} | {', '.join(r['binds'])} |")
+        lines.append("")
     return lines
 
 
