@@ -486,10 +486,11 @@ def candidates(result: dict[str, Any], traffic_x: float, cpu_x: float, gap: floa
     if base is None:
         return []
     rows = []
-    for name in methods:
-        f = methods_.get(name)
-        if f is None:
-            continue
+    # a run with other values is labelled ``dae-ticket+q8`` (method_label): its variant
+    # names the values, so the row keeps the method's name
+    found = [(name, f) for name in methods for label, f in methods_.items()
+             if label == name or label.startswith(name + "+")]
+    for name, f in found:
         acc = paired_difference(f["final_accuracy"].get("seeds", {}),
                                 base["final_accuracy"].get("seeds", {}))
         if acc["mean"] is None and not f["final_accuracy"].get("seeds"):  # an old summary
