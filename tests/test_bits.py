@@ -374,3 +374,28 @@ def test_a_ticket_in_4_bits_with_error_feedback_on_flower_messages_ends_as_simul
         torch.testing.assert_close(sim[0][k], flower[0][k], rtol=0, atol=1e-6)
     assert (sim[2].up_bytes, sim[2].down_bytes) == (flower[2].up_bytes, flower[2].down_bytes)
     assert sim[2].up_bytes > 0
+
+
+def test_the_bits_sweep_is_the_grid_the_question_needs():
+    from pathlib import Path
+
+    from fedticket.study import BASE, load_study, variant_cells
+
+    study = load_study(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "bits.toml")
+    grid = variant_cells(study)
+    assert list(grid) == ["iid", "dirichlet-0.3"] and study.targets == (0.70, 0.80)
+    for by_variant in grid.values():
+        assert [s.method for s in by_variant[BASE]] == ["fedavg"] * 3
+        assert {s.federate.values for s in by_variant[BASE]} == {"f32"}
+        cells = {(s.prune.sparsity, s.federate.values, s.federate.upload,
+                  s.federate.error_feedback, s.method, s.seed)
+                 for v, specs in by_variant.items() if v != BASE for s in specs}
+        # 3 sparsities x (f32, f16 models; q8, q4 changes with and without error
+        # feedback) x 2 tickets x 3 seeds
+        assert len(cells) == 3 * 6 * 2 * 3
+        assert {c[:4] for c in cells} == {
+            (sp, v, up, ef) for sp in (0.8, 0.9, 0.95)
+            for v, up, ef in [("f32", "model", False), ("f16", "model", False),
+                              ("q8", "change", False), ("q8", "change", True),
+                              ("q4", "change", False), ("q4", "change", True)]}
+        assert {c[4] for c in cells} == {"dae-ticket", "dae-ticket-fast"}
