@@ -134,10 +134,14 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
             ax.set_title(f"{part}" if i == 0 else "", fontsize="medium")
             if i == 0 and j == 0:
                 ax.legend(fontsize="x-small")
-    fig.suptitle(f"{summary['study']}: mean ± std over seeds {summary['seeds']} "
-                 f"({provenance(summary)})", fontsize="medium")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{summary['study']}.png"
+    return _finish(fig, summary, "mean ± std over seeds", out_dir / f"{summary['study']}.png")
+
+
+def _finish(fig: Figure, summary: dict[str, Any], what: str, path: Path) -> Path:
+    """Title ``fig`` with the study, ``what`` it shows and its provenance, and save it."""
+    fig.suptitle(f"{summary['study']}: {what} {summary['seeds']} ({provenance(summary)})",
+                 fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic(fig, path)
     return path
 
@@ -187,9 +191,5 @@ def plot_pareto(summary: dict[str, Any], out_dir: Path, target: str = "0.80") ->
         ax.set_title(f"{part} (paler: 80%, 90% sparsity; darkest: 95%)", fontsize="medium")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small", ncol=2)
-    fig.suptitle(f"{summary['study']}: accuracy against bytes, mean over seeds "
-                 f"{summary['seeds']} ({provenance(summary)})", fontsize="medium")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{summary['study']}-pareto.png"
-    _save_atomic(fig, path)
-    return path
+    return _finish(fig, summary, "accuracy against bytes, mean over seeds",
+                   out_dir / f"{summary['study']}-pareto.png")
