@@ -101,8 +101,10 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
     axes = fig.subplots(3, len(parts), squeeze=False)
     for j, part in enumerate(parts):
         results = summary["results"][part]
-        methods = list(dict.fromkeys(m for v in results.values()
-                                     for m in v[target]["methods"] if m != "fedavg"))
+        # a method in other values is labelled dae-ticket+q8: one series per method
+        labels = {v: {m.partition("+")[0]: m for m in r[target]["methods"]}
+                  for v, r in results.items()}
+        methods = list(dict.fromkeys(m for v in labels.values() for m in v if m != "fedavg"))
         base = next(iter(results.values()))[target]["methods"]["fedavg"]
         for i, (field, scale, label) in enumerate((
                 ("final_accuracy", 1.0, "final test accuracy"),
@@ -110,9 +112,9 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
                 ("client_cpu_s_to_target", 1.0, f"client CPU s to {target} (log)"))):
             ax = axes[i][j]
             for c, m in enumerate(methods):
-                xs = [k for k, v in enumerate(variants)
-                      if v in results and m in results[v][target]["methods"]]
-                stats = [results[variants[k]][target]["methods"][m].get(field) for k in xs]
+                xs = [k for k, v in enumerate(variants) if v in results and m in labels[v]]
+                stats = [results[variants[k]][target]["methods"][labels[variants[k]][m]]
+                         .get(field) for k in xs]
                 pts = [(k, s["mean"] * scale, (s["std"] or 0.0) * scale)
                        for k, s in zip(xs, stats, strict=True)
                        if s and s["mean"] is not None and s.get("n", n_seeds) == n_seeds]
@@ -169,6 +171,7 @@ def plot_pareto(summary: dict[str, Any], out_dir: Path, target: str = "0.80") ->
                     ax.plot(x, y, marker="*", markersize=12, color="gray", linestyle="none",
                             label="fedavg")
                     continue
+                name = name.partition("+")[0]  # dae-ticket+q8: the marker shows the values
                 if name not in methods:
                     methods.append(name)
                 values = variant.split(" ", 1)[-1]
