@@ -399,3 +399,25 @@ def test_the_bits_sweep_is_the_grid_the_question_needs():
                               ("q8", "change", False), ("q8", "change", True),
                               ("q4", "change", False), ("q4", "change", True)]}
         assert {c[4] for c in cells} == {"dae-ticket", "dae-ticket-fast"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80), st.sampled_from([[(40, 40)], [(3, 4, 2, 2), (7,)], [(0, 5)]]))
+def test_any_entropy_mask_message_decodes_to_those_shapes_or_is_refused(junk, shapes):
+    try:
+        back = maskcode.decode(bytes([maskcode.ENTROPY]) + junk, shapes)
+    except FedticketError:
+        return
+    assert [b.shape for b in back] == [tuple(s) for s in shapes]
+    assert all(b.dtype == bool for b in back)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from(["q8", "q4"]))
+def test_any_quantized_payload_decodes_to_finite_values_or_is_refused(junk, code):
+    b = blocks_of(70, 3)
+    try:
+        back = values_decode(junk, code, b)
+    except FedticketError:
+        return
+    assert back.shape == (73,) and back.dtype == np.float32
