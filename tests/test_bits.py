@@ -421,3 +421,68 @@ def test_any_quantized_payload_decodes_to_finite_values_or_is_refused(junk, code
     except FedticketError:
         return
     assert back.shape == (73,) and back.dtype == np.float32
+
+
+# ------------------------------------------------------------ delta downloads
+
+DELTA = {"federate.values": "q4", "federate.upload": "change",
+         "federate.error_feedback": True, "federate.download": "change"}
+
+
+def test_a_delta_download_on_flower_messages_ends_as_simulated(tmp_path):
+    sim, flower, start = simulator_and_flower(tmp_path, "dae-ticket-fast", DELTA)
+    for k in sim[0]:
+        torch.testing.assert_close(sim[0][k], flower[0][k], rtol=0, atol=1e-6)
+    assert (sim[2].up_bytes, sim[2].down_bytes) == (flower[2].up_bytes, flower[2].down_bytes)
+
+
+def test_a_delta_download_costs_the_models_bytes_and_errs_less(tmp_path):
+    from fedticket.data import load_splits
+    from fedticket.federated import LocalEngine, TicketStrategy
+    from fedticket.federated.client import LocalTrainer
+    from fedticket.runner import fresh_model, pretrain_and_prune, starting_weights
+    from fedticket.spec import load_config
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY.format(method="dae-ticket").replace("rounds = 2", "rounds = 4"))
+    seen: dict[str, list] = {}
+    for how in ("model", "change"):
+        [spec] = load_config(cfg).specs(DELTA | {"federate.download": how})
+        splits = load_splits(spec.data, spec.seed)
+        stages = pretrain_and_prune(spec, splits, tmp_path)
+        model = fresh_model(spec, splits, "init")
+        trainer = LocalTrainer(model, stages.mask, spec.federate, splits.input_shape)
+        codec = Codec.of(stages.mask, spec.federate)
+        strategy = TicketStrategy(codec, starting_weights(spec, splits, stages),
+                                  spec.federate, 0, len(splits.clients),
+                                  lambda s, t=trainer, d=splits.test: t.evaluate(s, d))
+        engine = LocalEngine(trainer, codec, splits.clients)
+        errors, sizes, deltas = [], [], 0
+        for r in range(1, 5):
+            ins = strategy.configure_round(r)
+            sizes += [len(i.payload) for i in ins]
+            deltas += sum(i.delta for i in ins)
+            replies, failures = engine.train_round(ins)
+            for i in ins:  # what the client trained from, against the server's model
+                held = engine.memory.get(f"model-{i.client}", codec.decode_values(i.payload))
+                if how == "model" or i.delta:
+                    errors.append(float(np.abs(held - strategy._global_kept).max()))
+            strategy.aggregate_round(r, ins, replies, failures)
+        seen[how] = [sizes, deltas, errors]
+        if how == "change":
+            # every client holds exactly what the server thinks it holds
+            for key, value in strategy.holds.items():
+                assert np.array_equal(engine.memory[f"model-{key.split('-')[1]}"], value)
+    # the same bytes: a change in q4 is as long as the model in q4 (8 * 4 + 196)
+    assert seen["model"][0] == seen["change"][0] and set(seen["change"][0]) == {8 * 4 + 196}
+    assert seen["model"][1] == 0 and seen["change"][1] > 0  # clients sampled again
+    # after a delta a client's model errs by half a step of the change's range, not of
+    # the weights'
+    assert max(seen["change"][2]) < 0.2 * max(seen["model"][2])
+
+
+def test_a_delta_download_needs_state_and_values_that_round():
+    with pytest.raises(ConfigError, match="stateless"):
+        FederateSpec(values="q4", download="change", mask_once=False)
+    with pytest.raises(ConfigError, match="values that round"):
+        FederateSpec(download="change")

@@ -131,15 +131,20 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(reference, tmp_
     assert not (run / "checkpoint.npz").exists() and not (run / "owner.pid").exists()
 
 
-@pytest.mark.parametrize("method, kept", [("topk-ef", "residual"), ("feddst", "mask")])
-def test_what_clients_keep_survives_a_kill(tmp_path, method, kept):
+DELTA = 'values = "q4"\nupload = "change"\nerror_feedback = true\ndownload = "change"\n'
+
+
+@pytest.mark.parametrize("method, kept, extra", [
+    ("topk-ef", "residual", ""), ("feddst", "mask", ""), ("dae-ticket", "holds", DELTA)])
+def test_what_clients_keep_survives_a_kill(tmp_path, method, kept, extra):
     """What simulated clients keep between rounds is on disk beside the checkpoint (the
     error-feedback residual of top-k uploads; the mask each client holds, and the
-    global mask, while FedDST changes it), so a resumed run's clients carry exactly
-    what they held."""
+    global mask, while FedDST changes it; the model each client holds, and the
+    server's copy of it, under delta downloads), so a resumed run's clients carry
+    exactly what they held."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(CONFIG.replace('methods = ["dae-ticket"]', f'methods = ["{method}"]')
-                   .replace("client_fraction = 0.4", "client_fraction = 0.6"))
+                   .replace("client_fraction = 0.4", "client_fraction = 0.6") + extra)
     res = subprocess.run(command(cfg, tmp_path / "ref"), capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr

@@ -8,10 +8,11 @@ always hold at least the checkpoint's rounds; on resume, lines of later rounds a
 It is read as plain arrays (``allow_pickle=False``): nothing in it is unpickled.
 
 What simulated clients keep between rounds (error-feedback residuals, one model-sized
-vector each) is too large to rewrite every round; each client's residual is written
-once when it changes, as ``memory/KEY-ROUND.npy`` (``residual-7-12.npy``: client 7's
-residual as of round 12), and the checkpoint names the file of each key, so a
-resumed run reads exactly what its clients held then.
+vector each), and what the server keeps per client (the model each holds, under
+``federate.download = change``), is too large to rewrite every round; each client's
+vector is written once when it changes, as ``memory/KEY-ROUND.npy``
+(``residual-7-12.npy``: client 7's residual as of round 12), and the checkpoint names
+the file of each key, so a resumed run reads exactly what its clients held then.
 """
 
 from __future__ import annotations
@@ -74,19 +75,26 @@ def load(folder: Path, run_name: str) -> tuple[int, dict[str, torch.Tensor], dic
     return round_, state, meta
 
 
+SERVER_PREFIX = "holds-"
+"""The keys of :class:`MemoryFiles` that are the server's, not a client's."""
+
+
 class MemoryFiles:
     """The simulated clients' residuals on disk, beside the checkpoint: a client's file
     is written when its residual changed since the last checkpoint, and removed once a
     later checkpoint names a newer one."""
 
-    def __init__(self, folder: Path, memory: Memory):
+    def __init__(self, folder: Path, memory: Memory, server: Memory | None = None):
         self.dir, self.memory = folder / paths.MEMORY, memory
+        self.server = {} if server is None else server
+        """What the server keeps per client (``holds-7``: the model client 7 holds, under
+        ``federate.download = change``), kept the same way."""
         self.files: dict[str, int] = {}  # key -> round of its file
         self._saved: dict[str, np.ndarray] = {}  # the arrays those files hold
 
     def write(self, round_: int) -> dict[str, int]:
         """Write what changed; return the files a checkpoint of ``round_`` names."""
-        for key, value in sorted(self.memory.items()):
+        for key, value in sorted({**self.memory, **self.server}.items()):
             if self._saved.get(key) is not value:
                 with atomic_write(self.dir / f"{key}-{round_}.npy") as f:
                     np.save(f, value, allow_pickle=False)
@@ -110,7 +118,7 @@ class MemoryFiles:
                 raise CheckpointError(f"client memory {path} is missing or damaged "
                                       f"({type(e).__name__}); delete {self.dir.parent} to "
                                       "start the run over") from None
-            self.memory[key] = residual
+            (self.server if key.startswith(SERVER_PREFIX) else self.memory)[key] = residual
             self.files[key], self._saved[key] = round_, residual
 
 

@@ -122,7 +122,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         strategy.book_prelude(*prelude)
     after = _resume(folder, spec, strategy, engine, label)
     rows = _federate(folder, spec, strategy, engine(trainer, codec, splits), after, stream,
-                     label)
+                     label, engine.clients_keep_state)
     save_states(folder / paths.FINAL, {"global": strategy.global_state})
     if spec.federate.readjust_every:  # the mask the final model lives under
         strategy.codec.mask.save(folder / paths.MASK)
@@ -214,6 +214,7 @@ def _resume(folder: Path, spec: ExperimentSpec, strategy: TicketStrategy,
     strategy.load_state_dict(global_state, meta["strategy"])
     if not engine.clients_keep_state:  # a new Flower run: the nodes' state is new too
         strategy.has_mask.clear()
+        strategy.holds.clear()
     note = ("" if meta.get("threads") == torch.get_num_threads() else
             f" (it was made with {meta.get('threads')} threads, this process has "
             f"{torch.get_num_threads()}: numbers may differ in the last digits)")
@@ -223,15 +224,20 @@ def _resume(folder: Path, spec: ExperimentSpec, strategy: TicketStrategy,
 
 
 def _federate(folder: Path, spec: ExperimentSpec, strategy: TicketStrategy, carrier: Engine,
-              after: int | None, stream: TextIO | None, label: str) -> list[dict]:
+              after: int | None, stream: TextIO | None, label: str,
+              keep_state: bool = True) -> list[dict]:
     """The federated rounds after ``after``, written and checkpointed as they end; the
-    metrics rows of the whole run."""
+    metrics rows of the whole run. ``keep_state``: the clients of a resumed run still
+    hold what they held (the engine's ``clients_keep_state``)."""
     writer = MetricsWriter(folder, resume_after=after)
     memory = getattr(carrier, "memory", None)
-    files = None if memory is None else checkpoint.MemoryFiles(folder, memory)
+    files = None if memory is None and spec.federate.download != "change" else \
+        checkpoint.MemoryFiles(folder, {} if memory is None else memory, strategy.holds)
     if files is not None and after is not None:
         resumed = checkpoint.load(folder, spec.run_name())
         files.load(resumed[2].get("memory", {}) if resumed else {})
+        if not keep_state:  # new nodes hold no model of the old run's
+            strategy.holds.clear()
     saver = checkpoint.Checkpointer(folder, strategy, spec.run_name(),
                                     spec.federate.checkpoint_every, spec.federate.rounds,
                                     [writer], files)

@@ -34,6 +34,7 @@ PRUNE_STRUCTURES = ("none", "channels")
 COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
 VALUE_ENCODINGS = ("f32", "f16", "q8", "q4")
 UPLOAD_CODES = ("model", "topk", "qsgd", "change")
+DOWNLOAD_CODES = ("model", "change")
 # data fields that shape only the clients' part (and the test set), never the pool
 CLIENT_SPLIT_FIELDS = ("train_size", "test_size", "num_clients", "partition",
                        "dirichlet_alpha", "shards_per_client", "min_client_size")
@@ -286,6 +287,12 @@ class FederateSpec:
     a norm per 512 values), or whole as the ``change`` in ``values`` (its own minimum
     and step per block; stochastic rounding, or to the nearest under error feedback).
     The download stays the model in ``values``."""
+    download: str = "model"
+    """What a client downloads: the server's ``model`` in ``values``, or, to a client that
+    holds last time's download, the ``change`` from it in ``values`` (rounded to the
+    nearest; the server tracks what each client holds). It costs the same bytes as the
+    model and errs far less: its steps are those of the change, not of the weights.
+    Needs clients that keep state and values that round (f16, q8 or q4)."""
     upload_density: float = 0.2
     """``topk``: the fraction of the download's values an upload sends (0.2: the kept
     fraction of a ticket at the study's 80% sparsity)."""
@@ -361,6 +368,17 @@ class FederateSpec:
         if self.error_feedback and self.upload == "change" and self.values == "f32":
             raise ConfigError("federate.error_feedback with federate.upload = change needs "
                               "values that lose something (f16, q8 or q4)")
+        _choice("federate", "download", self.download, DOWNLOAD_CODES)
+        if self.download == "change" and not self.mask_once:
+            raise ConfigError("federate.download = change sends what changed since a "
+                              "client's last download; stateless clients "
+                              "(federate.mask_once = false) hold none")
+        if self.download == "change" and self.values == "f32":
+            raise ConfigError("federate.download = change needs values that round (f16, q8 "
+                              "or q4); in f32 the model itself is exact")
+        if self.download == "change" and self.readjust_every:
+            raise ConfigError("federate.download = change needs a mask that stays put "
+                              "(federate.readjust_every = 0)")
         if self.error_feedback and not self.mask_once:
             raise ConfigError("federate.error_feedback keeps a residual on each client; "
                               "stateless clients (federate.mask_once = false) have none")

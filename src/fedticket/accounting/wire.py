@@ -31,6 +31,10 @@ The mask goes to each client once, on its first round, as the cheapest of
 
 A full mask is never sent: the dense payload needs none.
 
+With ``federate.download = change`` a client that holds last time's download gets the
+change from it instead of the model, in the same value code (:meth:`Codec.encode_values`,
+rounded to the nearest): the same bytes, the error of the change's steps.
+
 A client's upload is its new model as above (``federate.upload = "model"``), or its
 *change* ``v`` from the model it received, over the values the download holds
 (:class:`UpdateCode`):
@@ -237,6 +241,15 @@ class Codec:
         """Payload of ``state`` (dense when the mask is full, else kept values only),
         rounded to the nearest where ``values`` rounds."""
         return values_encode(self.kept(state), self.values, self._blocks)
+
+    def encode_values(self, values: np.ndarray) -> bytes:
+        """A payload of the kept ``values`` themselves (a change, say), rounded to the
+        nearest where ``values`` rounds: :meth:`encode` without the model."""
+        return values_encode(values, self.values, self._blocks)
+
+    def decode_values(self, payload: bytes) -> np.ndarray:
+        """Inverse of :meth:`encode_values`: the kept values, float32."""
+        return values_decode(payload, self.values, self._blocks)
 
     def decode(self, payload: bytes) -> dict[str, torch.Tensor]:
         """Inverse of :meth:`encode` (exact for ``f32``); pruned entries come back as

@@ -71,6 +71,9 @@ class Instruction:
     (:mod:`fedticket.federated.saliency`, the ``snip`` mask)."""
     alpha: float = 0.0
     """``readjust``: the fraction of kept weights to swap."""
+    delta: bool = False
+    """``payload`` is the change from the model this client holds (its last download;
+    ``federate.download = change``), not the model."""
 
 
 def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
@@ -224,8 +227,9 @@ class Engine(Protocol):
 
 Memory = dict[str, np.ndarray]
 """What clients keep between rounds, as ``"WHAT-CLIENT"`` keys: ``residual-7`` (the
-error-feedback residual of client 7's compressed uploads) and ``mask-7`` (the mask
-message client 7 holds, when masks change during training). It never travels; an
+error-feedback residual of client 7's compressed uploads), ``mask-7`` (the mask
+message client 7 holds, when masks change during training) and ``model-7`` (the kept
+values of client 7's last download, under ``federate.download = change``). It never travels; an
 engine keeps it for its simulated clients (a Flower node keeps its own in
 ``context.state``)."""
 
@@ -260,6 +264,29 @@ def _held(trainer: LocalTrainer, codec: Codec, instruction: Instruction,
     return held
 
 
+def _received(trainer: LocalTrainer, codec: Codec, payload: bytes, instruction: Instruction,
+              memory: Memory | None) -> State:
+    """The model a download stands for: the payload decoded, or under ``download =
+    change`` the model this client holds plus the change it carries; the client keeps
+    what it now holds."""
+    if trainer.spec.download != "change":
+        return codec.decode(payload)
+    key = f"model-{instruction.client}"
+    if instruction.delta:
+        held = None if memory is None else memory.get(key)
+        if held is None or held.shape != (codec.size,):
+            raise FedticketError(f"client {instruction.client} got the change from a model "
+                                 "it does not hold")
+        kept = (held + codec.decode_values(payload)).astype(np.float32)
+        if not np.isfinite(kept).all():
+            raise FedticketError("payload holds values that are not finite")
+    else:
+        kept = codec.kept(codec.decode(payload))
+    if memory is not None:
+        memory[key] = kept
+    return codec.from_kept(kept)
+
+
 def client_train(
     trainer: LocalTrainer, codec: Codec, payload: bytes, data: Labeled,
     instruction: Instruction, memory: Memory | None = None,
@@ -278,7 +305,7 @@ def client_train(
                                trainer.saliency_batches)
     start, start_cpu = time.perf_counter(), cpu_clock()
     codec = _held(trainer, codec, instruction, memory)
-    received = codec.decode(payload)
+    received = _received(trainer, codec, payload, instruction, memory)
     g = torch.Generator().manual_seed(instruction.seed)
     upd = trainer.update(received, data, g)
     flops = upd.flops
@@ -361,6 +388,10 @@ class TicketStrategy:
         self.min_replies = min_replies
         self.rng = np.random.default_rng([seed, 0xFED])
         self.has_mask: set[int] = set()
+        self.holds: Memory = {}
+        """``download = change``: ``holds-7``, the kept values client 7 holds (its last
+        download that it answered)."""
+        self._sending: dict[int, np.ndarray] = {}  # what this round's clients will hold
         self.reached: set[float] = set()
         self.totals = Totals()
         self.mask_msg = codec.encode_mask()
@@ -388,12 +419,27 @@ class TicketStrategy:
         alpha = alpha_at(round_, self.spec)
         task = READJUST if alpha > 0 else "train"
         out = []
+        self._sending.clear()
         for cid in ids:
             held = self.spec.mask_once and cid in self.has_mask
             mask = b"" if held else self.mask_msg
-            out.append(Instruction(round_, cid, down, mask, client_seed(self.seed, round_, cid),
-                                   task, alpha))
+            payload, delta = self._download(cid, down)
+            out.append(Instruction(round_, cid, payload, mask,
+                                   client_seed(self.seed, round_, cid), task, alpha, delta))
         return out
+
+    def _download(self, cid: int, down: bytes) -> tuple[bytes, bool]:
+        """What client ``cid`` downloads: the model payload ``down``, or under ``download
+        = change`` the change from what it holds (and what it will then hold)."""
+        if self.spec.download != "change":
+            return down, False
+        holds = self.holds.get(f"holds-{cid}")
+        if holds is None:
+            self._sending[cid] = self.codec.decode_values(down)
+            return down, False
+        payload = self.codec.encode_values(self._global_kept - holds)
+        self._sending[cid] = (holds + self.codec.decode_values(payload)).astype(np.float32)
+        return payload, True
 
     def set_mask(self, mask: Mask) -> None:
         """From now on the global model lives under ``mask`` (FedDST's merged mask): the
@@ -401,6 +447,7 @@ class TicketStrategy:
         self.codec = Codec.of(mask, self.spec)
         self.mask_msg = self.codec.encode_mask()
         self.has_mask.clear()
+        self.holds.clear()
         self._kept_cache = None
         if self.flops_fn is not None:
             self.flops_per_example = self.flops_fn(mask)
@@ -441,6 +488,12 @@ class TicketStrategy:
                 len(rep.payload), rep.flops, rep.wall_s, rep.cpu_s, rep.train_loss,
                 rep.framework_down_bytes, rep.framework_up_bytes,
             ))
+        for rec in records:  # what a client that answered now holds
+            if rec.client in self._sending:
+                self.holds[f"holds-{rec.client}"] = self._sending[rec.client]
+        for f in failed:  # one that did not may or may not hold its download
+            self.holds.pop(f"holds-{f.client}", None)
+        self._sending.clear()
         for f in failed:
             lost = sent.get(f.client)
             if lost is not None:
@@ -608,7 +661,10 @@ class TicketStrategy:
                  time.perf_counter())
         for r in range((after or 0) + 1, self.spec.rounds + 1):
             started = time.perf_counter()
-            self.has_mask -= engine.lost_state()
+            lost = engine.lost_state()
+            self.has_mask -= lost
+            for cid in lost:
+                self.holds.pop(f"holds-{cid}", None)
             instructions = self.configure_round(r)
             replies, failures = engine.train_round(instructions)
             emit(self.aggregate_round(r, instructions, replies, failures), started)

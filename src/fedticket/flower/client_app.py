@@ -92,6 +92,7 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
         payload=get(rec, "payload", bytes), mask=get(rec, "mask", bytes),
         seed=get(rec, "seed", int), task=str(rec.get("task", "train")),
         alpha=get(rec, "alpha", float) if "alpha" in rec else 0.0,
+        delta=get(rec, "delta", bool) if "delta" in rec else False,
     )
     mask = _mask(context, model, ins.mask)
     if ins.task == SALIENCY:  # scores of the dense model, before any mask exists
@@ -101,16 +102,18 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
     codec = Codec.of(mask, federate)
     trainer = LocalTrainer(model, mask, federate, input_shape)
     trainer.saliency_batches = saliency_batches
-    received = codec.decode(ins.payload)
+    memory = _memory(context, ins.client, codec.size)
+    received = codec.decode(ins.payload) if not ins.delta else \
+        codec.from_kept(memory.get(f"model-{ins.client}", np.zeros(codec.size, np.float32)))
     # one untimed update first: this is a fresh process, so the timed update would
     # otherwise pay torch's one-off start-up costs (thread pool, allocator growth)
     warm = min(len(data), federate.batch_size)
     trainer.warm_up(received, Labeled(data.x[:warm], data.y[:warm]))
-    memory = _memory(context, ins.client, codec.size)
     rep = client_train(trainer, codec, ins.payload, data, ins, memory)
-    if f"residual-{ins.client}" in memory:
-        context.state[MEMORY_KEY] = ArrayRecord(
-            {"residual": Array(memory[f"residual-{ins.client}"])})
+    kept = {what: Array(memory[f"{what}-{ins.client}"]) for what in KEPT
+            if f"{what}-{ins.client}" in memory}
+    if kept:
+        context.state[MEMORY_KEY] = ArrayRecord(kept)
     out = ConfigRecord({
         "client": rep.client,
         "payload": rep.payload,
@@ -123,13 +126,24 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
     return Message(RecordDict({RECORD: out}), reply_to=msg)
 
 
+KEPT = ("residual", "model")
+"""What a node keeps in ``context.state`` between rounds: its error-feedback residual and
+the model it last downloaded (``federate.download = change``)."""
+
+
 def _memory(context: Context, client: int, size: int) -> dict[str, np.ndarray]:
-    """This node's error-feedback residual, from ``context.state`` (empty at first, or
-    if the residual kept there does not fit this run's payload)."""
+    """What this node keeps (:data:`KEPT`), from ``context.state``: empty at first, and
+    without what does not fit this run's payload."""
     if MEMORY_KEY not in context.state:
         return {}
-    residual = context.state.array_records[MEMORY_KEY]["residual"].numpy()
-    return {f"residual-{client}": residual} if residual.shape == (size,) else {}
+    record = context.state.array_records[MEMORY_KEY]
+    out = {}
+    for what in KEPT:
+        if what in record:
+            value = record[what].numpy()
+            if value.shape == (size,):
+                out[f"{what}-{client}"] = value
+    return out
 
 
 def _mask(context: Context, model: Classifier, message: bytes) -> Mask:

@@ -151,6 +151,7 @@ class GridEngine:
             rec = ConfigRecord({
                 "round": ins.round, "client": ins.client, "payload": ins.payload,
                 "mask": ins.mask, "seed": ins.seed, "task": ins.task, "alpha": ins.alpha,
+                **({"delta": True} if ins.delta else {}),
             })
             msg = Message(RecordDict({RECORD: rec}), dst_node_id=self.nodes[ins.client],
                           message_type=MessageType.TRAIN)
