@@ -156,3 +156,13 @@ def test_the_payload_table_in_the_bits_doc_is_the_committed_benchmark_result():
     block = section(doc, "<!-- BEGIN payload_bytes -->\n", "<!-- END payload_bytes -->")
     assert block == "<!-- BEGIN payload_bytes -->\n" + module.render(results)
     assert results["targets"]["p3_mask_bits_over_entropy"] <= 1.03
+
+
+def test_the_bits_verdict_quotes_its_summary():
+    doc = (ROOT / "docs" / "BITS.md").read_text()
+    end = doc.index("<!-- BEGIN bits.json -->")
+    text = doc[doc.rindex("**Verdict.**", 0, end): end]
+    # the settings: sparsities, bars, target, partitions, value codes, seeds
+    settings = ["80", "90", "95", "100", "10", "0.5", "0.80", "0.3", "8", "4", "3", "32",
+                "16"]
+    assert unquoted(text, [summary("bits")], settings) == []
