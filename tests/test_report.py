@@ -35,7 +35,8 @@ def write_run(
     finished: bool = True,
     name: str | None = None,
 ) -> Path:
-    """A run folder; traffic is split 60/40 into down/up bytes, wall time is 2 s a round."""
+    """A run folder; traffic is split 60/40 into down/up bytes (a tenth of it the mask's),
+    wall time is 2 s a round."""
     rounds = rounds or list(range(len(accs)))
     traffic = traffic or [100 * r for r in rounds]
     flops = flops or [1e9 * r for r in rounds]
@@ -50,6 +51,7 @@ def write_run(
             "test_loss": 1.0 - a,
             "cum_down_bytes": t * 6 // 10,
             "cum_up_bytes": t - t * 6 // 10,
+            "cum_mask_bytes": t // 10,
             "cum_client_flops": f,
             "cum_client_wall_s": 2.0 * r,
             "cum_client_cpu_s": 3.0 * r,
@@ -148,6 +150,7 @@ def test_compare_costs_to_target_and_savings(results: Path) -> None:
     # the whole runs: both fedavg runs have 7 rows (rounds 0-6), 600 bytes and 18 CPU s
     assert fedavg["traffic_bytes_run"]["seeds"] == {"0": 600.0, "1": 600.0}
     assert fedavg["client_cpu_s_run"]["seeds"] == {"0": 18.0, "1": 18.0}
+    assert fedavg["mask_bytes_run"]["seeds"] == {"0": 60.0, "1": 60.0}  # a tenth of it
 
 
 def test_run_that_never_reaches_target_is_null(results: Path) -> None:
@@ -223,6 +226,7 @@ def test_result_is_strict_json(results: Path) -> None:
     assert set(result["methods"]["fedavg"]) == costs | {f"{c}_smoothed" for c in costs} | {
         "traffic_bytes_run",
         "client_cpu_s_run",
+        "mask_bytes_run",
         "final_accuracy",
         "best_accuracy",
         "density",
