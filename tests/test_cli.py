@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fedticket.accounting import maskcode
 from fedticket.cli import main
 
 CONFIG = """
@@ -95,7 +97,9 @@ def test_traffic_is_the_payload_arithmetic(finished):
     clients = read(ticket, "clients.jsonl")
     first_timers = len({c["client"] for c in clients})
     mask_msg = report["wire"]["mask_message_bytes"]
-    assert mask_msg == min(1 + (numel + 7) // 8, 1 + 4 * nnz)
+    with np.load(ticket / "mask.npz") as m:  # the cheapest of the three mask codes
+        entropy = len(maskcode.encode([m[k] for k in m.files]))
+    assert mask_msg == min(1 + (numel + 7) // 8, 1 + 4 * nnz, entropy) == entropy
     assert last["cum_down_bytes"] == 3 * 2 * 4 * nnz + first_timers * mask_msg
     dense = read(folders["fedavg"], "metrics.jsonl")[-1]
     assert dense["cum_up_bytes"] == 3 * 2 * 4 * numel
