@@ -215,11 +215,17 @@ def q3_line(part: str, results: dict[str, Any]) -> str:
             f"{_times(best['cpu'], '.2f')} less client CPU time, {Q3_CPU_X:g}x asked; final "
             f"accuracy {_acc_points(best['accuracy'])} points against fedavg, "
             f"-{100 * Q3_ACCURACY_GAP:g} allowed{why}"
-            + (f"; not cleared: {', '.join(binds)}" if binds else "") + "). "
+            + (f"; not cleared: {_binds(best)}" if binds else "") + "). "
             f"Of {len(rows)} settings, {sum(r['reached'] for r in rows)} reach {Q3_TARGET} on "
             f"every seed; {clear['traffic']} clear the traffic bar, {clear['CPU time']} the "
             f"CPU bar, {clear['accuracy']} the accuracy bar, "
             f"{sum(1 for r in rows if r['answer'] == 'yes')} all three.")
+
+
+def _binds(row: dict[str, Any]) -> str:
+    """The bars a Q3 row does not clear, each with its answer: ``traffic (no), CPU time
+    (inconclusive)``; ``rounds`` when some seed never reached the target."""
+    return ", ".join(k if k == "rounds" else f"{k} ({row['bars'][k]})" for k in row["binds"])
 
 
 def bits_lines(summary: dict[str, Any]) -> list[str]:
@@ -245,7 +251,7 @@ def bits_lines(summary: dict[str, Any]) -> list[str]:
         for r in q3_rows(summary["results"][part]):
             lines.append(f"| {r['variant']} | {r['method']} | {_times(r['traffic'])} | "
                          f"{_times(r['cpu'], '.2f')} | {_acc_points(r['accuracy'])} | "
-                         f"{r['answer']} | {', '.join(r['binds'])} |")
+                         f"{r['answer']} | {_binds(r)} |")
         lines.append("")
     return lines
 
