@@ -392,6 +392,7 @@ class TicketStrategy:
         """``download = change``: ``holds-7``, the kept values client 7 holds (its last
         download that it answered)."""
         self._sending: dict[int, np.ndarray] = {}  # what this round's clients will hold
+        self._decoded: tuple[bytes, np.ndarray] | None = None  # this round's model, decoded
         self.reached: set[float] = set()
         self.totals = Totals()
         self.mask_msg = codec.encode_mask()
@@ -434,8 +435,10 @@ class TicketStrategy:
         if self.spec.download != "change":
             return down, False
         holds = self.holds.get(f"holds-{cid}")
-        if holds is None:
-            self._sending[cid] = self.codec.decode_values(down)
+        if holds is None:  # the whole model: decoded once a round, shared (never mutated)
+            if self._decoded is None or self._decoded[0] is not down:
+                self._decoded = (down, self.codec.decode_values(down))
+            self._sending[cid] = self._decoded[1]
             return down, False
         payload = self.codec.encode_values(self._global_kept - holds)
         self._sending[cid] = (holds + self.codec.decode_values(payload)).astype(np.float32)
