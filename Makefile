@@ -34,7 +34,7 @@ demo: setup data
 
 test: setup-dev data
 	$(BIN)/python -m pytest
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/mypy src
 
 clean:

@@ -486,3 +486,37 @@ def test_a_delta_download_needs_state_and_values_that_round():
         FederateSpec(values="q4", download="change", mask_once=False)
     with pytest.raises(ConfigError, match="values that round"):
         FederateSpec(download="change")
+
+
+def test_cpu_per_gflop_gives_the_machines_speed_between_two_sets_of_the_same_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cpu_per_gflop.py"
+
+    def run(folder, name, cpu, gflop):
+        path = tmp_path / folder / name
+        path.mkdir(parents=True)
+        rows = [{"round": 0, "cum_client_cpu_s": 0.0, "cum_client_flops": 0},
+                {"round": 30, "cum_client_cpu_s": cpu, "cum_client_flops": gflop * 1e9}]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (path / "summary.json").write_text("{}")
+
+    # 2.0 s over 100 GFLOP (20 ms/GFLOP) then 3.0 s: 1.5x; 1.0 s over 10 then 2.0: 2x
+    run("a", "x_s0_1", 2.0, 100)
+    run("b", "x_s0_1", 3.0, 100)
+    run("a", "y_s0_2", 1.0, 10)
+    run("b", "y_s0_2", 2.0, 10)
+    run("a", "only-in-a_s0_3", 1.0, 10)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "x_s0_1: 20.0 -> 30.0 ms/GFLOP, 1.50x" in out
+    assert "y_s0_2: 100.0 -> 200.0 ms/GFLOP, 2.00x" in out
+    assert out.splitlines()[-1] == ("2 runs in both: second over first, median 1.75x "
+                                    "(from 1.50x to 2.00x)")
+    run("b", "only-in-a_s0_3", 1.0, 20)  # other work: refused, one line, exit 1
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "only-in-a_s0_3 did other work" in bad.stderr
