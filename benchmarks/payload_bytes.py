@@ -43,7 +43,7 @@ import torch
 from _timing import cpu_model, median_cpu_s
 
 from fedticket.accounting import maskcode
-from fedticket.accounting.wire import VALUE_BITS, Codec
+from fedticket.accounting.wire import VALUE_CODES, Codec
 from fedticket.data import Labeled, load_splits
 from fedticket.federated import LocalTrainer
 from fedticket.io import git_commit, versions
@@ -70,7 +70,7 @@ def value_limit(codec: Codec, values: str) -> int:
     n = codec.size
     blocks = codec._blocks.size - 1
     scales = 8 * blocks if values in ("q8", "q4") else 0
-    return -(-VALUE_BITS[values] * n // 8) + scales
+    return -(-VALUE_CODES[values].bits * n // 8) + scales
 
 
 def render(results: dict) -> str:
@@ -194,7 +194,7 @@ def main() -> None:
 def measure(label: str, mask: Mask, state: dict, update_s: float, table: list[dict]
             ) -> list[tuple[float, float, float, float]]:
     out = []
-    for values in VALUE_BITS:
+    for values in VALUE_CODES:
         lossy = values in ("q8", "q4")
         codec = Codec(mask, values, upload="change" if lossy else "model",
                       error_feedback=lossy)

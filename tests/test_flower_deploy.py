@@ -293,3 +293,18 @@ def test_a_taken_port_is_given_up_for_another(tmp_path, monkeypatch):
     assert len(calls) == 4
     for name in ("superlink.log", "supernode0.log"):
         assert logs[name].count("address already in use") == 1, name
+
+
+def test_a_failed_runs_reason_is_its_exception_in_plain_text():
+    from fedticket.flower.deploy import failure_reason
+
+    log = ("\x1b[92mINFO \x1b[0m:      round 0: 0 replies, 3 failures\n"
+           "Traceback (most recent call last):\n"
+           '  File "runner.py", line 9, in run_one\n'
+           "fedticket.errors.FedticketError: no client sent usable saliency scores; the "
+           "mask cannot be found\n"
+           "\x1b[91mERROR \x1b[0m:     Exit Code: 201\n")
+    assert failure_reason(log) == ("FedticketError: no client sent usable saliency scores; "
+                                   "the mask cannot be found")
+    assert failure_reason("\x1b[91mERROR \x1b[0m: Exit Code: 201\n") == "ERROR : Exit Code: 201"
+    assert failure_reason("") == "no log"

@@ -1,12 +1,12 @@
 """fedticket: server-side unsupervised lottery tickets for cheap federated learning."""
 
-__version__ = "0.1.0"
+from fedticket._version import __version__
 
-__all__ = ["Federated", "Ticket", "federate", "find_ticket"]
+__all__ = ["Federated", "Ticket", "__version__", "federate", "find_ticket"]
 
 
 def __getattr__(name: str):  # noqa: ANN202  (lazy: `fedticket --help` need not import torch)
-    if name in __all__:
+    if name in __all__ and name != "__version__":
         from fedticket import api
 
         return getattr(api, name)

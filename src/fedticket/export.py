@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedticket import __version__, paths
+from fedticket import paths
+from fedticket._version import __version__
 from fedticket.errors import ConfigError, FedticketError
 from fedticket.io import atomic_write_bytes, load_states, read_json_object
 from fedticket.pruning.mask import Mask, load_tensors

@@ -136,10 +136,10 @@ def git_commit() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    import fedticket
+    from fedticket._version import __version__
 
     return {
-        "fedticket": fedticket.__version__,
+        "fedticket": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numpy": np.__version__,

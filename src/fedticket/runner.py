@@ -20,18 +20,22 @@ from typing import Protocol, TextIO
 import torch
 
 from fedticket import checkpoint, paths
-from fedticket.accounting.wire import Codec
+from fedticket.accounting.wire import DOWNLOAD_CODES, Codec
 from fedticket.data import Splits, load_splits
 from fedticket.environment import cores
 from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.client import LocalTrainer
-from fedticket.federated.saliency import client_saliency_mask
+from fedticket.federated.messages import Engine
+from fedticket.federated.rules import mask_changes
+from fedticket.federated.saliency import SALIENCY, client_saliency_mask
 from fedticket.federated.simulate import CLIENT_THREADS, local_engine
-from fedticket.federated.strategy import Engine, TicketStrategy
+from fedticket.federated.strategy import TicketStrategy
+from fedticket.federated.tasks import client_for
 from fedticket.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
 from fedticket.pruning.mask import Mask
+from fedticket.pruning.sources import MASK_SOURCES
 from fedticket.run_folder import MetricsWriter, Progress, in_run_folder
 from fedticket.spec import ExperimentSpec
 from fedticket.stages import (  # noqa: F401  (re-exported: the stages' public names)
@@ -101,7 +105,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
               f"weights={spec.weights.init}", file=stream, flush=True)
     stages = pretrain_and_prune(spec, splits, out, stream)
     prelude = None
-    if spec.prune.strategy == "snip":
+    if MASK_SOURCES[spec.prune.strategy].from_clients:
         stages, prelude = _client_mask(spec, splits, stages, engine, folder, stream, label)
     stages.mask.save(folder / paths.MASK)
     model = fresh_model(spec, splits, "init")
@@ -124,7 +128,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     rows = _federate(folder, spec, strategy, engine(trainer, codec, splits), after, stream,
                      label, engine.clients_keep_state)
     save_states(folder / paths.FINAL, {"global": strategy.global_state})
-    if spec.federate.readjust_every:  # the mask the final model lives under
+    if mask_changes(spec.federate):  # the mask the final model lives under
         strategy.codec.mask.save(folder / paths.MASK)
         stages = replace(stages, mask=strategy.codec.mask)
     # the checkpoint stays until the finished folder is in place (in_run_folder removes
@@ -142,12 +146,10 @@ def _client_mask(spec: ExperimentSpec, splits: Splits, stages: ServerStages,
     in the checkpoint's ledger)."""
     if (folder / paths.CHECKPOINT).is_file() and (folder / paths.MASK).is_file():
         return replace(stages, mask=Mask.load(folder / paths.MASK)), None
-    dense = replace(spec.federate, compute="dense-masked", upload="model",
-                    error_feedback=False, values="f32")
-    full = Mask.full(fresh_model(spec, splits, "init"))
-    trainer = LocalTrainer(fresh_model(spec, splits, "init"), full, dense, splits.input_shape)
+    model = fresh_model(spec, splits, "init")
+    trainer, codec = client_for(SALIENCY, model, Mask.full(model), spec.federate,
+                                splits.input_shape)
     trainer.saliency_batches = spec.prune.snip_batches
-    codec = Codec(full)
     carrier = engine(trainer, codec, splits)
     start = stages.trained
     try:
@@ -231,7 +233,7 @@ def _federate(folder: Path, spec: ExperimentSpec, strategy: TicketStrategy, carr
     hold what they held (the engine's ``clients_keep_state``)."""
     writer = MetricsWriter(folder, resume_after=after)
     memory = getattr(carrier, "memory", None)
-    files = None if memory is None and spec.federate.download != "change" else \
+    files = None if memory is None and not DOWNLOAD_CODES[spec.federate.download].change else \
         checkpoint.MemoryFiles(folder, {} if memory is None else memory, strategy.holds)
     if files is not None and after is not None:
         resumed = checkpoint.load(folder, spec.run_name())

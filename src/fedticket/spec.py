@@ -20,25 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from fedticket.errors import ConfigError
+from fedticket.registry import Registry
 
 DATASETS = ("fashion-mnist", "digits", "npz", "folder")
-MODELS = ("cnn-fedavg", "mlp", "cnn-digits", "cnn-cifar", "resnet8")
 PARTITIONS = ("iid", "dirichlet", "shards")
 PRETRAIN_KINDS = ("none", "dae", "supervised")
 NOISES = ("gaussian", "masking", "salt-pepper")
 LOSSES = ("mse", "bce")
 OPTIMIZERS = ("adam", "sgd")
-PRUNE_STRATEGIES = ("none", "magnitude", "random", "random-matched", "synflow", "snip")
 PRUNE_SCOPES = ("global", "layer", "erk")
 PRUNE_STRUCTURES = ("none", "channels")
 COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
-VALUE_ENCODINGS = ("f32", "f16", "q8", "q4")
-UPLOAD_CODES = ("model", "topk", "qsgd", "change")
-DOWNLOAD_CODES = ("model", "change")
 # data fields that shape only the clients' part (and the test set), never the pool
 CLIENT_SPLIT_FIELDS = ("train_size", "test_size", "num_clients", "partition",
                        "dirichlet_alpha", "shards_per_client", "min_client_size")
-AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
 WEIGHT_INITS = ("pretrained", "rewind", "reinit", "fanin")
 
 
@@ -47,6 +42,25 @@ def _choice(section: str, name: str, value: str, options: tuple[str, ...]) -> No
         raise ConfigError(
             f"unknown {section}.{name} {value!r}; choose one of: {', '.join(options)}"
         )
+
+
+def _registry(setting: str) -> Registry:
+    """The registry of the parts ``setting`` names (:mod:`fedticket.parts`; imported
+    here, late, so that reading a spec imports no part until one is checked)."""
+    from fedticket.parts import REGISTRIES
+
+    return REGISTRIES[setting]
+
+
+def _part(setting: str, value: str) -> None:
+    """``value`` names a registered part of ``setting`` (else one ConfigError)."""
+    _registry(setting).check(value)
+
+
+def _rules_for(federate: FederateSpec) -> list:
+    from fedticket.federated.rules import rules_for
+
+    return rules_for(federate)
 
 
 def _positive(section: str, name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -117,11 +131,11 @@ class ModelSpec:
             ):
                 raise ConfigError(
                     f"model.name {self.name!r} is not PACKAGE.MODULE:FACTORY; name a "
-                    f"registry model ({', '.join(MODELS)}) or a factory such as "
+                    f"registry model ({', '.join(_registry('model.name'))}) or a factory such as "
                     "'mymodels.net:build'"
                 )
         else:
-            _choice("model", "name", self.name, MODELS)
+            _part("model.name", self.name)
             if self.head:
                 raise ConfigError("model.head names the head of a user model "
                                   "(model.name = 'PACKAGE.MODULE:FACTORY'); leave it out")
@@ -206,7 +220,7 @@ class PruneSpec:
     """``strategy = "snip"``: the fraction of the clients asked for their saliency."""
 
     def __post_init__(self) -> None:
-        _choice("prune", "strategy", self.strategy, PRUNE_STRATEGIES)
+        _part("prune.strategy", self.strategy)
         if not 0.0 < self.channel_floor <= 1.0:
             raise ConfigError(f"prune.channel_floor must be in (0, 1], got {self.channel_floor}")
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
@@ -216,7 +230,7 @@ class PruneSpec:
                               f"got {self.flops_fraction}")
         if self.structure != "none" and self.levels != 1:
             raise ConfigError("prune.structure needs prune.levels = 1")
-        if self.strategy in ("random-matched", "synflow", "snip") and (
+        if not _registry("prune.strategy")[self.strategy].levels and (
                 self.levels != 1 or self.structure != "none"):
             raise ConfigError(f"prune.strategy {self.strategy} needs prune.levels = 1 and "
                               "prune.structure = none")
@@ -326,6 +340,10 @@ class FederateSpec:
     to 0 at ``readjust_end`` of the rounds (FedDST's ``alpha_t``)."""
     readjust_end: float = 0.5
     """The share of the rounds after which no readjustment happens (FedDST's T_end)."""
+    rule: str = "none"
+    """A round rule of :data:`fedticket.federated.rules.RULES` that acts during training
+    (re-prunes, re-draws or merges masks; FedDST's is on whenever ``readjust_every`` is
+    set): ``none``, or the name a rule registered under."""
     checkpoint_every: int = 1
     """Checkpoint the run every this many rounds (and after round 0 and the last), so a
     killed run resumes there; 0: never. One checkpoint is the global model plus a few
@@ -344,9 +362,13 @@ class FederateSpec:
         _positive("federate", "weight_decay", self.weight_decay, allow_zero=True)
         _positive("federate", "eval_every", self.eval_every)
         _choice("federate", "compute", self.compute, COMPUTE_PATHS)
-        _choice("federate", "values", self.values, VALUE_ENCODINGS)
-        _choice("federate", "aggregation", self.aggregation, AGGREGATIONS)
-        _choice("federate", "upload", self.upload, UPLOAD_CODES)
+        _part("federate.values", self.values)
+        _part("federate.aggregation", self.aggregation)
+        _part("federate.upload", self.upload)
+        _part("federate.download", self.download)
+        _part("federate.rule", self.rule)
+        for rule in _rules_for(self):
+            rule.check(self)
         _positive("federate", "readjust_every", self.readjust_every, allow_zero=True)
         if not 0.0 < self.readjust_alpha < 1.0:
             raise ConfigError(f"federate.readjust_alpha must be in (0, 1), got "
@@ -354,7 +376,10 @@ class FederateSpec:
         if not 0.0 < self.readjust_end <= 1.0:
             raise ConfigError(f"federate.readjust_end must be in (0, 1], got "
                               f"{self.readjust_end}")
-        if self.readjust_every and (self.compute != "dense-masked" or self.upload != "model"):
+        upload = _registry("federate.upload")[self.upload]
+        exact = _registry("federate.values")[self.values].exact
+        change = _registry("federate.download")[self.download].change
+        if self.readjust_every and (self.compute != "dense-masked" or not upload.is_model):
             raise ConfigError("federate.readjust_every (a mask that changes) needs "
                               "federate.compute = dense-masked and federate.upload = model")
         if not 0.0 < self.upload_density <= 1.0:
@@ -362,21 +387,20 @@ class FederateSpec:
                               f"{self.upload_density}")
         if self.upload_bits not in (4, 8):
             raise ConfigError(f"federate.upload_bits must be 4 or 8, got {self.upload_bits}")
-        if self.error_feedback and self.upload == "model":
+        if self.error_feedback and upload.is_model:
             raise ConfigError("federate.error_feedback needs a compressed upload "
                               "(federate.upload = topk, qsgd or change)")
-        if self.error_feedback and self.upload == "change" and self.values == "f32":
+        if self.error_feedback and upload.in_values and exact:
             raise ConfigError("federate.error_feedback with federate.upload = change needs "
                               "values that lose something (f16, q8 or q4)")
-        _choice("federate", "download", self.download, DOWNLOAD_CODES)
-        if self.download == "change" and not self.mask_once:
+        if change and not self.mask_once:
             raise ConfigError("federate.download = change sends what changed since a "
                               "client's last download; stateless clients "
                               "(federate.mask_once = false) hold none")
-        if self.download == "change" and self.values == "f32":
+        if change and exact:
             raise ConfigError("federate.download = change needs values that round (f16, q8 "
                               "or q4); in f32 the model itself is exact")
-        if self.download == "change" and self.readjust_every:
+        if change and self.readjust_every:
             raise ConfigError("federate.download = change needs a mask that stays put "
                               "(federate.readjust_every = 0)")
         if self.error_feedback and not self.mask_once:

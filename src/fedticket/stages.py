@@ -21,11 +21,10 @@ from fedticket.data import Splits
 from fedticket.io import atomic_write_json, load_states, save_states
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.pretrain.server import ServerTrainer
-from fedticket.pruning import STRATEGIES, Mask, level_fraction, prune_lowest
+from fedticket.pruning import Mask, level_fraction
 from fedticket.pruning.mask import load_tensors, model_tensors
-from fedticket.pruning.strategies import magnitude_scores, random_like
+from fedticket.pruning.sources import MASK_SOURCES, Level
 from fedticket.pruning.structured import channel_graph, fraction_to_reach, structured_prune
-from fedticket.pruning.synflow import synflow_prune
 from fedticket.spec import ExperimentSpec, PruneSpec
 
 State = dict[str, torch.Tensor]
@@ -70,7 +69,8 @@ def pretrain_and_prune(
         model, include_head=spec.prune.include_head, include_biases=spec.prune.include_biases
     )
     kind, strategy = spec.pretrain.kind, spec.prune.strategy
-    if kind == "none" and strategy in ("none", "snip"):  # snip: the clients find the mask
+    source = MASK_SOURCES[strategy]
+    if kind == "none" and source.level is None:  # no server work (or the clients find it)
         return ServerStages(init, init, Mask.full(model), names,
                             {"pretrain_kind": "none", "prune_strategy": strategy})
 
@@ -84,7 +84,7 @@ def pretrain_and_prune(
     trainer = _pretrain(spec, splits, model, out, log, stream) if kind != "none" else None
 
     mask = Mask.full(model)
-    if strategy not in ("none", "snip"):
+    if source.level is not None:
         mask, log["prune"] = prune_model(spec.prune, model, splits.input_shape, names, trainer,
                                          spec.seed)
     pre = log.get("pretrain", {})
@@ -104,7 +104,6 @@ def prune_model(
     """The mask of ``prune`` for the (pretrained) ``model``: the structured step first when
     asked, then magnitude / random levels over ``names``, retraining with ``trainer``'s
     objective between levels. Returns the mask and the stage's log."""
-    strategy = prune.strategy
     mask = Mask.full(model)
     start = time.perf_counter()
     retrain_s, retrain_flops = (trainer.log.wall_s, trainer.log.flops) if trainer else (0, 0)
@@ -122,23 +121,16 @@ def prune_model(
             prune.flops_fraction or (1.0 - prune.sparsity) / 2, prune.channel_floor,
         )
         fraction = fraction_to_reach(mask, names, prune.sparsity)
-    if strategy == "synflow":  # data-free, its own iterative schedule
-        mask = synflow_prune(model, names, prune.sparsity, prune.synflow_iterations,
-                             input_shape)
-        levels.append({"level": 1, "density": mask.density, "retrain_losses": [],
-                       "iterations": prune.synflow_iterations})
-    for level in range(1, prune.levels + 1 if strategy != "synflow" else 1):
+    source = MASK_SOURCES[prune.strategy]
+    if source.level is None:
+        raise ValueError(f"prune.strategy {prune.strategy} is not found on the server")
+    for level in range(1, prune.levels + 1):
         losses: list[float] = []
         if level > 1 and trainer is not None:
             losses = trainer.train(prune.retrain_epochs, mask)
-        if strategy == "random-matched":  # the magnitude mask's per-tensor counts, at random
-            ref = prune_lowest(magnitude_scores(dict(model.named_parameters()), names, g),
-                               mask, names, fraction, prune.scope)
-            mask = random_like(ref, names, g)
-        else:
-            scores = STRATEGIES[strategy](dict(model.named_parameters()), names, g)
-            mask = prune_lowest(scores, mask, names, fraction, prune.scope)
-        levels.append({"level": level, "density": mask.density, "retrain_losses": losses})
+        mask = source.level(Level(prune, model, names, mask, fraction, g, input_shape))
+        levels.append({"level": level, "density": mask.density, "retrain_losses": losses,
+                       **source.log(prune)})
     if trainer:
         retrain_s, retrain_flops = (trainer.log.wall_s - retrain_s,
                                     trainer.log.flops - retrain_flops)

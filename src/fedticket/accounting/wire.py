@@ -69,6 +69,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -76,16 +77,17 @@ import torch
 from fedticket.accounting import maskcode
 from fedticket.errors import FedticketError
 from fedticket.pruning.mask import Mask
-from fedticket.spec import FederateSpec
+from fedticket.registry import Registry
+
+if TYPE_CHECKING:
+    from fedticket.spec import FederateSpec
 
 BITMAP = 0x01
 INDEX_LIST = 0x02
 
 
-VALUE_BITS = {"f32": 32, "f16": 16, "q8": 8, "q4": 4}
 VALUE_BLOCK = 256
 """Values per scale of ``q8`` and ``q4`` (a block never spans two tensors)."""
-UPLOADS = ("model", "topk", "qsgd", "change")
 
 
 def value_blocks(bounds: np.ndarray) -> np.ndarray:
@@ -95,47 +97,100 @@ def value_blocks(bounds: np.ndarray) -> np.ndarray:
     return np.concatenate([*starts, [bounds[-1]]]).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class FloatValues:
+    """Little-endian IEEE floats of ``bits`` bits, one after another."""
+
+    bits: int
+    dtype: str
+
+    @property
+    def exact(self) -> bool:
+        """A float32 weight comes back as it went."""
+        return self.bits == 32
+
+    def nbytes(self, blocks: np.ndarray) -> int:
+        return self.bits // 8 * int(blocks[-1])
+
+    def encode(self, flat: np.ndarray, blocks: np.ndarray,
+               rng: np.random.Generator | None = None) -> bytes:
+        return flat.astype(self.dtype).tobytes()
+
+    def decode(self, payload: bytes, blocks: np.ndarray) -> np.ndarray:
+        return np.frombuffer(payload, dtype=self.dtype).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class QuantizedValues:
+    """Per block the float32 minimum ``lo`` and step ``(max - lo) / (2 ** bits - 1)``,
+    then a ``bits``-bit code a value (``v = lo + code * step``; two codes a byte at 4
+    bits, the first in the high nibble)."""
+
+    bits: int
+    exact = False
+
+    def nbytes(self, blocks: np.ndarray) -> int:
+        n, nb = int(blocks[-1]), blocks.size - 1
+        return 8 * nb + (n * self.bits + 7) // 8
+
+    def encode(self, flat: np.ndarray, blocks: np.ndarray,
+               rng: np.random.Generator | None = None) -> bytes:
+        top = 2 ** self.bits - 1
+        starts = blocks[:-1]
+        if starts.size == 0:
+            return b""
+        lo = np.minimum.reduceat(flat, starts).astype(np.float32)
+        step = ((np.maximum.reduceat(flat, starts) - lo) / np.float32(top)).astype(np.float32)
+        per = np.diff(blocks)
+        inv = np.divide(1.0, step, out=np.zeros_like(step), where=step > 0)
+        x = (flat - np.repeat(lo, per)) * np.repeat(inv, per)
+        if rng is None:
+            q = np.rint(x)
+        else:
+            q = np.floor(x)
+            q += rng.random(x.shape, dtype=np.float32) < x - q
+        codes = np.clip(q, 0, top).astype(np.uint8)
+        if self.bits == 4:
+            if codes.size % 2:
+                codes = np.append(codes, np.uint8(0))
+            codes = (codes[0::2] << 4 | codes[1::2]).astype(np.uint8)
+        scales = np.stack([lo, step], axis=1).astype("<f4")
+        return scales.tobytes() + codes.tobytes()
+
+    def decode(self, payload: bytes, blocks: np.ndarray) -> np.ndarray:
+        n, nb = int(blocks[-1]), blocks.size - 1
+        scales = np.frombuffer(payload, dtype="<f4", count=2 * nb).reshape(nb, 2)
+        if not np.isfinite(scales).all() or bool((scales[:, 1] < 0).any()):
+            raise FedticketError("payload has a block scale that is not finite and >= 0")
+        body = np.frombuffer(payload, dtype=np.uint8, offset=8 * nb)
+        if self.bits == 4:
+            body = np.stack([body >> 4, body & 0x0F], axis=1).reshape(-1)[:n]
+        per = np.diff(blocks)
+        lo, step = np.repeat(scales[:, 0], per), np.repeat(scales[:, 1], per)
+        return (lo + body.astype(np.float32) * step).astype(np.float32)
+
+
+ValueCode = FloatValues | QuantizedValues
+
+VALUE_CODES: Registry[ValueCode] = Registry("federate.values")
+"""How weight values travel (``federate.values``)."""
+VALUE_CODES.add("f32", FloatValues(32, "<f4"))
+VALUE_CODES.add("f16", FloatValues(16, "<f2"))
+VALUE_CODES.add("q8", QuantizedValues(8))
+VALUE_CODES.add("q4", QuantizedValues(4))
+
+
 def values_bytes(code: str, blocks: np.ndarray) -> int:
     """Length of a :func:`values_encode` payload."""
-    n, nb = int(blocks[-1]), blocks.size - 1
-    if code in ("f32", "f16"):
-        return VALUE_BITS[code] // 8 * n
-    return 8 * nb + (n if code == "q8" else (n + 1) // 2)
+    return VALUE_CODES[code].nbytes(blocks)
 
 
 def values_encode(flat: np.ndarray, code: str, blocks: np.ndarray,
                   rng: np.random.Generator | None = None) -> bytes:
-    """``flat`` in ``code``. ``q8`` and ``q4``: per block the float32 minimum ``lo`` and
-    step ``(max - lo) / (2 ** bits - 1)``, then a code a value (``v = lo + code *
-    step``; two codes a byte at 4 bits, the first in the high nibble), rounded to the
-    nearest or, given ``rng``, stochastically (up with probability equal to the
-    fraction, so the decoded value is ``v`` in expectation)."""
-    flat = flat.astype(np.float32, copy=False)
-    if code == "f32":
-        return flat.astype("<f4").tobytes()
-    if code == "f16":
-        return flat.astype("<f2").tobytes()
-    top = 2 ** VALUE_BITS[code] - 1
-    starts = blocks[:-1]
-    if starts.size == 0:
-        return b""
-    lo = np.minimum.reduceat(flat, starts).astype(np.float32)
-    step = ((np.maximum.reduceat(flat, starts) - lo) / np.float32(top)).astype(np.float32)
-    per = np.diff(blocks)
-    inv = np.divide(1.0, step, out=np.zeros_like(step), where=step > 0)
-    x = (flat - np.repeat(lo, per)) * np.repeat(inv, per)
-    if rng is None:
-        q = np.rint(x)
-    else:
-        q = np.floor(x)
-        q += rng.random(x.shape, dtype=np.float32) < x - q
-    codes = np.clip(q, 0, top).astype(np.uint8)
-    if code == "q4":
-        if codes.size % 2:
-            codes = np.append(codes, np.uint8(0))
-        codes = (codes[0::2] << 4 | codes[1::2]).astype(np.uint8)
-    scales = np.stack([lo, step], axis=1).astype("<f4")
-    return scales.tobytes() + codes.tobytes()
+    """``flat`` in ``code``, rounded to the nearest or, given ``rng``, stochastically
+    (up with probability equal to the fraction, so the decoded value is ``v`` in
+    expectation) where the code rounds."""
+    return VALUE_CODES[code].encode(flat.astype(np.float32, copy=False), blocks, rng)
 
 
 def values_decode(payload: bytes, code: str, blocks: np.ndarray) -> np.ndarray:
@@ -144,20 +199,9 @@ def values_decode(payload: bytes, code: str, blocks: np.ndarray) -> np.ndarray:
     if len(payload) != expected:
         raise FedticketError(f"payload has {len(payload)} bytes, expected {expected} for this "
                              "mask")
-    if code == "f32":
-        return np.frombuffer(payload, dtype="<f4").astype(np.float32)
-    if code == "f16":
-        return np.frombuffer(payload, dtype="<f2").astype(np.float32)
-    n, nb = int(blocks[-1]), blocks.size - 1
-    scales = np.frombuffer(payload, dtype="<f4", count=2 * nb).reshape(nb, 2)
-    if not np.isfinite(scales).all() or bool((scales[:, 1] < 0).any()):
-        raise FedticketError("payload has a block scale that is not finite and >= 0")
-    body = np.frombuffer(payload, dtype=np.uint8, offset=8 * nb)
-    if code == "q4":
-        body = np.stack([body >> 4, body & 0x0F], axis=1).reshape(-1)[:n]
-    per = np.diff(blocks)
-    lo, step = np.repeat(scales[:, 0], per), np.repeat(scales[:, 1], per)
-    return (lo + body.astype(np.float32) * step).astype(np.float32)
+    return VALUE_CODES[code].decode(payload, blocks)
+
+
 QSGD_BUCKET = 512
 """Values per QSGD bucket (one scale each): the bucket size of QSGD's 4- and 8-bit
 experiments."""
@@ -168,9 +212,7 @@ class Codec:
 
     def __init__(self, mask: Mask, values: str = "f32", upload: str = "model",
                  density: float = 1.0, bits: int = 8, error_feedback: bool = False):
-        if values not in VALUE_BITS:
-            raise FedticketError(f"unknown value encoding {values!r}; choose one of: "
-                                 f"{', '.join(VALUE_BITS)}")
+        VALUE_CODES.check(values)
         self.values = values
         self.mask = mask
         self.names = list(mask)
@@ -423,11 +465,114 @@ def qsgd_decode(payload: bytes, n: int, bits: int) -> np.ndarray:
     return (codes * scale).astype(np.float32)
 
 
+class UploadPart(Protocol):
+    """One way a client's upload travels (``federate.upload``), given the code's
+    settings."""
+
+    is_model: bool
+    """The upload is the client's model in the :class:`Codec`'s payload, not a change."""
+    in_values: bool
+    """The change travels in the value code (``federate.values``)."""
+
+    def nbytes(self, code: UpdateCode) -> int: ...
+
+    def encode(self, code: UpdateCode, v: np.ndarray, rng: np.random.Generator) -> bytes: ...
+
+    def decode(self, code: UpdateCode, payload: bytes) -> np.ndarray: ...
+
+
+class ModelUpload:
+    """The client's new model (the :class:`Codec` encodes it; no change travels)."""
+
+    is_model, in_values = True, False
+
+    def nbytes(self, code: UpdateCode) -> int:
+        raise FedticketError("a model upload's length is the codec's payload length")
+
+    def encode(self, code: UpdateCode, v: np.ndarray, rng: np.random.Generator) -> bytes:
+        raise FedticketError("a model upload is encoded by the codec, not as a change")
+
+    def decode(self, code: UpdateCode, payload: bytes) -> np.ndarray:
+        raise FedticketError("a model upload is decoded by the codec, not as a change")
+
+
+class TopKUpload:
+    """The ``k`` entries of largest magnitude (:func:`topk_encode`)."""
+
+    is_model, in_values = False, False
+
+    def nbytes(self, code: UpdateCode) -> int:
+        return positions_bytes(code.k, code.n) + 4 * code.k
+
+    def encode(self, code: UpdateCode, v: np.ndarray, rng: np.random.Generator) -> bytes:
+        return topk_encode(v, code.k)[0]
+
+    def decode(self, code: UpdateCode, payload: bytes) -> np.ndarray:
+        return topk_decode(payload, code.n, code.k)
+
+
+class QSGDUpload:
+    """QSGD's stochastic levels (:func:`qsgd_encode`)."""
+
+    is_model, in_values = False, False
+
+    def nbytes(self, code: UpdateCode) -> int:
+        return qsgd_bytes(code.n, code.bits)
+
+    def encode(self, code: UpdateCode, v: np.ndarray, rng: np.random.Generator) -> bytes:
+        return qsgd_encode(v, code.bits, rng)
+
+    def decode(self, code: UpdateCode, payload: bytes) -> np.ndarray:
+        return qsgd_decode(payload, code.n, code.bits)
+
+
+class ChangeUpload:
+    """The whole change in the value code: to the nearest under error feedback (the
+    residual carries the rounding error), else stochastically (the average over clients
+    is unbiased)."""
+
+    is_model, in_values = False, True
+
+    def nbytes(self, code: UpdateCode) -> int:
+        return values_bytes(code.values, code.value_blocks)
+
+    def encode(self, code: UpdateCode, v: np.ndarray, rng: np.random.Generator) -> bytes:
+        return values_encode(v, code.values, code.value_blocks,
+                             None if code.error_feedback else rng)
+
+    def decode(self, code: UpdateCode, payload: bytes) -> np.ndarray:
+        return values_decode(payload, code.values, code.value_blocks)
+
+
+UPLOAD_CODES: Registry[UploadPart] = Registry("federate.upload")
+"""What a client uploads (``federate.upload``)."""
+UPLOAD_CODES.add("model", ModelUpload())
+UPLOAD_CODES.add("topk", TopKUpload())
+UPLOAD_CODES.add("qsgd", QSGDUpload())
+UPLOAD_CODES.add("change", ChangeUpload())
+
+
+@dataclass(frozen=True)
+class DownloadPart:
+    """What a client downloads (``federate.download``)."""
+
+    change: bool
+    """To a client that holds last time's download: the change from it, in the value code
+    (else always the model)."""
+
+
+DOWNLOAD_CODES: Registry[DownloadPart] = Registry("federate.download")
+DOWNLOAD_CODES.add("model", DownloadPart(change=False))
+DOWNLOAD_CODES.add("change", DownloadPart(change=True))
+
+
 @dataclass(frozen=True)
 class UpdateCode:
     """How a client's upload travels (``federate.upload``): its new model (``model``,
     the :class:`Codec`'s payload), or its change from the model it received, sparsified
-    (``topk``) or quantized (``qsgd``), over the ``n`` values a download holds.
+    (``topk``), quantized (``qsgd``) or whole in the value code (``change``), over the
+    ``n`` values a download holds. The kinds are the parts registered in
+    :data:`UPLOAD_CODES`.
 
     With ``error_feedback`` the client adds what it did not send last time (its
     residual) to this round's change before compressing, and keeps what it does not
@@ -446,11 +591,13 @@ class UpdateCode:
     ``n`` values when None."""
 
     def __post_init__(self) -> None:
-        if self.kind not in UPLOADS:
-            raise FedticketError(f"unknown upload code {self.kind!r}; choose one of: "
-                                 f"{', '.join(UPLOADS)}")
-        if self.kind == "qsgd" and self.bits not in (4, 8):
+        UPLOAD_CODES.check(self.kind)
+        if self.bits not in (4, 8):
             raise FedticketError(f"QSGD uploads take 4 or 8 bits, got {self.bits}")
+
+    @property
+    def part(self) -> UploadPart:
+        return UPLOAD_CODES[self.kind]
 
     @property
     def k(self) -> int:
@@ -459,49 +606,27 @@ class UpdateCode:
 
     @property
     def is_model(self) -> bool:
-        return self.kind == "model"
+        return self.part.is_model
 
     @property
-    def _blocks(self) -> np.ndarray:
+    def value_blocks(self) -> np.ndarray:
         if self.blocks is not None:
             return self.blocks
         return value_blocks(np.array([0, self.n]))
 
     def payload_bytes(self) -> int:
-        if self.kind == "topk":
-            return positions_bytes(self.k, self.n) + 4 * self.k
-        if self.kind == "change":
-            return values_bytes(self.values, self._blocks)
-        return qsgd_bytes(self.n, self.bits)
+        return self.part.nbytes(self)
 
     def encode(self, change: np.ndarray, residual: np.ndarray | None,
                rng: np.random.Generator) -> tuple[bytes, np.ndarray | None]:
         """The upload of ``change`` (plus ``residual`` under error feedback) and the new
         residual (None without error feedback)."""
         v = change if residual is None or not self.error_feedback else change + residual
-        if self.kind == "topk":
-            payload, idx = topk_encode(v, self.k)
-            sent = np.zeros_like(v)
-            sent[idx] = v[idx]
-        elif self.kind == "change":
-            # nearest under error feedback (the residual carries the rounding error),
-            # else stochastic (the average over clients is unbiased)
-            payload = values_encode(v, self.values, self._blocks,
-                                    None if self.error_feedback else rng)
-            if not self.error_feedback:
-                return payload, None
-            sent = values_decode(payload, self.values, self._blocks)
-        else:
-            payload = qsgd_encode(v, self.bits, rng)
-            if not self.error_feedback:
-                return payload, None
-            sent = qsgd_decode(payload, self.n, self.bits)
-        return payload, (v - sent).astype(np.float32) if self.error_feedback else None
+        payload = self.part.encode(self, v, rng)
+        if not self.error_feedback:
+            return payload, None
+        return payload, (v - self.part.decode(self, payload)).astype(np.float32)
 
     def decode(self, payload: bytes) -> np.ndarray:
         """The change an upload carries."""
-        if self.kind == "topk":
-            return topk_decode(payload, self.n, self.k)
-        if self.kind == "change":
-            return values_decode(payload, self.values, self._blocks)
-        return qsgd_decode(payload, self.n, self.bits)
+        return self.part.decode(self, payload)

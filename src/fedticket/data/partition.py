@@ -8,11 +8,14 @@ returns one array of indices per client; together they never repeat an index.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedticket.errors import DataError
-from fedticket.spec import DataSpec
+
+if TYPE_CHECKING:
+    from fedticket.spec import DataSpec
 
 # DirichletPartitioner of flwr-datasets re-samples at most this many times.
 MAX_DIRICHLET_RETRIES = 10
@@ -106,7 +109,7 @@ def shards(
     return [rng.permutation(pieces[row].ravel()) for row in owners]
 
 
-Partitioner = Callable[[np.ndarray, DataSpec, np.random.Generator], list[np.ndarray]]
+Partitioner = Callable[[np.ndarray, "DataSpec", np.random.Generator], list[np.ndarray]]
 
 PARTITIONERS: dict[str, Partitioner] = {
     "iid": lambda y, s, rng: iid(len(y), s.num_clients, rng),

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,7 +21,9 @@ import torch.nn.functional as F
 from fedticket.data.partition import partition_clients
 from fedticket.data.sources import Source, load_source, to_tensor
 from fedticket.errors import DataError
-from fedticket.spec import DataSpec
+
+if TYPE_CHECKING:
+    from fedticket.spec import DataSpec
 
 _TEST_STREAM = 1
 _POOL_STREAM = 2

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
+
+from fedticket.registry import Registry
 
 
 def fedavg(updates: Sequence[tuple[Mapping[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
@@ -60,6 +63,22 @@ def trimmed_mean(
         kept = stacked.sort(dim=0).values[cut: k - cut]
         out[name] = kept.mean(0)
     return out
+
+
+Updates = Sequence[tuple[Mapping[str, torch.Tensor], int]]
+"""The round's checked updates with their clients' example counts."""
+
+
+class Aggregator(Protocol):
+    def __call__(self, updates: Updates, trim_fraction: float) -> dict[str, torch.Tensor]: ...
+
+
+AGGREGATORS: Registry[Aggregator] = Registry("federate.aggregation")
+"""How the surviving updates become the global model (``federate.aggregation``)."""
+AGGREGATORS.add("fedavg", lambda updates, trim: fedavg(updates))
+AGGREGATORS.add("median", lambda updates, trim: coordinate_median([s for s, _ in updates]))
+AGGREGATORS.add("trimmed-mean",
+                lambda updates, trim: trimmed_mean([s for s, _ in updates], trim))
 
 
 def sample_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:

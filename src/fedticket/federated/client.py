@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,9 @@ from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask, load_tensors, model_tensors
 from fedticket.pruning.masked import GradMask
 from fedticket.pruning.sparse import MAX_DENSITY, MIN_WEIGHTS, SparseLinear
-from fedticket.spec import FederateSpec
+
+if TYPE_CHECKING:
+    from fedticket.spec import FederateSpec
 
 
 @dataclass(frozen=True)

@@ -21,19 +21,42 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fedticket.accounting.wire import Codec
+from fedticket.data import Labeled
 from fedticket.errors import FedticketError
+from fedticket.federated.client import LocalTrainer
+from fedticket.federated.messages import Instruction, Memory, Reply
+from fedticket.federated.rules import RULES, RoundRule
+from fedticket.federated.tasks import TASKS, ClientTask, train_locally
+from fedticket.federated.validate import check_state
 from fedticket.pruning.mask import Mask
 from fedticket.pruning.strategies import erk_counts
-from fedticket.spec import FederateSpec
+
+if TYPE_CHECKING:
+    from fedticket.federated.strategy import TicketStrategy
+    from fedticket.spec import FederateSpec
 
 READJUST = "readjust"
 """The task of an instruction whose client readjusts its mask after training."""
+
+
+def _readjust(trainer: LocalTrainer, codec: Codec, instruction: Instruction, data: Labeled,
+              memory: Memory | None) -> Reply:
+    """Train as for ``train``, then readjust the mask on the last local batch (its
+    gradient dense: one more batch of dense FLOPs) and upload the new mask and the
+    weights on it."""
+    t = train_locally(trainer, codec, instruction, data, memory)
+    x, y = trainer.last_batch
+    mask = readjusted_mask(trainer.net, t.codec.mask, list(t.codec.mask), instruction.alpha,
+                           x, y)
+    flops = t.update.flops + trainer.dense_flops_per_sample * len(y)
+    return t.reply(instruction, encode_readjusted(mask, t.update.state, t.codec.values), flops)
 
 
 def alpha_at(round_: int, spec: FederateSpec) -> float:
@@ -139,3 +162,64 @@ def merge(updates: Sequence[tuple[Mapping[str, torch.Tensor], Mask, int]],
     mask = Mask(union)
     return {n: out[n] * mask.float(n) for n in out}, mask
 
+
+TASKS.add(READJUST, ClientTask(_readjust))
+
+
+class FedDST(RoundRule):
+    """FedDST's server side: every ``federate.readjust_every`` rounds (while ``alpha_t``
+    is above zero) the clients readjust their masks, and the server merges them."""
+
+    changes_mask = True
+    MASKS = "feddst-masks"
+    """Where a round's readjusted masks wait for the merge (``strategy.round_state``)."""
+
+    def active(self, spec: FederateSpec) -> bool:
+        return spec.readjust_every > 0
+
+    def task(self, strategy: TicketStrategy, round_: int) -> tuple[str, float] | None:
+        alpha = alpha_at(round_, strategy.spec)
+        return (READJUST, alpha) if alpha > 0 else None
+
+    def reply_flops(self, strategy: TicketStrategy, rep: Reply, ins: Instruction,
+                    flops: int | None) -> int | None:
+        """One more batch, its gradient dense."""
+        if ins.task != READJUST or flops is None:
+            return flops
+        if strategy.dense_flops_per_example is None:
+            return None
+        bs = strategy.spec.batch_size
+        last = rep.num_examples % bs or bs
+        return flops + strategy.dense_flops_per_example * min(last, rep.num_examples)
+
+    def decode(self, strategy: TicketStrategy, rep: Reply, ins: Instruction
+               ) -> tuple[dict[str, torch.Tensor] | None, str | None] | None:
+        if ins.task != READJUST:
+            return None
+        codec = strategy.codec
+        try:
+            mask, state = decode_readjusted(rep.payload, codec, codec.values)
+        except FedticketError as e:
+            return None, str(e)
+        why = (check_readjusted(mask, codec.mask, strategy.prunable)
+               or check_state(state, strategy.global_state, mask))
+        if why is not None:
+            return None, why
+        strategy.round_state.setdefault(self.MASKS, {})[rep.client] = mask
+        return state, None
+
+    def combine(self, strategy: TicketStrategy, round_: int,
+                instructions: Sequence[Instruction],
+                usable: Sequence[tuple[Reply, dict[str, torch.Tensor]]]
+                ) -> dict[str, torch.Tensor] | None:
+        if not instructions or instructions[0].task != READJUST:
+            return None
+        masks = strategy.round_state.pop(self.MASKS, {})
+        keep = sum(int(strategy.codec.mask[n].sum()) for n in strategy.prunable)
+        new, mask = merge([(s, masks[rep.client], rep.num_examples) for rep, s in usable],
+                          strategy.prunable, keep)
+        strategy.set_mask(mask)
+        return new
+
+
+RULES.add("feddst", FedDST())

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,19 +32,25 @@ from fedticket.data import Labeled
 from fedticket.errors import FedticketError
 from fedticket.federated.aggregate import client_seed, sample_clients
 from fedticket.federated.client import LocalTrainer, cpu_clock
-from fedticket.federated.strategy import (
-    ClientRecord,
-    Engine,
-    Failure,
-    Instruction,
-    Reply,
-)
+from fedticket.federated.messages import ClientRecord, Engine, Failure, Instruction, Memory, Reply
+from fedticket.federated.tasks import TASKS, ClientTask
 from fedticket.federated.validate import check_reply_costs, check_reply_numbers, check_state
 from fedticket.pruning.mask import Mask, load_tensors
 from fedticket.pruning.strategies import prune_lowest
 
+if TYPE_CHECKING:
+    from fedticket.spec import FederateSpec
+
 SALIENCY = "saliency"
-"""The task of an :class:`~fedticket.federated.strategy.Instruction` that asks for scores."""
+"""The task of an :class:`~fedticket.federated.messages.Instruction` that asks for scores."""
+
+
+def saliency_settings(federate: FederateSpec) -> FederateSpec:
+    """What a client scores under: the dense model (full-size kernels), its payloads in
+    float32 both ways, whatever the run's value and upload codes (the scores are not a
+    model: rounding them to a model's code, or sending their change, means nothing)."""
+    return replace(federate, compute="dense-masked", values="f32", upload="model",
+                   download="model", error_feedback=False)
 
 
 def snip_scores(trainer: LocalTrainer, state: Mapping[str, torch.Tensor], data: Labeled,
@@ -78,14 +86,14 @@ def snip_scores(trainer: LocalTrainer, state: Mapping[str, torch.Tensor], data: 
     return total, loss_sum / max(seen, 1), seen
 
 
-def client_saliency(trainer: LocalTrainer, codec: Codec, payload: bytes, data: Labeled,
-                    instruction: Instruction, batches: int) -> Reply:
+def client_saliency(trainer: LocalTrainer, codec: Codec, instruction: Instruction,
+                    data: Labeled, memory: Memory | None = None) -> Reply:
     """A client's answer to a saliency instruction: decode the initial model, score it
-    on ``batches`` local batches, upload the scores (dense float32)."""
+    on ``trainer.saliency_batches`` local batches, upload the scores (dense float32)."""
     start, start_cpu = time.perf_counter(), cpu_clock()
-    received = codec.decode(payload)
+    received = codec.decode(instruction.payload)
     g = torch.Generator().manual_seed(instruction.seed)
-    scores, loss, seen = snip_scores(trainer, received, data, batches, g)
+    scores, loss, seen = snip_scores(trainer, received, data, trainer.saliency_batches, g)
     upload = codec.encode(scores)
     return Reply(instruction.client, upload, len(data), loss, trainer.flops_per_sample * seen,
                  time.perf_counter() - start, cpu_clock() - start_cpu)
@@ -147,3 +155,6 @@ def client_saliency_mask(
         log(f"saliency from {len(records)} clients ({len(failures)} lost)")
     full = Mask({n: torch.ones_like(t, dtype=torch.bool) for n, t in state.items()})
     return prune_lowest(total, full, list(names), sparsity, "global"), records, failures
+
+
+TASKS.add(SALIENCY, ClientTask(client_saliency, saliency_settings, dense=True))

@@ -24,16 +24,9 @@ from fedticket.accounting.wire import Codec
 from fedticket.data import Labeled
 from fedticket.errors import FedticketError
 from fedticket.federated.client import LocalTrainer
-from fedticket.federated.strategy import (
-    Callback,
-    Failure,
-    Instruction,
-    Memory,
-    Reply,
-    TicketStrategy,
-    client_train,
-    memory_of,
-)
+from fedticket.federated.messages import Failure, Instruction, Memory, Reply, memory_of
+from fedticket.federated.strategy import Callback, TicketStrategy
+from fedticket.federated.tasks import respond
 from fedticket.pruning.mask import model_tensors
 from fedticket.spec import FederateSpec
 
@@ -75,9 +68,8 @@ class LocalEngine:
         self, instructions: Sequence[Instruction]
     ) -> tuple[list[Reply], list[Failure]]:
         with threads(self.client_threads):
-            replies = [client_train(self.trainer, self.codec, ins.payload,
-                                    self.clients[ins.client], ins, self.memory)
-                       for ins in instructions]
+            replies = [respond(self.trainer, self.codec, ins, self.clients[ins.client],
+                               self.memory) for ins in instructions]
         return replies, []
 
     def lost_state(self) -> set[int]:
@@ -99,8 +91,8 @@ def _serve(conn: Connection, trainer: LocalTrainer, codec: Codec,
         while (got := conn.recv()) is not None:
             batch, memory = got  # the clients' kept state travels with their instructions
             try:
-                replies = [client_train(trainer, codec, ins.payload, clients[ins.client], ins,
-                                        memory) for ins in batch]
+                replies = [respond(trainer, codec, ins, clients[ins.client], memory)
+                           for ins in batch]
                 conn.send(("ok", (replies, memory)))
             except FedticketError as e:  # a divergence: the run's error, not the worker's
                 conn.send(("error", e))

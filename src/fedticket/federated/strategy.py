@@ -26,116 +26,23 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedticket.accounting.wire import Codec
-from fedticket.data import Labeled
+from fedticket.accounting.wire import DOWNLOAD_CODES, Codec
 from fedticket.errors import DivergenceError, FedticketError
-from fedticket.federated.aggregate import (
-    client_seed,
-    coordinate_median,
-    fedavg,
-    sample_clients,
-    trimmed_mean,
+from fedticket.federated.aggregate import AGGREGATORS, client_seed, sample_clients
+from fedticket.federated.messages import (
+    ClientRecord,
+    Engine,
+    Failure,
+    Instruction,
+    Memory,
+    Reply,
 )
-from fedticket.federated.client import LocalTrainer, cpu_clock
-from fedticket.federated.dst import (
-    READJUST,
-    alpha_at,
-    check_readjusted,
-    decode_readjusted,
-    encode_readjusted,
-    merge,
-    readjusted_mask,
-)
+from fedticket.federated.rules import rules_for, task_of
 from fedticket.federated.validate import check_reply_costs, check_reply_numbers, check_state
 from fedticket.pruning.mask import Mask
 from fedticket.spec import FederateSpec
 
 State = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Instruction:
-    """What one sampled client receives in one round."""
-
-    round: int
-    client: int
-    payload: bytes
-    """The encoded global model (the same bytes for every client of a round)."""
-    mask: bytes
-    """The mask message, or ``b""`` when the client already holds the mask."""
-    seed: int
-    """Seed of the client's batch order (:func:`client_seed`)."""
-    task: str = "train"
-    """``train``; ``readjust``: train, then readjust the mask by ``alpha``
-    (:mod:`fedticket.federated.dst`); or ``saliency``: score the model before training
-    (:mod:`fedticket.federated.saliency`, the ``snip`` mask)."""
-    alpha: float = 0.0
-    """``readjust``: the fraction of kept weights to swap."""
-    delta: bool = False
-    """``payload`` is the change from the model this client holds (its last download;
-    ``federate.download = change``), not the model."""
-
-
-def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
-                ) -> float:
-    """L2 norm of ``state - reference`` over all tensors, summed in float64 so that huge
-    but finite values give a huge norm, not an overflow."""
-    return math.sqrt(sum(float(((state[k].double() - reference[k].double()) ** 2).sum())
-                         for k in reference))
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What one client sends back: its encoded model and what producing it cost."""
-
-    client: int
-    payload: bytes
-    num_examples: int
-    train_loss: float
-    flops: int
-    wall_s: float
-    cpu_s: float
-    framework_down_bytes: int | None = None
-    """Bytes the engine itself moved for the download (Flower's message objects)."""
-    framework_up_bytes: int | None = None
-    elapsed_s: float | None = None
-    """Seconds the server waited for this reply (from sending the instruction to
-    receiving the answer), if the engine measured them: no honest client reports a
-    longer wall time."""
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A sampled client whose reply never came or could not be used."""
-
-    round: int
-    client: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class ClientRecord:
-    """One client's part in one round (a row of ``clients.jsonl``)."""
-
-    round: int
-    client: int
-    num_examples: int
-    down_bytes: int
-    """The model payload only; the mask message is ``mask_bytes``."""
-    mask_bytes: int
-    up_bytes: int
-    flops: int
-    wall_s: float
-    cpu_s: float
-    train_loss: float
-    framework_down_bytes: int | None = None
-    framework_up_bytes: int | None = None
-
-    def row(self) -> dict:
-        row = dict(self.__dict__)
-        if self.framework_down_bytes is None:
-            del row["framework_down_bytes"], row["framework_up_bytes"]
-        return row
 
 
 @dataclass
@@ -206,128 +113,16 @@ class RoundLog:
         return row
 
 
+def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+                ) -> float:
+    """L2 norm of ``state - reference`` over all tensors, summed in float64 so that huge
+    but finite values give a huge norm, not an overflow."""
+    return math.sqrt(sum(float(((state[k].double() - reference[k].double()) ** 2).sum())
+                         for k in reference))
+
+
 class Callback(Protocol):
     def on_round(self, log: RoundLog) -> None: ...
-
-
-class Engine(Protocol):
-    """Carries a round's instructions to the clients and returns what came back."""
-
-    name: str
-
-    def train_round(
-        self, instructions: Sequence[Instruction]
-    ) -> tuple[list[Reply], list[Failure]]: ...
-
-    def lost_state(self) -> set[int]:
-        """Clients whose kept state (the mask) is gone since the last call, such as a
-        restarted Flower SuperNode's; the strategy sends them the mask again."""
-        ...
-
-
-Memory = dict[str, np.ndarray]
-"""What clients keep between rounds, as ``"WHAT-CLIENT"`` keys: ``residual-7`` (the
-error-feedback residual of client 7's compressed uploads), ``mask-7`` (the mask
-message client 7 holds, when masks change during training) and ``model-7`` (the kept
-values of client 7's last download, under ``federate.download = change``). It never travels; an
-engine keeps it for its simulated clients (a Flower node keeps its own in
-``context.state``)."""
-
-
-def memory_of(memory: Memory, clients: set[int]) -> Memory:
-    """The entries of ``memory`` that belong to ``clients``."""
-    return {k: v for k, v in memory.items() if int(k.rsplit("-", 1)[1]) in clients}
-
-
-def _held(trainer: LocalTrainer, codec: Codec, instruction: Instruction,
-          memory: Memory | None) -> Codec:
-    """The codec of the mask this client holds: the one in ``instruction``, or the one it
-    kept (``memory``) when masks change during training, or the run's. ``trainer`` is
-    set to that mask."""
-    if not trainer.spec.readjust_every:
-        return codec
-    key = f"mask-{instruction.client}"
-    message = instruction.mask
-    if message and memory is not None:
-        memory[key] = np.frombuffer(message, dtype=np.uint8).copy()
-    elif memory is not None and key in memory:
-        message = memory[key].tobytes()
-    if not hasattr(trainer, "mask_message"):  # it starts on the run's mask: encode it once
-        trainer.mask_message = codec.encode_mask()  # type: ignore[attr-defined]
-        trainer.mask_codec = codec  # type: ignore[attr-defined]
-    if not message or message == trainer.mask_message:  # type: ignore[attr-defined]
-        return trainer.mask_codec  # type: ignore[attr-defined,no-any-return]
-    mask = codec.decode_mask(message)
-    trainer.set_mask(mask)
-    held = Codec.of(mask, trainer.spec)
-    trainer.mask_message, trainer.mask_codec = message, held  # type: ignore[attr-defined]
-    return held
-
-
-def _received(trainer: LocalTrainer, codec: Codec, payload: bytes, instruction: Instruction,
-              memory: Memory | None) -> State:
-    """The model a download stands for: the payload decoded, or under ``download =
-    change`` the model this client holds plus the change it carries; the client keeps
-    what it now holds."""
-    if trainer.spec.download != "change":
-        return codec.decode(payload)
-    key = f"model-{instruction.client}"
-    if instruction.delta:
-        held = None if memory is None else memory.get(key)
-        if held is None or held.shape != (codec.size,):
-            raise FedticketError(f"client {instruction.client} got the change from a model "
-                                 "it does not hold")
-        kept = (held + codec.decode_values(payload)).astype(np.float32)
-        if not np.isfinite(kept).all():
-            raise FedticketError("payload holds values that are not finite")
-    else:
-        kept = codec.kept(codec.decode(payload))
-    if memory is not None:
-        memory[key] = kept
-    return codec.from_kept(kept)
-
-
-def client_train(
-    trainer: LocalTrainer, codec: Codec, payload: bytes, data: Labeled,
-    instruction: Instruction, memory: Memory | None = None,
-) -> Reply:
-    """The client's side of a round, the same in every engine: decode the download
-    ``payload``, train on ``data``, encode the result (the new model, or its change
-    compressed by ``codec.update``, with the residual in ``memory`` under error
-    feedback). The seconds reported cover all three, as a device would spend them
-    (:func:`~fedticket.federated.client.cpu_clock`)."""
-    if instruction.task not in ("train", READJUST):
-        from fedticket.federated.saliency import SALIENCY, client_saliency
-
-        if instruction.task != SALIENCY:
-            raise FedticketError(f"unknown client task {instruction.task!r}")
-        return client_saliency(trainer, codec, payload, data, instruction,
-                               trainer.saliency_batches)
-    start, start_cpu = time.perf_counter(), cpu_clock()
-    codec = _held(trainer, codec, instruction, memory)
-    received = _received(trainer, codec, payload, instruction, memory)
-    g = torch.Generator().manual_seed(instruction.seed)
-    upd = trainer.update(received, data, g)
-    flops = upd.flops
-    if instruction.task == READJUST:
-        mask = readjusted_mask(trainer.net, codec.mask, list(codec.mask), instruction.alpha,
-                               *trainer.last_batch)
-        flops += trainer.dense_flops_per_sample * len(trainer.last_batch[1])
-        upload = encode_readjusted(mask, upd.state, codec.values)
-    elif codec.update.is_model:
-        upload = codec.encode(upd.state)
-    else:
-        change = codec.kept(upd.state) - codec.kept(received)
-        key = f"residual-{instruction.client}"
-        residual = None if memory is None else memory.get(key)
-        rng = np.random.default_rng([instruction.seed, 0x05D])
-        upload, residual = codec.update.encode(change, residual, rng)
-        if memory is not None and residual is not None:
-            memory[key] = residual
-    return Reply(
-        instruction.client, upload, upd.num_examples, upd.train_loss,
-        flops, time.perf_counter() - start, cpu_clock() - start_cpu,
-    )
 
 
 class TicketStrategy:
@@ -357,7 +152,7 @@ class TicketStrategy:
         a reply must report exactly ``flops_per_example * examples * local_epochs``.
         Seconds are only checked to be finite and non-negative.
     prunable, flops_fn, dense_flops_per_example : optional
-        For a mask that changes (``spec.readjust_every``): the tensors it may change,
+        For a mask that changes (a round rule's, e.g. FedDST's): the tensors it may change,
         the training FLOPs of an example under a mask, and on the dense model.
     """
 
@@ -380,7 +175,11 @@ class TicketStrategy:
         self.prunable = list(prunable)
         """The tensors a FedDST readjustment may change."""
         self.flops_fn, self.dense_flops_per_example = flops_fn, dense_flops_per_example
-        self._masks: dict[int, Mask] = {}
+        self.rules = rules_for(spec)
+        """The round rules this run uses (:mod:`fedticket.federated.rules`)."""
+        self.mask_changes = any(rule.changes_mask for rule in self.rules)
+        self.round_state: dict = {}
+        """What rules keep within a round (cleared when it is aggregated)."""
         self.codec, self.spec, self.seed = codec, spec, seed
         self.client_sizes = None if client_sizes is None else list(client_sizes)
         self.num_clients = num_clients
@@ -417,8 +216,7 @@ class TicketStrategy:
         on its first round only (``mask_once``), or every time (stateless clients)."""
         ids = sample_clients(self.num_clients, self.spec.client_fraction, self.rng)
         down = self.codec.encode(self.global_state)
-        alpha = alpha_at(round_, self.spec)
-        task = READJUST if alpha > 0 else "train"
+        task, alpha = task_of(self, round_)
         out = []
         self._sending.clear()
         for cid in ids:
@@ -432,7 +230,7 @@ class TicketStrategy:
     def _download(self, cid: int, down: bytes) -> tuple[bytes, bool]:
         """What client ``cid`` downloads: the model payload ``down``, or under ``download
         = change`` the change from what it holds (and what it will then hold)."""
-        if self.spec.download != "change":
+        if not DOWNLOAD_CODES[self.spec.download].change:
             return down, False
         holds = self.holds.get(f"holds-{cid}")
         if holds is None:  # the whole model: decoded once a round, shared (never mutated)
@@ -510,18 +308,20 @@ class TicketStrategy:
             )
         for rec in records:
             self.totals.add(rec)
-        if instructions and instructions[0].task == READJUST:
-            new, mask = merge([(s, self._masks.pop(rep.client), rep.num_examples)
-                               for rep, s in usable], self.prunable,
-                              sum(int(self.codec.mask[n].sum()) for n in self.prunable))
-            self.set_mask(mask)
-        else:
+        new = None
+        for rule in self.rules:
+            new = rule.combine(self, round_, instructions, usable)
+            if new is not None:
+                break
+        if new is None:
             new = self.aggregate([(s, rep.num_examples) for rep, s in usable])
-        self._masks.clear()
+        self.round_state.clear()
         if not all(bool(torch.isfinite(t).all()) for t in new.values()):
             raise DivergenceError(f"round {round_}: the aggregated model has weights that are "
                                   "not finite; lower federate.lr")
         self.global_state = new
+        for rule in self.rules:
+            rule.end_round(self, round_)
         n = sum(rec.num_examples for rec in records)
         train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
         return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
@@ -549,36 +349,28 @@ class TicketStrategy:
                                                        f"is above {limit:.4g} ({why})"))
         return keep, out
 
-    def _check(self, rep: Reply, expected: int | None, ins: Instruction | None = None
+    def _check(self, rep: Reply, expected: int | None, ins: Instruction
                ) -> tuple[State | None, str | None]:
         """The decoded update of ``rep``, or None and why it may not be aggregated (a
-        readjusting client's mask goes to ``self._masks``)."""
-        readjust = ins is not None and ins.task == READJUST
+        rule reads the uploads of its own tasks: :meth:`RoundRule.decode`)."""
         why = check_reply_numbers(rep.num_examples, rep.train_loss, expected)
         if why is None:
             flops = (None if self.flops_per_example is None else
                      self.flops_per_example * rep.num_examples * self.spec.local_epochs)
-            if flops is not None and readjust:  # one more batch, its gradient dense
-                if self.dense_flops_per_example is None:
-                    flops = None
-                else:
-                    last = rep.num_examples % self.spec.batch_size or self.spec.batch_size
-                    flops += self.dense_flops_per_example * min(last, rep.num_examples)
+            for rule in self.rules:
+                flops = rule.reply_flops(self, rep, ins, flops)
             why = check_reply_costs(rep.flops, rep.wall_s, rep.cpu_s, flops, rep.elapsed_s)
         if why is not None:
             return None, why
-        mask = self.codec.mask
+        for rule in self.rules:
+            read = rule.decode(self, rep, ins)
+            if read is not None:
+                return read
         try:
-            if readjust:
-                mask, state = decode_readjusted(rep.payload, self.codec, self.codec.values)
-            else:
-                state = self.decode_upload(rep.payload)
+            state = self.decode_upload(rep.payload)
         except FedticketError as e:
             return None, str(e)
-        why = check_readjusted(mask, self.codec.mask, self.prunable) if readjust else None
-        why = why or check_state(state, self.global_state, mask)
-        if why is None and readjust:
-            self._masks[rep.client] = mask
+        why = check_state(state, self.global_state, self.codec.mask)
         return (None, why) if why is not None else (state, None)
 
     def decode_upload(self, payload: bytes) -> State:
@@ -599,11 +391,7 @@ class TicketStrategy:
 
     def aggregate(self, updates: list[tuple[State, int]]) -> State:
         """The new global model from the checked updates (``spec.aggregation``)."""
-        if self.spec.aggregation == "median":
-            return coordinate_median([s for s, _ in updates])
-        if self.spec.aggregation == "trimmed-mean":
-            return trimmed_mean([s for s, _ in updates], self.spec.trim_fraction)
-        return fedavg(updates)
+        return AGGREGATORS[self.spec.aggregation](updates, self.spec.trim_fraction)
 
     def evaluate(self, round_: int) -> tuple[float, float] | None:
         """Score the global model: every round until each declared target
@@ -622,7 +410,7 @@ class TicketStrategy:
         """Everything the next round depends on: the global model, and as plain JSON the
         sampling generator, who holds the mask, the targets reached and the ledger."""
         meta = {
-            "mask": base64.b64encode(self.mask_msg).decode() if self.spec.readjust_every
+            "mask": base64.b64encode(self.mask_msg).decode() if self.mask_changes
             else None,
             "rng": self.rng.bit_generator.state,
             "has_mask": sorted(self.has_mask),

@@ -4,7 +4,7 @@ Node config: ``partition-id`` and ``num-partitions`` (required), ``data-path``
 (optional: where this node keeps the dataset files) and ``threads`` (optional).
 The mask arrives with the node's first training message and is kept in
 ``context.state``; later messages carry only the surviving weights. The training step
-is the simulator's: :func:`fedticket.federated.client_train` on a
+is the simulator's: :func:`fedticket.federated.tasks.respond` on a
 :class:`~fedticket.federated.LocalTrainer`.
 """
 
@@ -19,9 +19,8 @@ from flwr.clientapp import ClientApp
 from fedticket.accounting.wire import Codec
 from fedticket.data import Labeled, load_splits
 from fedticket.errors import FedticketError
-from fedticket.federated.client import LocalTrainer
-from fedticket.federated.saliency import SALIENCY
-from fedticket.federated.strategy import Instruction, client_train
+from fedticket.federated.tasks import client_for, respond
+from fedticket.flower.codec import read_instruction, reply_record
 from fedticket.flower.common import RECORD, get, set_threads, spec_from_run_config
 from fedticket.models import Classifier
 from fedticket.pruning.mask import Mask
@@ -82,48 +81,28 @@ def train(msg: Message, context: Context) -> Message:
 def train_reply(msg: Message, context: Context, model: Classifier, federate: FederateSpec,
                 input_shape: tuple[int, int, int], data: Labeled,
                 saliency_batches: int = 1) -> Message:
-    """The reply to a TRAIN message: decode the global subnetwork (the mask from this
-    message, kept in ``context.state``, or from there), train ``model`` on ``data``,
-    encode the result. Shared by this ClientApp and any ClientApp that holds its data in
+    """The reply to a TRAIN message: :func:`~fedticket.federated.tasks.respond`, the
+    simulator's client function, with the mask from this message (kept in
+    ``context.state``) or from there, and what the node keeps between rounds in
+    ``context.state``. Shared by this ClientApp and any ClientApp that holds its data in
     memory (:mod:`fedticket.flower.inprocess`)."""
-    rec = msg.content.config_records[RECORD]
-    ins = Instruction(
-        round=get(rec, "round", int), client=get(rec, "client", int),
-        payload=get(rec, "payload", bytes), mask=get(rec, "mask", bytes),
-        seed=get(rec, "seed", int), task=str(rec.get("task", "train")),
-        alpha=get(rec, "alpha", float) if "alpha" in rec else 0.0,
-        delta=get(rec, "delta", bool) if "delta" in rec else False,
-    )
-    mask = _mask(context, model, ins.mask)
-    if ins.task == SALIENCY:  # scores of the dense model, before any mask exists
-        mask = Mask.full(model)
-        federate = replace(federate, compute="dense-masked", upload="model",
-                           error_feedback=False)
-    codec = Codec.of(mask, federate)
-    trainer = LocalTrainer(model, mask, federate, input_shape)
+    ins = read_instruction(msg.content.config_records[RECORD])
+    trainer, codec = client_for(ins.task, model, _mask(context, model, ins.mask), federate,
+                                input_shape)
     trainer.saliency_batches = saliency_batches
     memory = _memory(context, ins.client, codec.size)
-    received = codec.decode(ins.payload) if not ins.delta else \
-        codec.from_kept(memory.get(f"model-{ins.client}", np.zeros(codec.size, np.float32)))
     # one untimed update first: this is a fresh process, so the timed update would
     # otherwise pay torch's one-off start-up costs (thread pool, allocator growth)
-    warm = min(len(data), federate.batch_size)
+    received = codec.from_kept(memory.get(f"model-{ins.client}",
+                                          np.zeros(codec.size, np.float32)))
+    warm = min(len(data), trainer.spec.batch_size)
     trainer.warm_up(received, Labeled(data.x[:warm], data.y[:warm]))
-    rep = client_train(trainer, codec, ins.payload, data, ins, memory)
+    rep = respond(trainer, codec, ins, data, memory)
     kept = {what: Array(memory[f"{what}-{ins.client}"]) for what in KEPT
             if f"{what}-{ins.client}" in memory}
     if kept:
         context.state[MEMORY_KEY] = ArrayRecord(kept)
-    out = ConfigRecord({
-        "client": rep.client,
-        "payload": rep.payload,
-        "num-examples": rep.num_examples,
-        "train-loss": rep.train_loss,
-        "flops": rep.flops,
-        "wall-s": rep.wall_s,
-        "cpu-s": rep.cpu_s,
-    })
-    return Message(RecordDict({RECORD: out}), reply_to=msg)
+    return Message(RecordDict({RECORD: reply_record(rep)}), reply_to=msg)
 
 
 KEPT = ("residual", "model")

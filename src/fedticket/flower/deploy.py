@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -457,6 +458,7 @@ def deploy(
             print(f"{s.method} seed {s.seed}: finished already, skipped", file=stream)
     if todo:
         work = Path(tempfile.mkdtemp(prefix="fedticket-deploy-"))
+        ok = False
         try:
             app = write_app(work / "app")
             node_cfgs = [{"partition-id": i, "num-partitions": n, "threads": threads}
@@ -472,11 +474,33 @@ def deploy(
                     _deploy_one(dep, app, spec, out, threads, work, stream, run_timeout_s,
                                 f"[{i}/{len(todo)}] {spec.method} seed {spec.seed}",
                                 min_replies=min_replies, round_timeout=round_timeout_s)
+            ok = True
+        except (FedticketError, MachineError) as e:  # the logs say why: keep them
+            raise type(e)(f"{e} (the deployment's logs are kept in {work})") from None
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if ok:
+                shutil.rmtree(work, ignore_errors=True)
     for s in specs:
         folders.append(paths.run_dir(out, folder_name(s, "flower")))
     return folders
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+"""A terminal escape sequence (Flower colours its log lines)."""
+EXCEPTION = re.compile(r"\b((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception)): (.+)")
+
+
+def failure_reason(log: str) -> str:
+    """Why a Flower run failed, in one line from its ServerApp's log: the last exception
+    it names (type and message, without the module path), else the last line that says
+    error, else the last line; never a terminal escape code."""
+    lines = [ln.strip() for ln in ANSI.sub("", log).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        found = EXCEPTION.search(line)
+        if found:
+            return f"{found.group(1).rsplit('.', 1)[-1]}: {found.group(2).strip()}"
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or ["no log"])[-1]
 
 
 def _deploy_one(dep: LocalDeployment, app: Path, spec: ExperimentSpec, out: Path, threads: int,
@@ -490,10 +514,8 @@ def _deploy_one(dep: LocalDeployment, app: Path, spec: ExperimentSpec, out: Path
     st = dep.wait(run_id, timeout_s)
     folder = paths.run_dir(out, folder_name(spec, "flower"))
     if st.get("status") != "finished:completed" or not paths.is_finished(folder):
-        log = dep.server_log(run_id).strip().splitlines()
-        errors = [ln for ln in log if "fedticket" in ln.lower() or "error" in ln.lower()]
         raise FedticketError(f"Flower run {run_id} ended {st.get('status')}: "
-                             f"{(errors or log or ['no log'])[-1].strip()}")
+                             f"{failure_reason(dep.server_log(run_id))}")
     record = {
         "run_id": run_id,
         "status": st.get("status"),

@@ -28,10 +28,10 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from fedticket.accounting.wire import Codec
-from fedticket.data import Labeled
+from fedticket.data import Labeled, Splits
 from fedticket.federated.client import LocalTrainer
+from fedticket.federated.messages import Failure, Instruction, Reply
 from fedticket.federated.simulate import CLIENT_THREADS, threads
-from fedticket.federated.strategy import Failure, Instruction, Reply
 from fedticket.flower.client_app import train_reply
 from fedticket.flower.server_app import GridEngine
 
@@ -117,7 +117,7 @@ def memory_client_app(model: Any, trainer: LocalTrainer, data: Labeled) -> Clien
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         return train_reply(msg, context, copy.deepcopy(model), trainer.spec,
-                           trainer.input_shape, data)
+                           trainer.input_shape, data, trainer.saliency_batches)
 
     return app
 
@@ -142,3 +142,16 @@ class InProcessFlower:
 
     def lost_state(self) -> set[int]:
         return set()
+
+
+class InProcessFlowerEngine:
+    """:class:`InProcessFlower` as the engine of a whole run
+    (:func:`fedticket.runner.run_one`): every client-side step of the run, the saliency
+    prelude included, goes through Flower messages and a ClientApp."""
+
+    name = "flower-inprocess"
+    min_replies = 1
+    clients_keep_state = True
+
+    def __call__(self, trainer: LocalTrainer, codec: Codec, splits: Splits) -> InProcessFlower:
+        return InProcessFlower(trainer, codec, splits.clients)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from fedticket.accounting.wire import Codec
 from fedticket.data import Splits
 from fedticket.errors import FedticketError
 from fedticket.federated.client import LocalTrainer
-from fedticket.federated.strategy import Failure, Instruction, Reply
+from fedticket.federated.messages import Failure, Instruction, Reply
+from fedticket.flower.codec import instruction_record, read_reply
 from fedticket.flower.common import (
     RECORD,
     RUN_CONFIG_DEFAULTS,
@@ -148,13 +150,8 @@ class GridEngine:
     ) -> tuple[list[Reply], list[Failure]]:
         msgs, down_fw = [], {}
         for ins in instructions:
-            rec = ConfigRecord({
-                "round": ins.round, "client": ins.client, "payload": ins.payload,
-                "mask": ins.mask, "seed": ins.seed, "task": ins.task, "alpha": ins.alpha,
-                **({"delta": True} if ins.delta else {}),
-            })
-            msg = Message(RecordDict({RECORD: rec}), dst_node_id=self.nodes[ins.client],
-                          message_type=MessageType.TRAIN)
+            msg = Message(RecordDict({RECORD: instruction_record(ins)}),
+                          dst_node_id=self.nodes[ins.client], message_type=MessageType.TRAIN)
             down_fw[ins.client] = framework_bytes(msg)
             msgs.append(msg)
         sent = time.monotonic()
@@ -191,17 +188,9 @@ class GridEngine:
 
 
 def _reply(msg: Message, client: int, down_fw: int, elapsed_s: float) -> Reply:
-    rec = msg.content.config_records[RECORD]
-    if get(rec, "client", int) != client:
-        raise ValueError(f"reply says client {rec['client']!r}")
-    return Reply(
-        client=client, payload=get(rec, "payload", bytes),
-        num_examples=get(rec, "num-examples", int), train_loss=get(rec, "train-loss", float),
-        flops=get(rec, "flops", int), wall_s=get(rec, "wall-s", float),
-        cpu_s=get(rec, "cpu-s", float),
-        framework_down_bytes=down_fw, framework_up_bytes=framework_bytes(msg),
-        elapsed_s=elapsed_s,
-    )
+    rep = read_reply(msg.content.config_records[RECORD], client)
+    return replace(rep, framework_down_bytes=down_fw, framework_up_bytes=framework_bytes(msg),
+                   elapsed_s=elapsed_s)
 
 
 class FlowerEngine:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fedticket.errors import ConfigError
-from fedticket.models.registry import Classifier
+from fedticket.models.base import Classifier
 
 DECODER_START_CHANNELS = 64
 """Channels of the decoder's first feature map; each upsampling stage halves them."""

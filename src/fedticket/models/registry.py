@@ -10,72 +10,20 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from fedticket.errors import ConfigError
-from fedticket.spec import ModelSpec
+from fedticket.models.adapt import build_user_model
+from fedticket.models.base import Classifier, fast_layout, plain_layout
+from fedticket.models.resnet import resnet
+from fedticket.registry import Registry
 
+if TYPE_CHECKING:
+    from fedticket.spec import ModelSpec
 
-class Classifier(nn.Module):
-    """``head(body(x))``; ``decoder()`` builds a fresh mirrored DAE decoder."""
-
-    def __init__(self, body: nn.Module, head: nn.Linear, decoder: Callable[[], nn.Module]):
-        super().__init__()
-        self.body = body
-        self.head = head
-        self._make_decoder = decoder
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-    def decoder(self) -> nn.Module:
-        return self._make_decoder()
-
-
-def fast_layout(net: nn.Module) -> nn.Module:
-    """``net`` with its conv weights in channels-last memory order, in place (a no-op
-    without conv layers). The values are the same; only the layout changes. On this
-    CPU build oneDNN's channels-last convolutions train the FedAvg CNN about 20% and
-    evaluate it about 2.5x faster than the default order (docs/PERFORMANCE.md,
-    ``benchmarks/layout.py``). Results agree to float rounding, not bit for bit."""
-    return _layout(net, torch.channels_last)
-
-
-def plain_layout(net: nn.Module) -> nn.Module:
-    """Undo :func:`fast_layout` in place: every parameter contiguous again."""
-    return _layout(net, torch.contiguous_format)
-
-
-_HOOK = "_fedticket_layout_hook"
-
-
-def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
-    x = args[0]
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
-    return args
-
-
-def _layout(net: nn.Module, memory_format: torch.memory_format) -> nn.Module:
-    """What ``net.to(memory_format=...)`` does, typed: 4-d parameters (conv weights) and
-    their gradients change layout in place; the Parameter objects stay the same. For
-    channels-last, the net's 4-d input is put in that order too (a forward pre-hook):
-    oneDNN picks its fast kernels only when input and weights agree."""
-    if not any(isinstance(m, nn.Conv2d) for m in net.modules()):
-        return net
-    for p in net.parameters():
-        if p.dim() == 4:
-            p.data = p.data.to(memory_format=memory_format)  # restrides even size-1 dims
-            if p.grad is not None:
-                p.grad = p.grad.to(memory_format=memory_format)
-    handle = net.__dict__.pop(_HOOK, None)
-    if handle is not None:
-        handle.remove()
-    if memory_format == torch.channels_last:
-        net.__dict__[_HOOK] = net.register_forward_pre_hook(_to_channels_last)
-    return net
+__all__ = ["REGISTRY", "Classifier", "build", "fast_layout", "plain_layout", "prunable_names"]
 
 
 def _conv_classifier(
@@ -153,37 +101,31 @@ def _mlp(
     return Classifier(body, nn.Linear(hidden[-1], num_classes), decoder)
 
 
-Builder = Callable[[ModelSpec, tuple[int, int, int], int], Classifier]
+Builder = Callable[["ModelSpec", tuple[int, int, int], int], Classifier]
 
 # The FedAvg paper's CNN (McMahan et al. 2017, "CNN" for MNIST): 1,663,370 parameters
 # on 1x28x28 inputs with 10 classes. cnn-digits is its scaled-down sibling for 8x8
 # digits; cnn-cifar the same shape for 3x32x32 inputs.
-REGISTRY: dict[str, Builder] = {
-    "cnn-fedavg": lambda s, shape, k: _conv_classifier(shape, k, (32, 64), 5, 512),
-    "cnn-digits": lambda s, shape, k: _conv_classifier(shape, k, (16, 32), 3, 64),
-    "cnn-cifar": lambda s, shape, k: _conv_classifier(shape, k, (32, 64), 5, 512),
-    "mlp": lambda s, shape, k: _mlp(shape, k, s.hidden),
-    "resnet8": lambda s, shape, k: _resnet(shape, k),
-}
+def _cifar(shape: tuple[int, int, int], num_classes: int) -> Classifier:
+    if shape[0] != 3:
+        raise ConfigError(f"cnn-cifar expects 3-channel images, got shape {shape}")
+    return _conv_classifier(shape, num_classes, (32, 64), 5, 512)
 
 
-def _resnet(shape: tuple[int, int, int], num_classes: int) -> Classifier:
-    from fedticket.models.resnet import resnet
-
-    return resnet(shape, num_classes)
+REGISTRY: Registry[Builder] = Registry("model.name")
+"""The models a spec may name (``model.name``), besides a user's ``MODULE:FACTORY``."""
+REGISTRY.add("cnn-fedavg", lambda s, shape, k: _conv_classifier(shape, k, (32, 64), 5, 512))
+REGISTRY.add("cnn-digits", lambda s, shape, k: _conv_classifier(shape, k, (16, 32), 3, 64))
+REGISTRY.add("cnn-cifar", lambda s, shape, k: _cifar(shape, k))
+REGISTRY.add("mlp", lambda s, shape, k: _mlp(shape, k, s.hidden))
+REGISTRY.add("resnet8", lambda s, shape, k: resnet(shape, k))
 
 
 def build(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int) -> Classifier:
     """Build the classifier named by ``spec`` for the given input shape and classes:
     a registry model, or the user's ``PACKAGE.MODULE:FACTORY`` (:mod:`.adapt`)."""
     if spec.is_user_model:
-        from fedticket.models.adapt import build_user_model
-
         return build_user_model(spec.name, input_shape, num_classes, spec.head)
-    if spec.name not in REGISTRY:
-        raise ConfigError(f"unknown model {spec.name!r}; choose one of: {', '.join(REGISTRY)}")
-    if spec.name == "cnn-cifar" and input_shape[0] != 3:
-        raise ConfigError(f"cnn-cifar expects 3-channel images, got shape {input_shape}")
     return REGISTRY[spec.name](spec, input_shape, num_classes)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import nn
 
 from fedticket.models.adapt import auto_decoder
-from fedticket.models.registry import Classifier
+from fedticket.models.base import Classifier
 
 
 class BasicBlock(nn.Module):

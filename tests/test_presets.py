@@ -1,0 +1,34 @@
+"""Nothing moves: every preset of configs/quick.toml and configs/peers.toml, run short,
+gives the per-round accuracies, bytes and client FLOPs recorded from the code before
+methods became registered parts (tests/data/presets.json, made by tests/preset_runs.py
+at commit 79837e1)."""
+
+import json
+
+import pytest
+
+from conftest import needs_fmnist
+from fedticket.federated.simulate import threads
+from preset_runs import FIXTURE, preset_methods, run_preset
+
+RECORDED = json.loads(FIXTURE.read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("presets")
+    with threads(1):
+        return {(c, m): run_preset(c, m, out)
+                for c, methods in preset_methods().items() for m in methods}
+
+
+def test_the_fixture_covers_every_preset_of_both_configs():
+    assert {c: list(m) for c, m in RECORDED.items()} == preset_methods()
+    assert len(RECORDED["quick"]) == 9 and len(RECORDED["peers"]) == 15
+
+
+@needs_fmnist
+@pytest.mark.parametrize("config,method", [(c, m) for c, ms in preset_methods().items()
+                                           for m in ms])
+def test_a_short_run_gives_the_recorded_numbers(runs, config, method):
+    assert runs[(config, method)] == RECORDED[config][method]
