@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -88,17 +89,19 @@ def test_the_client_sizes_the_settings_give_are_the_partitions():
 
 
 README = (ROOT / "README.md").read_text()
+DEMO = (ROOT / "docs" / "demo.md").read_text()
+RESULTS_DOC = (ROOT / "docs" / "results.md").read_text()
 COMPARED = ("demo", "quick3")
 """`fedticket compare --json` of the demo's runs and of the 3-seed quick runs (the
-commands are beside their tables in the README)."""
+commands are beside their tables in docs/demo.md)."""
 
 
 @pytest.mark.parametrize("name", COMPARED)
-def test_the_readmes_demo_tables_are_compare_of_the_committed_runs(name):
+def test_the_demo_tables_are_compare_of_the_committed_runs(name):
     from fedticket.report import to_markdown
 
     result = json.loads((RESULTS / f"{name}.json").read_text())
-    block = section(README, f"<!-- BEGIN {name}.json -->\n", f"<!-- END {name}.json -->")
+    block = section(DEMO, f"<!-- BEGIN {name}.json -->\n", f"<!-- END {name}.json -->")
     assert block.removeprefix(f"<!-- BEGIN {name}.json -->\n") == to_markdown(result) + "\n"
     assert all(c != "?" for c in result["provenance"]["runs"].values())
 
@@ -107,18 +110,65 @@ MAIN = ["study", "sweep-sparsity", "sweep-sparsity-skewed", "sweep-init", "sweep
         "sweep-pool", "sweep-noise"]
 GRID_SETTINGS = ["50", "3", "30", "80", "0.5", "0.3", "35", "0.70", "0.80", "25", "95", "2",
                  "20,000", "1k", "1,438"]
+BITS_SETTINGS = ["100", "10", "0.5", "0.80", "95", "90", "80", "4", "8", "3", "0.3"]
+RESNET_SETTINGS = ["98", "3", "0.70", "0.80", "0.3", "8"]
+PEERS_SETTINGS = ["0.80", "0.3", "95", "0"]
 
 
-def test_the_readmes_results_quote_the_committed_summaries():
-    text = section(README, "## Results", "Regenerate the main grid")
+def test_the_results_in_prose_quote_the_committed_summaries():
+    # the README's former results bullets, now in docs/results.md
+    text = section(RESULTS_DOC, "## The main grid", "Regenerate the main grid")
     resnet = section(text, "- **On a residual network", "- **What carries it**")
     bits = text[text.index("- **Bytes at their limit"):]
     text = text.replace(resnet, "").replace(bits, "")
     assert unquoted(text, [summary(s) for s in MAIN], GRID_SETTINGS) == []
-    assert unquoted(bits, [summary("bits")], ["100", "10", "0.5", "0.80", "95", "90", "80",
-                                              "4", "8", "3", "0.3"]) == []
-    assert unquoted(resnet, [summary("study-resnet")], ["98", "3", "0.70", "0.80", "0.3",
-                                                         "8"]) == []
+    assert unquoted(bits, [summary("bits")], BITS_SETTINGS) == []
+    assert unquoted(resnet, [summary("study-resnet")], RESNET_SETTINGS) == []
+
+
+def test_the_readmes_results_table_quotes_the_committed_summaries():
+    """Each row of the README's headline table is checked against the summary it comes
+    from (the peer grid, the bits sweep, the resnet8 study; the rest: the main grid and
+    its sweeps), and so is the prose around it."""
+    text = section(README, "## Results", "Regenerate the main grid")
+    sources = {"| peer grid:": "peers", "| bits sweep:": "bits", "| `resnet8`": "study-resnet",
+               "| `": "main"}  # the first prefix that matches decides
+    rows: dict[str, list[str]] = {s: [] for s in sources.values()}
+    prose: list[str] = []
+    for line in text.splitlines():
+        source = next((s for p, s in sources.items() if line.startswith(p)), None)
+        (rows[source] if source else prose).append(line)
+    assert all(rows.values()) and len(rows["main"]) == 3, rows
+    main = "\n".join(prose + rows["main"])
+    assert unquoted(main, [summary(s) for s in MAIN], GRID_SETTINGS) == []
+    assert unquoted("\n".join(rows["bits"]), [summary("bits")], BITS_SETTINGS) == []
+    assert unquoted("\n".join(rows["study-resnet"]), [summary("study-resnet")],
+                    RESNET_SETTINGS) == []
+    assert unquoted("\n".join(rows["peers"]), [summary("peers")], PEERS_SETTINGS) == []
+
+
+def test_the_readmes_results_table_says_the_verdicts_of_the_committed_summaries():
+    """The words of the table: Q1 against `fedavg` (yes under IID, inconclusive under
+    skew to 0.80; yes everywhere to 0.70) and against `fedavg-dae` (no), and Q3 of the
+    bits sweep (inconclusive under both partitions, CPU time binding). The peers' yes is
+    checked in tests/test_study.py, and so is resnet8's "no pruned method reaches 0.80"."""
+    from fedticket.study import deciding, q3_rows, verdict
+
+    results = summary("study")["results"]
+    words = {p: verdict(results[p]["0.80"]) for p in ("iid", "dirichlet-0.5", "dirichlet-0.3")}
+    assert [w["fedavg"]["answer"] for w in words.values()] == ["yes", "inconclusive",
+                                                               "inconclusive"]
+    assert all(w["fedavg-dae"]["answer"] == "no" for w in words.values())
+    assert all(verdict(results[p]["0.70"])["fedavg"]["answer"] == "yes" for p in words)
+    row = next(line for line in README.splitlines() if line.startswith("| `dae-ticket` vs"))
+    assert "**yes** under IID, **inconclusive** under skew (to 0.70: **yes** everywhere)" in row
+    bits = summary("bits")["results"]
+    for part in ("iid", "dirichlet-0.3"):
+        best = deciding(q3_rows(bits[part]))
+        assert best is not None and best["overall"] == "inconclusive", part
+        assert best["method"] == "dae-ticket-fast" and best["variant"].startswith("95% q4"), \
+            (part, best["variant"])
+        assert "CPU time" in best["binds"], (part, best["binds"])
 
 
 def test_the_verdict_of_the_main_grid_quotes_its_summary():
@@ -131,13 +181,48 @@ def test_the_verdict_of_the_main_grid_quotes_its_summary():
             assert s["results"][part]["0.80"]["methods"][control]["rounds_to_target"]["n"] == 0
 
 
-def test_the_readmes_reading_of_the_demo_quotes_its_runs():
+def test_the_reading_of_the_demo_quotes_its_runs():
     def wrapped(name):  # a compare result, shaped as a study summary for quotable()
         return {"results": {name: {"t": json.loads((RESULTS / f"{name}.json").read_text())}}}
 
-    text = section(README, "How to read it:", "## Command line")
+    text = DEMO[DEMO.index("How to read it:"):]
     assert unquoted(text, [wrapped(n) for n in ("demo", "quick3", "quick3-target-0.6")],
                     ["80", "15", "0.6", "3"]) == []
+
+
+def test_the_readme_is_a_front_door():
+    assert len(README) <= 12_000, len(README)
+    headings = [line for line in README.splitlines() if line.startswith("## ")]
+    assert headings == ["## Two commands", "## Quickstart", "## Results", "## Methods",
+                        "## Documentation"]
+
+
+def test_the_readmes_methods_table_names_every_preset():
+    from fedticket.spec import METHODS
+
+    table = section(README, "| name | what it is |", "\n\n")
+    named = set()
+    for line in table.splitlines()[2:]:
+        named.update(re.findall(r"`([a-z0-9-]+)`", line.split("|")[1]))
+    assert named == set(METHODS)
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_the_docs_index_names_every_file_and_every_link_resolves_inside_the_repo():
+    docs = ROOT / "docs"
+    index = (docs / "README.md").read_text()
+    files = [p for p in docs.rglob("*") if p.is_file()]
+    assert [p for p in files if f"]({p.relative_to(docs).as_posix()})" not in index] == []
+    for page in [ROOT / "README.md", *docs.glob("*.md")]:
+        text = page.read_text()
+        assert "../shared" not in text, page
+        for target in LINK.findall(text):
+            if "://" in target:
+                continue
+            path = (page.parent / target).resolve()
+            assert path.is_relative_to(ROOT) and path.exists(), (page.name, target)
 
 
 def test_the_payload_table_in_the_bits_doc_is_the_committed_benchmark_result():

@@ -417,9 +417,12 @@ def test_the_prose_about_the_resnet_study_quotes_its_summary():
     doc = (ROOT / "docs" / "REPRODUCTION.md").read_text()
     section = doc[doc.index("## Results: a residual network"):
                   doc.index("<!-- BEGIN study-resnet.json -->")]
-    readme = (ROOT / "README.md").read_text()
-    bullet = readme[readme.index("- **On a residual network"):]
+    # the results in prose (docs/results.md) and the README's headline table
+    prose = (ROOT / "docs" / "results.md").read_text()
+    bullet = prose[prose.index("- **On a residual network"):]
     bullet = bullet[:bullet.index("\n- ")]
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `resnet8`"))
     for key in ("RESNET_TRAFFIC", "RESNET_FLOPS", "RESNET_CPU", "RESNET_FAST_FLOPS",
                 "RESNET_FAST_CPU", "RESNET_FINAL", "RESNET_FEDAVG_FINAL", "CNN_KEPT",
                 "RESNET_KEPT"):
@@ -427,6 +430,7 @@ def test_the_prose_about_the_resnet_study_quotes_its_summary():
     for key in ("RESNET_TRAFFIC", "RESNET_CPU", "RESNET_FAST_CPU", "RESNET_FINAL",
                 "RESNET_FEDAVG_FINAL"):
         assert facts[key] in " ".join(bullet.split()), (key, facts[key])
+        assert facts[key] in row, (key, facts[key])
 
 
 def test_the_peers_question_needs_both_savings_above_zero_against_every_method():
@@ -546,9 +550,8 @@ def test_the_prose_about_the_peer_grid_quotes_its_summary():
     assert below == [(dirichlet, "0.80", "synflow-ticket")]
     assert res[dirichlet]["0.80"]["methods"]["synflow-ticket"][traffic]["n"] == 1
     assert res[dirichlet]["0.80"]["methods"]["feddst"][traffic]["n"] == 0
-    # README: each method's row carries its result
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| name | from (paper; code) |"):]
+    # docs/PEERS.md, "At a glance": each method's row carries its result
+    table = doc[doc.index("| name | from (paper; code) |"):]
     table = table[:table.index("\n\n")]
     for m in res[iid]["0.80"]["methods"]:
         row = next(line for line in table.splitlines() if line.startswith(f"| `{m}`"))
