@@ -25,8 +25,8 @@ CONFIGS = {"quick": ROOT / "configs" / "quick.toml",
            "peers": ROOT / "configs" / "study-base.toml"}
 """Where each preset list's base settings come from (peers.toml names study-base.toml)."""
 
-SHRINK = {"data.pool_size": 300, "data.train_size": 1000, "data.test_size": 300,
-          "data.num_clients": 5, "pretrain.epochs": 1, "federate.rounds": 3,
+SHRINK = {"data.pool_size": 300, "data.train_size": 600, "data.test_size": 300,
+          "data.num_clients": 5, "pretrain.epochs": 1, "federate.rounds": 2,
           "federate.client_fraction": 0.4, "federate.local_epochs": 1,
           "federate.batch_size": 10, "federate.eval_every": 1,
           "prune.synflow_iterations": 5}

@@ -73,9 +73,16 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("engines")
 
 
-@pytest.mark.parametrize("method,values", CASES)
-def test_simulator_and_flower_messages_agree(base, out, method, values):
-    spec = spec_of(base, method, values)
+RESNET = {"model.name": "resnet8", "data.pool_size": 100, "data.train_size": 200}
+"""A residual network with BatchNorm, on its compact (channel-pruned) model: the running
+statistics travel too."""
+
+
+@pytest.mark.parametrize("method,values,model", [
+    *((m, v, {}) for m, v in CASES), ("dae-ticket-fast", "f32", RESNET),
+    ("dae-ticket-fast", "q8", RESNET)])
+def test_simulator_and_flower_messages_agree(base, out, method, values, model):
+    spec = apply_overrides(spec_of(base, method, values), model)
     runs = {}
     for engine in (Simulator(), InProcessFlowerEngine()):
         folder = run_one(spec, out, stream=None, engine=engine)

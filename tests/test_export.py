@@ -25,6 +25,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
+pytestmark = pytest.mark.xdist_group("export")  # its module fixtures are shared
+
 METHODS = ("fedavg", "dae-ticket-fast", "dae-ticket")
 CONFIG = f"""
 methods = {json.dumps(list(METHODS))}

@@ -1,7 +1,7 @@
 """Nothing moves: every preset of configs/quick.toml and configs/peers.toml, run short,
 gives the per-round accuracies, bytes and client FLOPs recorded from the code before
 methods became registered parts (tests/data/presets.json, made by tests/preset_runs.py
-at commit 79837e1)."""
+at commit 79837e1, whose src is 70dc122's)."""
 
 import json
 
@@ -15,11 +15,9 @@ RECORDED = json.loads(FIXTURE.read_text())
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("presets")
-    with threads(1):
-        return {(c, m): run_preset(c, m, out)
-                for c, methods in preset_methods().items() for m in methods}
+def out(tmp_path_factory):
+    """One folder for the runs of a test worker: their server stages are shared."""
+    return tmp_path_factory.mktemp("presets")
 
 
 def test_the_fixture_covers_every_preset_of_both_configs():
@@ -30,5 +28,6 @@ def test_the_fixture_covers_every_preset_of_both_configs():
 @needs_fmnist
 @pytest.mark.parametrize("config,method", [(c, m) for c, ms in preset_methods().items()
                                            for m in ms])
-def test_a_short_run_gives_the_recorded_numbers(runs, config, method):
-    assert runs[(config, method)] == RECORDED[config][method]
+def test_a_short_run_gives_the_recorded_numbers(out, config, method):
+    with threads(1):
+        assert run_preset(config, method, out) == RECORDED[config][method]

@@ -14,6 +14,8 @@ import pytest
 
 from fedticket.cli import main
 
+pytestmark = pytest.mark.xdist_group("resume")  # its module fixtures are shared
+
 CONFIG = """
 methods = ["dae-ticket"]
 seeds = [0]
