@@ -5,7 +5,7 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# pytest-xdist runs the suite in one worker per core: each worker's torch gets one
+# pytest-xdist runs the suite in worker processes (pyproject.toml): each worker's torch gets one
 # thread (two processes with torch's default threads each on 2 cores run 13x slower)
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else
                       min(2, os.cpu_count() or 1))
@@ -25,3 +25,14 @@ def flower_task_identity():
 
     with identity(SERVER_NODE):
         yield
+
+
+# Tests that start real Flower deployments spend most of their time waiting on Flower's
+# polls and heartbeats: they go first, so that the other tests fill the cores meanwhile
+# instead of leaving one deployment to run alone at the end.
+DEPLOYMENTS = ("test_flower_deploy.py::test_a_killed", "test_flower_deploy.py::test_deploy",
+               "test_flower_mods.py::test_batchnorm_app", "test_examples.py::test_the_users_model")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not any(d in item.nodeid for d in DEPLOYMENTS))

@@ -194,13 +194,13 @@ def test_flower_app_writes_an_app_and_run_configs_that_carry_the_spec(tmp_path, 
 def test_a_killed_serverapp_resumes_from_its_checkpoint_in_a_new_run_over_tls(tmp_path):
     """On a deployment with TLS and SuperNode authentication (plain text to its port gets
     no answer, a SuperNode whose key was never registered is refused): SIGKILL the
-    ServerApp after round 1 of 3 and submit the same run config again. The new run
+    ServerApp after round 1 of 2 and submit the same run config again. The new run
     resumes after the checkpoint and ends with the simulator's model; the nodes' state
     died with the old run, so each is sent the mask again. Every process the deployment
     started is gone after it."""
-    spec = _spec(tmp_path, rounds=3)
+    spec = _spec(tmp_path, rounds=2)
     cfg = tmp_path / "c.toml"
-    cfg.write_text(CONFIG.replace("rounds = 2", "rounds = 3"))
+    cfg.write_text(CONFIG)
     sim = subprocess.run([str(BIN / "fedticket"), "run", str(cfg), "--out", str(tmp_path / "sim"),
                           "--threads", "1", "--quiet"], capture_output=True, text=True,
                          timeout=300)
@@ -248,7 +248,7 @@ def test_a_killed_serverapp_resumes_from_its_checkpoint_in_a_new_run_over_tls(tm
     assert after >= 1
     run = only(out, "_flower")
     ms, mf = rows(only(tmp_path / "sim"), "metrics.jsonl"), rows(run, "metrics.jsonl")
-    assert [r["round"] for r in mf] == [r["round"] for r in ms] == [0, 1, 2, 3]
+    assert [r["round"] for r in mf] == [r["round"] for r in ms] == [0, 1, 2]
     for a, b in zip(ms, mf, strict=True):
         assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 1e-4
         assert a["cum_up_bytes"] == b["cum_up_bytes"]
@@ -302,3 +302,41 @@ def test_a_failed_runs_reason_is_its_exception_in_plain_text():
                                    "the mask cannot be found")
     assert failure_reason("\x1b[91mERROR \x1b[0m: Exit Code: 201\n") == "ERROR : Exit Code: 201"
     assert failure_reason("") == "no log"
+
+
+def test_a_failed_deployment_keeps_its_logs_and_says_where(tmp_path, monkeypatch):
+    """The run's failure is the message, and the deployment's log folder (which the
+    message names) is still there; a deployment that succeeds removes it."""
+    import fedticket.flower.deploy as deploy_mod
+    from fedticket.errors import FedticketError
+
+    class Started:  # no processes: what deploy() does around a run is under test
+        def __init__(self, work, *args, **kwargs):
+            self.address, self.work = "127.0.0.1:1", work
+            (work / "superlink.log").write_text("the SuperLink's log\n")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    def fails(dep, *args, **kwargs):
+        raise FedticketError("Flower run 7 ended finished:failed: FedticketError: no client "
+                             "sent usable saliency scores; the mask cannot be found")
+
+    monkeypatch.setattr(deploy_mod, "LocalDeployment", Started)
+    monkeypatch.setattr(deploy_mod, "_deploy_one", fails)
+    monkeypatch.setattr(deploy_mod.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "work"))
+    (tmp_path / "work").mkdir()
+    [spec] = load_config(ROOT / "configs" / "flower-tiny.toml").specs()
+    with pytest.raises(FedticketError) as e:
+        deploy_mod.deploy([spec], tmp_path / "out", stream=None)
+    message = str(e.value)
+    assert message.startswith("Flower run 7 ended finished:failed: FedticketError: no client")
+    assert message.endswith(f"(the deployment's logs are kept in {tmp_path / 'work'})")
+    assert (tmp_path / "work" / "superlink.log").read_text() == "the SuperLink's log\n"
+    assert "\x1b" not in message
+    monkeypatch.setattr(deploy_mod, "_deploy_one", lambda *a, **k: None)
+    deploy_mod.deploy([spec], tmp_path / "out", stream=None)
+    assert not (tmp_path / "work").exists()

@@ -10,40 +10,56 @@ is the simulator's: :func:`fedticket.federated.tasks.respond` on a
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedticket.accounting.wire import Codec
-from fedticket.data import Labeled, load_splits
 from fedticket.errors import FedticketError
-from fedticket.federated.tasks import client_for, respond
-from fedticket.flower.codec import read_instruction, reply_record
-from fedticket.flower.common import RECORD, get, set_threads, spec_from_run_config
-from fedticket.models import Classifier
-from fedticket.pruning.mask import Mask
-from fedticket.spec import ExperimentSpec, FederateSpec
-from fedticket.stages import fresh_model
+from fedticket.flower.common import RECORD, get, spec_from_run_config
 
+if TYPE_CHECKING:
+    from fedticket.data import Labeled
+    from fedticket.models import Classifier
+    from fedticket.pruning.mask import Mask
+    from fedticket.spec import ExperimentSpec, FederateSpec
+
+# Flower starts a fresh process for every message: what only training needs (torch and
+# the trainer) is imported by the training handler, so that answering a query (which
+# partition this node holds) costs a process start and not an import of torch.
 app = ClientApp()
 
 STATE_KEY = "fedticket-mask"
 MEMORY_KEY = "fedticket-residual"
 
 
-def _partition(context: Context, spec: ExperimentSpec) -> int:
+def _partition(context: Context, num_clients: int) -> int:
     cfg = context.node_config
     if "partition-id" not in cfg:
         raise FedticketError("this SuperNode has no partition-id in its --node-config")
-    pid, n = int(cfg["partition-id"]), int(cfg.get("num-partitions", spec.data.num_clients))
-    if n != spec.data.num_clients or not 0 <= pid < n:
+    pid, n = int(cfg["partition-id"]), int(cfg.get("num-partitions", num_clients))
+    if n != num_clients or not 0 <= pid < n:
         raise FedticketError(
             f"node partition {pid} of {n} does not fit data.num_clients="
-            f"{spec.data.num_clients}; start one SuperNode per client partition"
+            f"{num_clients}; start one SuperNode per client partition"
         )
     return pid
+
+
+def _num_clients(context: Context) -> int:
+    """``data.num_clients`` of the run's spec, read from its JSON without building the
+    spec (which checks every part against its registry, and so imports torch); a spec
+    that cannot be read that way gets the full reading, and its one-line error."""
+    try:
+        n = json.loads(str(context.run_config["spec"]))["data"]["num_clients"]
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+    except (KeyError, TypeError, ValueError, RecursionError):
+        pass
+    return _spec(context).data.num_clients
 
 
 def _spec(context: Context) -> ExperimentSpec:
@@ -57,18 +73,22 @@ def _spec(context: Context) -> ExperimentSpec:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which client partition this node holds."""
-    spec = _spec(context)
-    pid = _partition(context, spec)
-    reply = ConfigRecord({"partition-id": pid, "num-partitions": spec.data.num_clients})
+    n = _num_clients(context)
+    pid = _partition(context, n)
+    reply = ConfigRecord({"partition-id": pid, "num-partitions": n})
     return Message(RecordDict({RECORD: reply}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Decode the global subnetwork, train it on this node's partition, send it back."""
+    from fedticket.data import load_splits
+    from fedticket.flower.common import set_threads
+    from fedticket.stages import fresh_model
+
     set_threads(dict(context.node_config), dict(context.run_config))
     spec = _spec(context)
-    pid = _partition(context, spec)
+    pid = _partition(context, spec.data.num_clients)
     client = get(msg.content.config_records[RECORD], "client", int)
     if client != pid:
         raise FedticketError(f"instruction for client {client} sent to partition {pid}")
@@ -86,6 +106,10 @@ def train_reply(msg: Message, context: Context, model: Classifier, federate: Fed
     ``context.state``) or from there, and what the node keeps between rounds in
     ``context.state``. Shared by this ClientApp and any ClientApp that holds its data in
     memory (:mod:`fedticket.flower.inprocess`)."""
+    from fedticket.data import Labeled
+    from fedticket.federated.tasks import client_for, respond
+    from fedticket.flower.codec import read_instruction, reply_record
+
     ins = read_instruction(msg.content.config_records[RECORD])
     trainer, codec = client_for(ins.task, model, _mask(context, model, ins.mask), federate,
                                 input_shape)
@@ -128,6 +152,9 @@ def _memory(context: Context, client: int, size: int) -> dict[str, np.ndarray]:
 def _mask(context: Context, model: Classifier, message: bytes) -> Mask:
     """The run's mask: from this message (and kept), from ``context.state``, or full when
     the run is dense (a dense run never sends one)."""
+    from fedticket.accounting.wire import Codec
+    from fedticket.pruning.mask import Mask
+
     full = Mask.full(model)
     if message:
         context.state[STATE_KEY] = ConfigRecord({"mask": message})

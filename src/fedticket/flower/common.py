@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import torch
 from flwr.app import Message
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -52,6 +51,8 @@ def set_threads(*configs: dict[str, Any]) -> int:
     threads each, they oversubscribe the cores (measured 28x slower client updates on 2
     cores), and the count also changes floating-point results.
     """
+    import torch  # here: a process that answers only a query never imports it
+
     for cfg in configs:
         n = thread_count(cfg.get("threads", 0), "the config's threads")
         if n > 0:
