@@ -12,8 +12,7 @@ from typing import Any
 from fedticket.io import atomic_write_bytes
 from fedticket.report.intervals import INCONCLUSIVE, MIN_SEEDS, factor
 from fedticket.report.table import NULL, format_stat
-from fedticket.study import (
-    BASE,
+from fedticket.study.judge import (
     COSTS,
     PEER_COSTS,
     PEER_METHODS,
@@ -31,10 +30,11 @@ from fedticket.study import (
     peer_verdict,
     q2_candidates,
     q3_rows,
-    read_summary,
     saving,
     verdict,
 )
+from fedticket.study.load import BASE
+from fedticket.study.summarise import read_summary
 
 
 def _pct(stat: dict[str, Any]) -> str:

@@ -1,0 +1,109 @@
+"""Summarising a study: the small JSON file its tables, verdicts and figures are made
+from, read and written with provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedticket.io import git_commit, versions
+from fedticket.paths import is_finished
+from fedticket.report.compare import compare
+from fedticket.report.runs import load_run
+from fedticket.report.study_plots import (
+    curves,
+    plot_curves,
+    plot_pareto,
+    plot_sweep,
+    provenance,
+)
+from fedticket.study.judge import COSTS
+from fedticket.study.load import BASE, Study, variant_cells
+from fedticket.study.run import timings
+
+KEPT_FIELDS = ("final_accuracy", "best_accuracy", "rounds_to_target",
+               "rounds_to_target_smoothed", *COSTS, "client_wall_s_to_target",
+               "traffic_bytes_run", "client_cpu_s_run", "mask_bytes_run")
+
+
+def _slim(result: dict[str, Any]) -> dict[str, Any]:
+    """A compare result with only the fields the study's tables use (savings are
+    recomputed from the means when rendering)."""
+    return result | {"methods": {m: {k: f[k] for k in KEPT_FIELDS}
+                                 for m, f in result["methods"].items()}}
+
+
+def summarize(study: Study, folder: Path) -> dict[str, Any]:
+    """What the tables need: per partition (and variant, for a sweep) and target,
+    ``compare``'s result against ``fedavg`` over the grid's finished runs, plus the
+    provenance of the runs. Runs are found by the names the grid's specs give them, so
+    other studies' runs in a shared folder never enter."""
+    grid = variant_cells(study)
+    parts: dict[str, Any] = {}
+    curve_data: dict[str, Any] = {}
+    used = []
+    for name, by_variant in grid.items():
+        runs = {v: [load_run(folder / s.run_name()) for s in specs
+                    if is_finished(folder / s.run_name())]
+                for v, specs in by_variant.items()}
+        if not any(runs.values()):
+            continue
+        for group in runs.values():
+            used += group
+        if not study.variants:
+            parts[name] = {f"{t:.2f}": _slim(compare(runs[BASE], target=t, baseline="fedavg"))
+                           for t in study.targets}
+            curve_data[name] = curves(runs[BASE])
+            continue
+        parts[name] = {v: {f"{t:.2f}": _slim(compare(runs[BASE] + runs[v], target=t,
+                                                     baseline="fedavg"))
+                           for t in study.targets}
+                       for v, _, _ in study.variants if runs[v]}
+    summary = {
+        "study": study.name,
+        "config": study.config.name,
+        "partitions": list(parts),
+        "seeds": list(study.seeds),
+        "targets": list(study.targets),
+        "overrides": list(study.overrides),
+        "git": git_commit(),
+        "run_commits": sorted({str((r.spec.get("git") or {}).get("commit", "?"))[:10]
+                               + ("+dirty" if (r.spec.get("git") or {}).get("dirty") else "")
+                               for r in used}),
+        "versions": versions(),
+        "timings": [{k: r[k] for k in ("started", "partitions", "runs", "ran", "jobs",
+                                         "workers", "cores", "wall_s", "stopped") if k in r}
+                    for r in timings(folder, study.name)],
+        "results": parts,
+    }
+    if curve_data:
+        summary["curves"] = curve_data
+    if study.variants:
+        summary["methods"] = list(study.methods)
+        summary["variants"] = {v: {"set": list(items), "methods": list(m or study.methods)}
+                               for v, items, m in study.variants}
+    return summary
+
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    from fedticket.io import atomic_write_json
+
+    atomic_write_json(path, summary)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The study's figures from its summary: accuracy curves per partition for a grid,
+    one panel figure for a sweep."""
+    if "variants" in summary:
+        extra = [plot_pareto(summary, out_dir)] if summary["study"] in ("bits", "bits-quick") \
+            else []
+        return [plot_sweep(summary, out_dir), *extra]
+    return [p for part, by_method in summary.get("curves", {}).items()
+            for p in plot_curves(summary["study"], part, by_method, summary["targets"], out_dir,
+                                 note=provenance(summary))]
