@@ -81,7 +81,8 @@ def test_the_users_model_and_folder_run_on_a_real_flower_deployment(folder):
     read the image folder themselves; the run matches the simulator's bytes."""
     pytest.importorskip("flwr", reason="Flower is not installed: pip install -e '.[flower]'")
     small = ["--method", "dae-ticket-fast", "--set", "data.num_clients=2",
-             "--set", "federate.rounds=1", "--set", "federate.client_fraction=1.0"]
+             "--set", "federate.rounds=1", "--set", "federate.client_fraction=1.0",
+             "--set", "pretrain.epochs=1"]
     sh([BIN / "fedticket", "deploy", "config.toml", "--out", "dep", "--nodes", "2", *small],
        folder)
     sh([BIN / "fedticket", "run", "config.toml", "--out", "sim", "--threads", "1", "--quiet",
