@@ -21,27 +21,8 @@ from fedticket.spec import (
     load_config,
     with_method,
 )
+from shared import TINY_MLP
 
-TINY = """
-seeds = [0]
-[data]
-dataset = "digits"
-pool_size = 200
-train_size = 400
-num_clients = 4
-[model]
-name = "mlp"
-hidden = [24]
-[pretrain]
-epochs = 1
-[prune]
-synflow_iterations = 5
-[federate]
-rounds = 2
-client_fraction = 0.5
-local_epochs = 1
-batch_size = 20
-"""
 
 KEYS = ("cum_down_bytes", "cum_up_bytes", "cum_mask_bytes", "cum_client_flops")
 
@@ -56,7 +37,7 @@ def spec_of(base, method, values):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     cfg = tmp_path_factory.mktemp("cfg") / "tiny.toml"
-    cfg.write_text(TINY)
+    cfg.write_text(TINY_MLP)
     return load_config(cfg).base
 
 

@@ -21,6 +21,7 @@ from fedticket.pruning.mask import Mask
 from fedticket.pruning.strategies import random_like
 from fedticket.runner import Simulator, run_one
 from fedticket.spec import METHODS, load_config
+from shared import TINY_MLP
 
 
 class Redraw(RoundRule):
@@ -46,25 +47,7 @@ def redraw_ticket():
     RULES.remove("redraw")
 
 
-CONFIG = """
-methods = ["redraw-ticket"]
-seeds = [0]
-[data]
-dataset = "digits"
-pool_size = 200
-train_size = 400
-num_clients = 4
-[model]
-name = "mlp"
-hidden = [24]
-[pretrain]
-epochs = 1
-[federate]
-rounds = 3
-client_fraction = 0.5
-local_epochs = 1
-batch_size = 20
-"""
+CONFIG = 'methods = ["redraw-ticket"]\n' + TINY_MLP.replace("rounds = 2", "rounds = 3")
 
 
 def rows(folder, name):
