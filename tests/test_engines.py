@@ -23,7 +23,6 @@ from fedticket.spec import (
 )
 from shared import TINY_MLP
 
-
 KEYS = ("cum_down_bytes", "cum_up_bytes", "cum_mask_bytes", "cum_client_flops")
 
 
