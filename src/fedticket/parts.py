@@ -5,7 +5,8 @@ the names): ``model.name`` (:data:`fedticket.models.registry.REGISTRY`),
 ``prune.strategy`` (:data:`fedticket.pruning.sources.MASK_SOURCES`), ``federate.values``,
 ``federate.upload`` and ``federate.download`` (:mod:`fedticket.accounting.wire`) and
 ``federate.aggregation`` (:data:`fedticket.federated.aggregate.AGGREGATORS`) and
-``federate.rule`` (:data:`fedticket.federated.rules.RULES`). What a
+``federate.rule`` (:data:`fedticket.federated.rules.RULES`) and ``weights.init``
+(:data:`fedticket.weights.WEIGHT_INITS`). What a
 client can be asked to do is :data:`fedticket.federated.tasks.TASKS`, named by the
 round loop, not by a setting. Parts register where they are defined; importing this
 module imports them all.
@@ -20,6 +21,7 @@ from fedticket.federated.rules import RULES
 from fedticket.models.registry import REGISTRY as MODELS
 from fedticket.pruning.sources import MASK_SOURCES
 from fedticket.registry import Registry
+from fedticket.weights import WEIGHT_INITS
 
 REGISTRIES: dict[str, Registry] = {
     "model.name": MODELS,
@@ -29,4 +31,5 @@ REGISTRIES: dict[str, Registry] = {
     "federate.download": DOWNLOAD_CODES,
     "federate.aggregation": AGGREGATORS,
     "federate.rule": RULES,
+    "weights.init": WEIGHT_INITS,
 }

@@ -34,7 +34,6 @@ COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
 # data fields that shape only the clients' part (and the test set), never the pool
 CLIENT_SPLIT_FIELDS = ("train_size", "test_size", "num_clients", "partition",
                        "dirichlet_alpha", "shards_per_client", "min_client_size")
-WEIGHT_INITS = ("pretrained", "rewind", "reinit", "fanin")
 
 
 def _choice(section: str, name: str, value: str, options: tuple[str, ...]) -> None:
@@ -259,7 +258,7 @@ class WeightsSpec:
     init: str = "pretrained"
 
     def __post_init__(self) -> None:
-        _choice("weights", "init", self.init, WEIGHT_INITS)
+        _part("weights.init", self.init)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from fedticket.pruning.mask import load_tensors, model_tensors
 from fedticket.pruning.sources import MASK_SOURCES, Level
 from fedticket.pruning.structured import channel_graph, fraction_to_reach, structured_prune
 from fedticket.spec import ExperimentSpec, PruneSpec
+from fedticket.weights import WEIGHT_INITS, Start, fanin_scaled  # noqa: F401  (re-exported)
 
 State = dict[str, torch.Tensor]
 
@@ -185,36 +186,10 @@ def _pretrain(
 def starting_weights(
     spec: ExperimentSpec, splits: Splits, stages: ServerStages
 ) -> State:
-    """The subnetwork federated training starts from (pruned entries exactly zero)."""
-    if spec.weights.init == "pretrained":
-        state = stages.trained
-    elif spec.weights.init == "rewind":
-        state = stages.init
-    elif spec.weights.init == "fanin":
-        state = fanin_scaled(_state(fresh_model(spec, splits, "reinit")), stages.mask,
-                             stages.prunable)
-    else:
-        state = _state(fresh_model(spec, splits, "reinit"))
+    """The subnetwork federated training starts from (pruned entries exactly zero): the
+    values ``weights.init`` names (:data:`fedticket.weights.WEIGHT_INITS`)."""
+    start = Start(stages.init, stages.trained,
+                  lambda: _state(fresh_model(spec, splits, "reinit")), stages.mask,
+                  stages.prunable)
+    state = WEIGHT_INITS[spec.weights.init](start)
     return {k: v * stages.mask.float(k) for k, v in state.items()}
-
-
-def fanin_scaled(state: State, mask: Mask, names: list[str]) -> State:
-    """Fresh weights rescaled so each unit's kept inputs have the spread the init gives a
-    dense unit: row ``j`` of a pruned weight times ``sqrt(fan_in / kept_j)``.
-
-    PyTorch's default init draws ``U(-b, b)`` with ``b`` proportional to
-    ``1 / sqrt(fan_in)``; a unit that keeps ``kept_j`` of its ``fan_in`` inputs then sums
-    ``kept_j / fan_in`` of the variance a dense unit sums. Units that keep nothing stay 0.
-    """
-    out = dict(state)
-    for n in names:
-        w, m = state[n], mask[n]
-        if w.dim() < 2:
-            continue
-        fan_in = w[0].numel()
-        kept = m.reshape(m.shape[0], -1).sum(dim=1).clamp_min(1).to(w.dtype)
-        scale = (fan_in / kept).sqrt().view(-1, *([1] * (w.dim() - 1)))
-        out[n] = w * scale
-    return out
-
-
