@@ -3,6 +3,7 @@ quantized change with error feedback."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from fedticket.errors import ConfigError, FedticketError
 from fedticket.pruning import Mask
 from fedticket.report.study_render import bits_cells, pareto, q3_line
 from fedticket.spec import FederateSpec
-from fedticket.study import q3_rows
+from fedticket.study import load_study, q3_rows
 from test_peers import KEPT, MASK, NUMEL, TINY, simulator_and_flower
 
 # ------------------------------------------------------------------- the mask code
@@ -318,6 +319,7 @@ def fields(acc, traffic, cpu, run=None, mask=None):
             "traffic_bytes_run": stat(run or traffic), "mask_bytes_run": stat(mask or [0] * 3)}
 
 
+BITS_STUDY = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "bits.toml"
 FEDAVG = fields([0.85, 0.86, 0.84], [1000.0, 1100.0, 900.0], [100.0, 110.0, 90.0])
 
 
@@ -333,7 +335,10 @@ def test_q3_asks_100x_less_traffic_10x_less_cpu_and_half_a_point_of_accuracy():
                # a run in other values is labelled with them: still dae-ticket-fast's row
                "90% q8": {"0.80": {"methods": {"fedavg": FEDAVG,
                                                "dae-ticket-fast+q8": short}}}}
-    rows = {(r["variant"], r["method"]): r for r in q3_rows(results)}
+    for by_target in results.values():
+        by_target["0.80"]["baseline"] = "fedavg"
+    questions = load_study(BITS_STUDY).questions
+    rows = {(r["variant"], r["method"]): r for r in q3_rows(results, questions)}
     yes = rows[("95% q4-ef", "dae-ticket-fast")]
     assert yes["answer"] == "yes" and yes["binds"] == []
     assert yes["traffic_x"] == pytest.approx(200.0) and yes["cpu_x"] == pytest.approx(20.0)
@@ -341,7 +346,7 @@ def test_q3_asks_100x_less_traffic_10x_less_cpu_and_half_a_point_of_accuracy():
     assert rows[("90% q8", "dae-ticket-fast")]["binds"] == ["accuracy", "traffic"]
     assert rows[("95% q4-ef", "dae-ticket")]["answer"] == "no"
     assert rows[("95% q4-ef", "dae-ticket")]["binds"] == ["rounds"]
-    line = q3_line("iid", results)
+    line = q3_line("iid", results, questions)
     assert line.startswith("- Q3 (iid): **yes** (95% q4-ef `dae-ticket-fast`: 200.0x")
     assert "Of 3 settings, 2 reach 0.80 on every seed; 1 clear the traffic bar" in line
 
@@ -377,11 +382,9 @@ def test_a_ticket_in_4_bits_with_error_feedback_on_flower_messages_ends_as_simul
 
 
 def test_the_bits_sweep_is_the_grid_the_question_needs():
-    from pathlib import Path
+    from fedticket.study import BASE, variant_cells
 
-    from fedticket.study import BASE, load_study, variant_cells
-
-    study = load_study(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "bits.toml")
+    study = load_study(BITS_STUDY)
     grid = variant_cells(study)
     assert list(grid) == ["iid", "dirichlet-0.3"] and study.targets == (0.70, 0.80)
     for by_variant in grid.values():
@@ -491,9 +494,8 @@ def test_a_delta_download_needs_state_and_values_that_round():
 def test_cpu_per_gflop_gives_the_machines_speed_between_two_sets_of_the_same_runs(tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "cpu_per_gflop.py"
+    script = BITS_STUDY.parents[2] / "scripts" / "cpu_per_gflop.py"
 
     def run(folder, name, cpu, gflop):
         path = tmp_path / folder / name

@@ -96,3 +96,35 @@ def test_the_graph_sees_lazy_imports_and_a_made_up_cycle():
 
 def test_there_is_no_import_cycle():
     assert cycles(import_graph()) == []
+
+
+def _code_strings(tree: ast.Module) -> list[ast.Constant]:
+    """The string constants of a module that are not docstrings."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef)
+            and n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_no_method_name_is_written_outside_the_preset_table():
+    """Method names live in the preset table (spec.METHODS, with the default baseline)
+    and in the configs that name them; the study, the report and the engines take them
+    from there. A string in the code equal to a preset's name must be a part's name in a
+    registry (the ``fedavg`` aggregation, the ``feddst`` round rule) or an exported name."""
+    from fedticket.parts import REGISTRIES
+    from fedticket.spec import METHODS
+
+    parts = {name for registry in REGISTRIES.values() for name in registry.names()}
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "spec.py":
+            continue
+        tree = ast.parse(path.read_text())
+        exported = {e.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                    and any(getattr(t, "id", "") == "__all__" for t in n.targets)
+                    for e in ast.walk(n.value) if isinstance(e, ast.Constant)}
+        found += [f"{path.relative_to(SRC)}:{c.lineno} {c.value!r}" for c in _code_strings(tree)
+                  if c.value in METHODS and c.value not in parts and c.value not in exported]
+    assert found == []

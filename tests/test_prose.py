@@ -152,19 +152,19 @@ def test_the_readmes_results_table_says_the_verdicts_of_the_committed_summaries(
     skew to 0.80; yes everywhere to 0.70) and against `fedavg-dae` (no), and Q3 of the
     bits sweep (inconclusive under both partitions, CPU time binding). The peers' yes is
     checked in tests/test_study.py, and so is resnet8's "no pruned method reaches 0.80"."""
-    from fedticket.study import deciding, q3_rows, verdict
+    from fedticket.study import deciding, q3_rows, questions_of, verdict
 
-    results = summary("study")["results"]
-    words = {p: verdict(results[p]["0.80"]) for p in ("iid", "dirichlet-0.5", "dirichlet-0.3")}
+    results, q = summary("study")["results"], questions_of(summary("study"))
+    words = {p: verdict(results[p]["0.80"], q) for p in ("iid", "dirichlet-0.5", "dirichlet-0.3")}
     assert [w["fedavg"]["answer"] for w in words.values()] == ["yes", "inconclusive",
                                                                "inconclusive"]
     assert all(w["fedavg-dae"]["answer"] == "no" for w in words.values())
-    assert all(verdict(results[p]["0.70"])["fedavg"]["answer"] == "yes" for p in words)
+    assert all(verdict(results[p]["0.70"], q)["fedavg"]["answer"] == "yes" for p in words)
     row = next(line for line in README.splitlines() if line.startswith("| `dae-ticket` vs"))
     assert "**yes** under IID, **inconclusive** under skew (to 0.70: **yes** everywhere)" in row
-    bits = summary("bits")["results"]
+    bits, q3 = summary("bits")["results"], questions_of(summary("bits"))
     for part in ("iid", "dirichlet-0.3"):
-        best = deciding(q3_rows(bits[part]))
+        best = deciding(q3_rows(bits[part], q3))
         assert best is not None and best["overall"] == "inconclusive", part
         assert best["method"] == "dae-ticket-fast" and best["variant"].startswith("95% q4"), \
             (part, best["variant"])

@@ -20,6 +20,8 @@ from fedticket.study import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+Q = load_study(ROOT / "configs" / "peers.toml").questions
+"""The peer grid's questions: Q1 and Q2 of the main grid, and the peers' question."""
 
 
 def test_the_shipped_study_and_its_quick_grid():
@@ -62,6 +64,47 @@ def test_bad_study_files(tmp_path, text, message):
         load_study(p)
 
 
+@pytest.mark.parametrize("questions, message", [
+    ("q2 = ['dae-tikcet']", "q2 names unknown methods \\['dae-tikcet'\\]"),
+    ("baseline = 'nothing'", "baseline must be a method name, got 'nothing'"),
+    ("q1 = { ticket = 'dae-ticket' }", "q1 must be a table with against and ticket"),
+    ("ask = ['dae-ticket']", "unknown keys in \\[questions\\]: \\['ask'\\]"),
+])
+def test_a_study_names_its_questions_methods_and_a_bad_name_is_one_line(
+        tmp_path, questions, message):
+    (tmp_path / "base.toml").write_text('methods = ["dae-ticket"]\n')
+    p = tmp_path / "s.toml"
+    p.write_text("[study]\nconfig='base.toml'\npartitions=['iid']\nseeds=[0]\ntargets=[0.5]\n"
+                 "[questions]\n" + questions + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_study(p)
+
+
+def test_the_summary_keeps_the_questions_and_renders_against_the_baseline_they_name(tmp_path):
+    from fedticket.study import summarize
+
+    (tmp_path / "base.toml").write_text('methods = ["fedavg-dae", "dae-ticket"]\n')
+    (tmp_path / "s.toml").write_text(
+        "[study]\nconfig='base.toml'\npartitions=['iid']\nseeds=[0, 1]\ntargets=[0.8]\n"
+        "[questions]\nbaseline = 'fedavg-dae'\nq2 = ['dae-ticket']\n")
+    study = load_study(tmp_path / "s.toml")
+    summary = summarize(study, tmp_path / "runs")  # no finished runs: the frame only
+    assert summary["questions"] == {"baseline": "fedavg-dae", "q2": ["dae-ticket"]}
+    base = fields(0.80, 100e6, 100e9, 10.0)
+    ticket = fields(0.798, 2e6, 50e9, 2.0)
+    for f in (base, ticket):
+        f["best_accuracy"] = f["final_accuracy"]
+    summary |= {"git": {"commit": "abc"}, "partitions": ["iid"], "results": {"iid": {"0.80": {
+        "baseline": "fedavg-dae", "methods": {"fedavg-dae": base, "dae-ticket": ticket}}}}}
+    text = render(summary)
+    # savings against fedavg-dae: traffic 2 of 100 MB -> 98.0%, FLOPs 50.0%, CPU 80.0%
+    row = next(line for line in text.splitlines() if line.startswith("| dae-ticket |"))
+    assert row.endswith("| 98.0 | 50.0 | 80.0 |")
+    # Q2 is asked about the method the study names, against its baseline; no Q1 was asked
+    assert "(`dae-ticket`: 50.0x less traffic" in text  # 2 of 100 MB
+    assert "-0.2 points against fedavg-dae" in text and "Q1" not in text
+
+
 def stat(mean, n=3):
     return {"mean": mean, "std": 0.0, "n": n}
 
@@ -93,7 +136,7 @@ def test_q1_is_yes_no_or_inconclusive_from_the_paired_intervals():
     dae = per_seed([0.80] * 3, [80.0] * 3, [80.0] * 3, [5.0, 6.1, 7.0])
     # traffic 20/100 and FLOPs 50/100 on every seed: 80% and 50% saved, no spread
     ticket = per_seed([0.798] * 3, [20.0] * 3, [50.0] * 3, [5.0, 6.0, 7.0])
-    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}})
+    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}}, Q)
     cpu = v["fedavg"]["savings"]["client_cpu_s_to_target"]
     # CPU ratios 0.5, 0.6, 0.7: log mean -0.5202, sd 0.1684, t(2) = 4.3027 -> half 0.4184,
     # so the ratio lies in [exp(-0.9386), exp(-0.1018)] = [0.3912, 0.9032]
@@ -108,33 +151,39 @@ def test_q1_is_yes_no_or_inconclusive_from_the_paired_intervals():
     assert v["fedavg-dae"]["savings"]["client_cpu_s_to_target"]["hi"] < 35
     # tight CPU times clear the bar
     ticket["client_cpu_s_to_target"] = seeds(5.0, 5.1, 4.9)
-    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}})
+    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}}, Q)
     assert v["fedavg"]["answer"] == "yes" and v["fedavg"]["why"] == ""
     # a seed of the ticket that never reached the target: no
     ticket = per_seed([0.798] * 3, [20.0, None, 20.0], [50.0, None, 50.0], [5.0, None, 5.0])
-    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}})
+    v = verdict({"methods": {"fedavg": fedavg, "fedavg-dae": dae, "dae-ticket": ticket}}, Q)
     assert v["fedavg"]["answer"] == "no" and "on 1 of 3 seeds" in v["fedavg"]["why"]
     # two seeds: no interval, no verdict
     two = {k: seeds(*list(f["seeds"].values())[:2]) for k, f in fedavg.items()}
     ticket2 = {k: seeds(*list(f["seeds"].values())[:2]) for k, f in
                per_seed([0.8] * 3, [20.0] * 3, [50.0] * 3, [5.0] * 3).items()}
-    v = verdict({"methods": {"fedavg": two, "dae-ticket": ticket2}})
+    v = verdict({"methods": {"fedavg": two, "dae-ticket": ticket2}}, Q)
     assert v["fedavg"]["answer"] == "inconclusive" and "2 seeds: no interval" in v["fedavg"]["why"]
+
+
+def q2_of(fedavg: dict, fast: dict) -> dict:
+    """Q2's answer over fedavg and dae-ticket-fast at one target."""
+    return best_variant({"baseline": "fedavg", "methods": {"fedavg": fedavg,
+                                                          "dae-ticket-fast": fast}}, Q)
 
 
 def test_q2_needs_every_bar_cleared_by_the_interval():
     fedavg = per_seed([0.80, 0.81, 0.82], [100.0] * 3, [100.0] * 3, [10.0] * 3)
     # 50x less traffic and 5x less CPU on every seed, accuracy 0.1 point below: yes
     fast = per_seed([0.799, 0.809, 0.819], [2.0] * 3, [1.0] * 3, [2.0] * 3)
-    b = best_variant({"methods": {"fedavg": fedavg, "dae-ticket-fast": fast}})
+    b = q2_of(fedavg, fast)
     assert b["overall"] == "yes" and b["method"] == "dae-ticket-fast"
     assert b["traffic_x"] == pytest.approx(50.0) and b["cpu_x"] == pytest.approx(5.0)
     # 1 point below fedavg on every seed: the accuracy bar fails -> no
     fast["final_accuracy"] = seeds(0.79, 0.80, 0.81)
-    assert best_variant({"methods": {"fedavg": fedavg, "dae-ticket-fast": fast}})["overall"] == "no"
+    assert q2_of(fedavg, fast)["overall"] == "no"
     # accuracy from 1 point below to 1 point above: straddles -0.5 -> inconclusive
     fast["final_accuracy"] = seeds(0.79, 0.82, 0.82)
-    b = best_variant({"methods": {"fedavg": fedavg, "dae-ticket-fast": fast}})
+    b = q2_of(fedavg, fast)
     assert b["overall"] == "inconclusive" and "accuracy straddles the bar" in b["why"]
 
 
@@ -238,7 +287,8 @@ def test_sweep_and_grid_figures_are_drawn_from_a_summary(tmp_path):
               "traffic_bytes_to_target": stat(2e7)}
     sweep = {"study": "sw", "seeds": [0, 1], "targets": [0.7], "partitions": ["iid"],
              "variants": {"a": {}, "b": {}},
-             "results": {"iid": {v: {"0.70": {"methods": {"fedavg": stats, "dae-ticket": ticket}}}
+             "results": {"iid": {v: {"0.70": {"baseline": "fedavg",
+                                              "methods": {"fedavg": stats, "dae-ticket": ticket}}}
                                  for v in ("a", "b")}}}
     [path] = plot_summary(sweep, tmp_path)
     assert path.name == "sw.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -286,13 +336,15 @@ def test_sweep_q2_counts_only_methods_every_seed_of_which_reached_the_target():
         "c": {"methods": {"fedavg": base, "dae-ticket": per_seed(
             [0.79] * 3, [1.0] * 3, [1.0] * 3, [1.0] * 3)}},
     }
-    assert [r["answer"] for r in q2_candidates(results["b"])] == ["no"]
-    line = sweep_q2(results)
+    for r in results.values():
+        r["baseline"] = "fedavg"
+    assert [r["answer"] for r in q2_candidates(results["b"], Q)] == ["no"]
+    line = sweep_q2(results, Q)
     # a: about 50x traffic and 5x time, every seed within the band: yes
     assert line.startswith("- Q2: **yes** (a `dae-ticket`: 50.0x [")
     assert "5.00x [" in line and "3x asked" in line
     del results["a"]
-    assert sweep_q2(results).startswith("- Q2: **no** (c `dae-ticket`: 100.0x")
+    assert sweep_q2(results, Q).startswith("- Q2: **no** (c `dae-ticket`: 100.0x")
 
 
 def test_a_stopped_study_records_the_runs_it_made_and_says_it_stopped(tmp_path, monkeypatch):
@@ -442,7 +494,7 @@ def test_the_peers_question_needs_both_savings_above_zero_against_every_method()
     lean = per_seed([0.8] * 3, [8.0] * 3, [50.0] * 3, [10.0, 10.0, 10.0])
     never = per_seed([0.6] * 3, [None] * 3, [None] * 3, [None] * 3)
     v = peer_verdict({"methods": {"dae-ticket": ticket, "fedavg": cheaper,
-                                  "snip-ticket": never}}, "dae-ticket")
+                                  "snip-ticket": never}}, "dae-ticket", Q.rivals)
     # 50% less traffic and CPU than fedavg, on every seed; snip-ticket never reached it
     assert v["methods"]["fedavg"]["answer"] == "yes"
     assert v["methods"]["fedavg"]["savings"]["traffic_bytes_to_target"]["mean"] == \
@@ -452,16 +504,16 @@ def test_the_peers_question_needs_both_savings_above_zero_against_every_method()
     assert v["overall"] == "yes"
     # a leaner fedticket method gets its row but does not decide: only dense FL and peers do
     v = peer_verdict({"methods": {"dae-ticket": ticket, "fedavg": cheaper,
-                                  "dae-ticket-topk": lean}}, "dae-ticket")
+                                  "dae-ticket-topk": lean}}, "dae-ticket", Q.rivals)
     assert v["methods"]["dae-ticket-topk"]["answer"] == "no"
     assert not v["methods"]["dae-ticket-topk"]["rival"] and v["overall"] == "yes"
     v = peer_verdict({"methods": {"dae-ticket": ticket, "fedavg": cheaper,
-                                  "topk-ef": lean}}, "dae-ticket")
+                                  "topk-ef": lean}}, "dae-ticket", Q.rivals)
     assert v["methods"]["topk-ef"]["answer"] == "no"  # saving -25% on every seed
     assert v["methods"]["topk-ef"]["savings"]["traffic_bytes_to_target"]["mean"] == \
         pytest.approx(-25.0)
     assert v["overall"] == "no"
-    assert peer_verdict({"methods": {"fedavg": cheaper}}, "dae-ticket") is None
+    assert peer_verdict({"methods": {"fedavg": cheaper}}, "dae-ticket", Q.rivals) is None
 
 
 def test_a_peer_that_missed_some_seeds_is_beaten_only_if_its_whole_run_costs_more():
@@ -474,7 +526,7 @@ def test_a_peer_that_missed_some_seeds_is_beaten_only_if_its_whole_run_costs_mor
     peer |= {"traffic_bytes_run": seeds(25.0, 30.0, 25.0),
              "client_cpu_s_run": seeds(12.0, 15.0, 12.0)}
     row = peer_verdict({"methods": {"dae-ticket": ticket, "topk-ef": peer}},
-                       "dae-ticket")["methods"]["topk-ef"]
+                       "dae-ticket", Q.rivals)["methods"]["topk-ef"]
     # lower-bound ratios 10/20, 10/30, 10/20: saving 100 * (1 - (1/12) ** (1/3)) = 56.3%
     assert row["answer"] == "yes" and "lower bound" in row["why"]
     assert row["savings"]["traffic_bytes_to_target"]["mean"] == pytest.approx(
@@ -482,21 +534,21 @@ def test_a_peer_that_missed_some_seeds_is_beaten_only_if_its_whole_run_costs_mor
     # a short run that stopped cheaper than the ticket's cost proves nothing
     peer |= {"traffic_bytes_run": seeds(25.0, 4.0, 25.0)}
     row = peer_verdict({"methods": {"dae-ticket": ticket, "topk-ef": peer}},
-                       "dae-ticket")["methods"]["topk-ef"]
+                       "dae-ticket", Q.rivals)["methods"]["topk-ef"]
     assert row["answer"] == "inconclusive" and "1 of 3 seeds" in row["why"]
     assert row["savings"]["traffic_bytes_to_target"]["mean"] is None
 
 
 def test_the_prose_about_the_peer_grid_quotes_its_summary():
     from fedticket.report.study_render import peer_result
-    from fedticket.study import RIVALS, at_least, peer_verdict, saving
+    from fedticket.study import at_least, peer_verdict, questions_of, saving
 
     s = read_summary(ROOT / "docs" / "results" / "peers.json")
-    res = s["results"]
+    res, RIVALS = s["results"], questions_of(s).rivals
     traffic, cpu = "traffic_bytes_to_target", "client_cpu_s_to_target"
 
     def sv(part, target, ticket, other, key):
-        x = peer_verdict(res[part][target], ticket)["methods"][other]["savings"][key]
+        x = peer_verdict(res[part][target], ticket, RIVALS)["methods"][other]["savings"][key]
         return f"{x['mean']:.1f}% [{x['lo']:.1f}, {x['hi']:.1f}]"
 
     def mb(part, method):
@@ -527,15 +579,15 @@ def test_the_prose_about_the_peer_grid_quotes_its_summary():
     # a no from dense FL or a peer, and dae-ticket's answers against the DAE-started dense
     # methods are inconclusive
     for p in (iid, dirichlet):
-        assert peer_verdict(res[p]["0.80"], "dae-ticket-fast")["overall"] == "yes"
+        assert peer_verdict(res[p]["0.80"], "dae-ticket-fast", RIVALS)["overall"] == "yes"
         for t in ("0.70", "0.80"):
             for ticket in ("dae-ticket", "dae-ticket-fast"):
-                rows = peer_verdict(res[p][t], ticket)["methods"]
+                rows = peer_verdict(res[p][t], ticket, RIVALS)["methods"]
                 assert all(rows[m]["answer"] != "no" for m in RIVALS if m in rows)
-            rows = peer_verdict(res[p][t], "dae-ticket")["methods"]
+            rows = peer_verdict(res[p][t], "dae-ticket", RIVALS)["methods"]
             for m in ("fedavg-dae", "topk-ef-dae", "qsgd-8-dae", "qsgd-4-dae"):
                 assert rows[m]["answer"] == "inconclusive", (p, t, m)
-    assert peer_verdict(res[iid]["0.70"], "dae-ticket-fast")["overall"] == "inconclusive"
+    assert peer_verdict(res[iid]["0.70"], "dae-ticket-fast", RIVALS)["overall"] == "inconclusive"
     # dae-ticket's traffic saving is above 0 against every rival (a missed seed counted at
     # its whole run) except synflow-ticket to 0.80 under Dirichlet(0.3), 1 seed of 3
     below = []

@@ -21,6 +21,7 @@ from typing import Any
 
 from fedticket.environment import MAX_THREADS, env_threads
 from fedticket.errors import FedticketError, MachineError
+from fedticket.spec import BASELINE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dir", help="results directory written by `fedticket run`")
     c.add_argument("--target", type=_accuracy,
                    help="target test accuracy (default: 95%% of the baseline's best accuracy)")
-    c.add_argument("--baseline", default="fedavg", help="method savings are measured against")
+    c.add_argument("--baseline", default=BASELINE, help="method savings are measured against")
     c.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     c.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
     c.add_argument("--plots", help="where to write the PNG plots (default: DIR/plots)")

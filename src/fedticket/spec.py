@@ -25,6 +25,8 @@ from fedticket.registry import Registry
 DATASETS = ("fashion-mnist", "digits", "npz", "folder")
 PARTITIONS = ("iid", "dirichlet", "shards")
 PRETRAIN_KINDS = ("none", "dae", "supervised")
+LABELLED_PRETRAIN = ("supervised",)
+"""The pretraining kinds that use the pool's labels."""
 NOISES = ("gaussian", "masking", "salt-pepper")
 LOSSES = ("mse", "bce")
 OPTIMIZERS = ("adam", "sgd")
@@ -557,6 +559,17 @@ _PEERS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 for _name, _base, _code in _PEERS:
     METHODS[_name] = METHODS[_base] | _code
+
+def uses_labels(method: str) -> bool:
+    """Whether a preset's server step uses the pool's labels (an oracle: fedticket's
+    method has none); False for a name that is no preset."""
+    return METHODS.get(method, {}).get("pretrain.kind") in LABELLED_PRETRAIN
+
+
+BASELINE = "fedavg"
+"""The preset every saving is measured against unless a study (``[questions]
+baseline``) or ``fedticket compare --baseline`` names another: dense FedAvg from the
+random init."""
 
 SECTIONS: dict[str, type] = {
     "data": DataSpec,

@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from fedticket.errors import FedticketError
 from fedticket.report.intervals import paired_saving
+from fedticket.report.records import (
+    COST_FIELDS,
+    RUN_FIELDS,
+    SAVING_FIELDS,
+    MethodResult,
+    Stat,
+    TargetResult,
+)
 from fedticket.report.runs import Run, group_by_method
-
-# field in the result -> key of the metrics row at the first round reaching the target
-COST_FIELDS: dict[str, tuple[str, ...]] = {
-    "rounds_to_target": ("round",),
-    "traffic_bytes_to_target": ("cum_down_bytes", "cum_up_bytes"),
-    "client_flops_to_target": ("cum_client_flops",),
-    "client_wall_s_to_target": ("cum_client_wall_s",),
-    "client_cpu_s_to_target": ("cum_client_cpu_s",),
-}
-
-# field in the result -> key of the run's last metrics row: what the whole run cost, a
-# lower bound on the cost to a target the run never reached
-RUN_FIELDS: dict[str, tuple[str, ...]] = {
-    "traffic_bytes_run": ("cum_down_bytes", "cum_up_bytes"),
-    "client_cpu_s_run": ("cum_client_cpu_s",),
-    "mask_bytes_run": ("cum_mask_bytes",),
-}
-
-# saving field -> the *_to_target field it compares against the baseline
-SAVING_FIELDS = {
-    "traffic_saving_pct": "traffic_bytes_to_target",
-    "client_flops_saving_pct": "client_flops_to_target",
-    "client_wall_s_saving_pct": "client_wall_s_to_target",
-    "client_cpu_s_saving_pct": "client_cpu_s_to_target",
-    "rounds_saving_pct": "rounds_to_target",
-}
-
-Stat = dict[str, Any]  # {"mean": float | None, "std": float | None, "n": int}
+from fedticket.spec import BASELINE, uses_labels
 
 
 def _finite(x: Any) -> float | None:
@@ -84,7 +65,7 @@ def saving_pct(
     all of the baseline's. Without values per seed (runs that share a seed) it is
     ``100 * (1 - mean_method / mean_baseline)`` with no interval.
     """
-    none = {"mean": None, "lo": None, "hi": None, "std": None, "n": 0}
+    none: Stat = {"mean": None, "lo": None, "hi": None, "std": None, "n": 0}
     if baseline is None:
         return none
     missed = (method_runs is not None and method["n"] < method_runs) or (
@@ -93,19 +74,17 @@ def saving_pct(
     if missed:
         return none | {"n": min(method["n"], baseline["n"])}
     if "seeds" in method and "seeds" in baseline:
-        return paired_saving(method["seeds"], baseline["seeds"]) | {"std": None}
+        return cast(Stat, paired_saving(method["seeds"], baseline["seeds"]) | {"std": None})
     n = min(method["n"], baseline["n"])
     m, b = method["mean"], baseline["mean"]
     mean = None if m is None or b is None or b == 0 else 100.0 * (1.0 - m / b)
     return none | {"mean": mean, "n": n}
 
 
-ORACLES = ("supervised-ticket",)
-"""Methods that use what fedticket's method does without (the server pool's labels)."""
-
-
 def is_oracle(method: str) -> bool:
-    return method.partition("@")[0].partition("+")[0] in ORACLES
+    """Whether a method (a row label: ``dae-ticket+q8@flower``) uses what fedticket's
+    method does without, the server pool's labels (its preset's pretraining does)."""
+    return uses_labels(method.partition("@")[0].partition("+")[0])
 
 
 def first_reaching(run: Run, target: float) -> dict[str, Any] | None:
@@ -162,7 +141,7 @@ def costs_to_target(run: Run, target: float, smooth: bool = False) -> dict[str, 
 TARGET_FRACTION = 0.95
 
 
-def default_target(runs: list[Run], baseline: str = "fedavg") -> float:
+def default_target(runs: list[Run], baseline: str = BASELINE) -> float:
     """95% of the baseline's best accuracy (mean over its seeds), rounded down to 3 decimals.
 
     "Cost to reach 95% of what dense FedAvg reaches" is a question every method can be
@@ -191,7 +170,8 @@ def default_target(runs: list[Run], baseline: str = "fedavg") -> float:
     return math.floor(round(value * 1000, 6)) / 1000
 
 
-def compare(runs: list[Run], target: float | None = None, baseline: str = "fedavg") -> dict:
+def compare(runs: list[Run], target: float | None = None,
+            baseline: str = BASELINE) -> TargetResult:
     """Per-method mean, std and count over seeds of accuracy and cost to ``target``.
 
     For each run the first evaluated trained round (round >= 1) with ``test_accuracy >=
@@ -228,19 +208,19 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
     -------
     dict
         ``{"target": float, "baseline": str, "oracles": [method], "methods": {method:
-        {field: stat}}}``, methods in canonical order; JSON-serialisable (no NaN).
+        {field: stat}}}``, methods in the preset table's order; JSON-serialisable (no NaN).
         ``oracles`` names the methods that use labels the method does without.
     """
     target = default_target(runs, baseline) if target is None else float(target)
     if not math.isfinite(target):
         raise FedticketError(f"target accuracy {target} is not finite; pass a number in [0, 1]")
-    methods: dict[str, dict[str, Stat]] = {}
+    methods: dict[str, dict[str, Any]] = {}
     for method, group in group_by_method(runs).items():
         def stat(values: list[float | None], group: list[Run] = group) -> Stat:
             return by_seed(aggregate(values), group, values)
 
         costs = [costs_to_target(r, target) for r in group]
-        fields: dict[str, Stat] = {
+        fields: dict[str, Any] = {
             key: stat([_finite(r.summary.get(key)) for r in group])
             for key in ("final_accuracy", "best_accuracy")
         }
@@ -262,4 +242,5 @@ def compare(runs: list[Run], target: float | None = None, baseline: str = "fedav
                 base_runs,
             )
     oracles = [m for m in methods if is_oracle(m)]
-    return {"target": target, "baseline": baseline, "oracles": oracles, "methods": methods}
+    return {"target": target, "baseline": baseline, "oracles": oracles,
+            "methods": cast(dict[str, MethodResult], methods)}

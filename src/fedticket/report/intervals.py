@@ -100,7 +100,7 @@ def factor(saving_pct: float | None) -> float | None:
     return 1.0 / (1.0 - saving_pct / 100.0)
 
 
-def against(stat: dict[str, Any], bar: float) -> str:
+def against(stat: Mapping[str, Any], bar: float) -> str:
     """``yes`` if the interval ``[lo, hi]`` is at or above ``bar``, ``no`` if it is below,
     else ``inconclusive`` (also when there is no interval)."""
     if stat.get("mean") is None or stat.get("lo") is None:
@@ -126,7 +126,7 @@ def any_of(answers: Sequence[str]) -> str:
     return NO if answers and all(a == NO for a in answers) else INCONCLUSIVE
 
 
-def seeds_to_settle(stat: dict[str, Any], bar: float, log_scale: bool = True,
+def seeds_to_settle(stat: Mapping[str, Any], bar: float, log_scale: bool = True,
                     most: int = 200) -> int | None:
     """The fewest seeds whose 95% interval would clear or miss ``bar`` if the mean and the
     spread of ``stat`` held (None: not within ``most`` seeds, or no spread to go on).

@@ -17,6 +17,7 @@ from fedticket.paths import MASK_REPORT as MASK_REPORT_FILE
 from fedticket.paths import METRICS as METRICS_FILE
 from fedticket.paths import SPEC as SPEC_FILE
 from fedticket.paths import SUMMARY as SUMMARY_FILE
+from fedticket.spec import METHODS
 
 METRIC_KEYS = (
     "round",
@@ -27,17 +28,6 @@ METRIC_KEYS = (
     "cum_client_wall_s",
 )
 
-CANONICAL_METHODS = (
-    "fedavg",
-    "fedavg-dae",
-    "random-mask-unscaled",
-    "random-ticket",
-    "magnitude-init",
-    "dae-ticket",
-    "dae-ticket-rewind",
-    "supervised-ticket",
-    "dae-ticket-fast",
-)
 
 
 @dataclass(frozen=True)
@@ -80,9 +70,10 @@ def method_label(method: str, engine: str = "simulator", values: str = "f32") ->
 
 
 def method_order(methods: set[str] | list[str]) -> list[str]:
-    """Canonical methods in their fixed order, then any others alphabetically."""
+    """The presets in the order of the preset table (:data:`~fedticket.spec.METHODS`),
+    then any others alphabetically."""
     present = set(methods)
-    rank = {m: i for i, m in enumerate(CANONICAL_METHODS)}
+    rank = {m: i for i, m in enumerate(METHODS)}
 
     def key(label: str) -> tuple[int, str, str]:
         base, _, engine = label.partition("@")
@@ -93,7 +84,7 @@ def method_order(methods: set[str] | list[str]) -> list[str]:
 
 
 def group_by_method(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs grouped by method, in canonical method order, each group sorted by seed."""
+    """Runs grouped by method, in the preset table's order, each group sorted by seed."""
     order = method_order([r.method for r in runs])
     return {m: sorted((r for r in runs if r.method == m), key=lambda r: r.seed) for m in order}
 
@@ -203,7 +194,7 @@ def load_runs(root: str | Path) -> list[Run]:
     Returns
     -------
     list of Run
-        In canonical method order, then by seed.
+        In the preset table's order, then by seed.
 
     Raises
     ------

@@ -92,7 +92,7 @@ def plot_curves(study: str, partition: str, by_method: dict[str, dict[str, list[
 def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
     """One figure per sweep: per partition, final accuracy (top), traffic and client CPU
     time to the high (last) target of each method across the variants, mean ± std over
-    seeds (a cost only where every seed reached the target), with fedavg's as a dashed
+    seeds (a cost only where every seed reached the target), with the baseline's as a dashed
     line."""
     parts, variants = summary["partitions"], list(summary["variants"])
     target = f"{summary['targets'][-1]:.2f}"  # the high target separates the variants
@@ -104,8 +104,10 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
         # a method in other values is labelled dae-ticket+q8: one series per method
         labels = {v: {m.partition("+")[0]: m for m in r[target]["methods"]}
                   for v, r in results.items()}
-        methods = list(dict.fromkeys(m for v in labels.values() for m in v if m != "fedavg"))
-        base = next(iter(results.values()))[target]["methods"]["fedavg"]
+        first = next(iter(results.values()))[target]
+        baseline = first["baseline"]
+        methods = list(dict.fromkeys(m for v in labels.values() for m in v if m != baseline))
+        base = first["methods"][baseline]
         for i, (field, scale, label) in enumerate((
                 ("final_accuracy", 1.0, "final test accuracy"),
                 ("traffic_bytes_to_target", 1e-6, f"traffic to {target} (MB, log)"),
@@ -126,7 +128,7 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> Path:
                                 color=f"C{c}", linestyle="-" if joined else "none")
             if base.get(field) and base[field]["mean"] is not None:
                 ax.axhline(base[field]["mean"] * scale, color="gray", linestyle="--",
-                           linewidth=1, label="fedavg")
+                           linewidth=1, label=baseline)
             ax.set_xticks(range(len(variants)), variants, fontsize="small",
                           rotation=90 if len(variants) > 8 else 0)
             ax.set_ylabel(label)
@@ -150,7 +152,7 @@ def _finish(fig: Figure, summary: dict[str, Any], what: str, path: Path) -> Path
 
 def plot_pareto(summary: dict[str, Any], out_dir: Path, target: str = "0.80") -> Path:
     """Final accuracy against the whole run's traffic (log), one point per (variant,
-    method) and partition, mean over seeds with the std of the accuracy; fedavg's a
+    method) and partition, mean over seeds with the std of the accuracy; the baseline's a
     gray star, the Pareto front a line."""
     parts = summary["partitions"]
     fig = Figure(figsize=(6.0 * len(parts), 4.8), dpi=110, layout="constrained")
@@ -160,16 +162,17 @@ def plot_pareto(summary: dict[str, Any], out_dir: Path, target: str = "0.80") ->
         pts: list[tuple[float, float]] = []
         methods: list[str] = []
         for i, (variant, by_target) in enumerate(summary["results"][part].items()):
+            baseline = by_target[target]["baseline"]
             for name, f in by_target[target]["methods"].items():
                 run = f.get("traffic_bytes_run") or {}
                 acc = f["final_accuracy"]
-                if run.get("mean") is None or acc["mean"] is None or (name == "fedavg" and i):
+                if run.get("mean") is None or acc["mean"] is None or (name == baseline and i):
                     continue
                 x, y = run["mean"] / 1e6, acc["mean"]
                 pts.append((x, y))
-                if name == "fedavg":
+                if name == baseline:
                     ax.plot(x, y, marker="*", markersize=12, color="gray", linestyle="none",
-                            label="fedavg")
+                            label=baseline)
                     continue
                 name = name.partition("+")[0]  # dae-ticket+q8: the marker shows the values
                 if name not in methods:

@@ -6,16 +6,16 @@ summaries and compares)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fedticket.io import atomic_write_bytes
 from fedticket.report.intervals import INCONCLUSIVE, MIN_SEEDS, factor
+from fedticket.report.records import COSTS
 from fedticket.report.table import NULL, format_stat
 from fedticket.study.judge import (
-    COSTS,
     PEER_COSTS,
-    PEER_METHODS,
     Q1_BAR,
     Q2_ACCURACY_GAP,
     Q2_CPU_X,
@@ -24,7 +24,6 @@ from fedticket.study.judge import (
     Q3_CPU_X,
     Q3_TARGET,
     Q3_TRAFFIC_X,
-    TICKETS,
     best_variant,
     deciding,
     peer_verdict,
@@ -34,6 +33,7 @@ from fedticket.study.judge import (
     verdict,
 )
 from fedticket.study.load import BASE
+from fedticket.study.questions import Questions, questions_of
 from fedticket.study.summarise import read_summary
 
 
@@ -60,7 +60,7 @@ def _acc_points(stat: dict[str, Any]) -> str:
         f"{text} [{100 * stat['lo']:+.1f}, {100 * stat['hi']:+.1f}]"
 
 
-def q2_line(best: dict[str, Any] | None, where: str = "") -> str:
+def q2_line(best: dict[str, Any] | None, baseline: str, where: str = "") -> str:
     """The Q2 sentence of a table."""
     if best is None:
         return ("- Q2: **no**: no fedticket method reaches the target on every seed.")
@@ -68,7 +68,7 @@ def q2_line(best: dict[str, Any] | None, where: str = "") -> str:
     return (f"- Q2: **{best['overall']}** ({where}`{best['method']}`: {_times(best['traffic'])} "
             f"less traffic, {Q2_TRAFFIC_X:g}x asked; {_times(best['cpu'], '.2f')} less client "
             f"CPU time, {Q2_CPU_X:g}x asked; final accuracy {_acc_points(best['accuracy'])} "
-            f"points against fedavg, -{100 * Q2_ACCURACY_GAP:g} allowed{why}).")
+            f"points against {baseline}, -{100 * Q2_ACCURACY_GAP:g} allowed{why}).")
 
 
 def _pm(stat: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
@@ -76,7 +76,7 @@ def _pm(stat: dict[str, Any] | None, fmt: str, scale: float = 1.0) -> str:
     return format_stat(stat, scale, fmt)
 
 
-def _save_cell(stat: dict[str, Any], unit: str = "") -> str:
+def _save_cell(stat: Mapping[str, Any], unit: str = "") -> str:
     """A saving's cell: ``88.4 [85.1, 91.0]`` (``unit`` after the mean)."""
     return format_stat(stat, fmt=".1f", unit=unit)
 
@@ -97,8 +97,8 @@ def _all_results(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def savings_note(summary: dict[str, Any]) -> str:
     """How the tables' savings were made, and why some have no interval."""
     if not _has_values_per_seed(summary):
-        return ("Savings: 100 x (1 - mean cost / fedavg's mean cost); this summary keeps no "
-                "values per seed, so no intervals.")
+        return (f"Savings: 100 x (1 - mean cost / {questions_of(summary).baseline}'s mean "
+                "cost); this summary keeps no values per seed, so no intervals.")
     n = len(summary["seeds"])
     few = (f" With {n} seed{'s' if n != 1 else ''} there are no intervals."
            if len(summary["seeds"]) < MIN_SEEDS else "")
@@ -109,7 +109,9 @@ def savings_note(summary: dict[str, Any]) -> str:
 
 def render_sweep(summary: dict[str, Any]) -> str:
     """The markdown tables of one sweep summary: per partition and target, one row per
-    (variant, method), the fedavg baseline first; savings are against it."""
+    (variant, method), the baseline first; savings are against it."""
+    questions = questions_of(summary)
+    baseline = questions.baseline
     commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
     def describe(v: dict[str, list[str]]) -> str:
         text = f"`{' '.join(v['set'])}`" if v["set"] else "the base settings"
@@ -137,15 +139,15 @@ def render_sweep(summary: dict[str, Any]) -> str:
             first = True
             for variant, by_target in summary["results"][part].items():
                 result = by_target[target]
-                base = result["methods"].get("fedavg")
+                base = result["methods"].get(baseline)
                 for name, f in result["methods"].items():
-                    if name == "fedavg" and not first:
+                    if name == baseline and not first:
                         continue
                     n = f["final_accuracy"]["n"]
-                    save = [_save_cell(saving(f, base, k)) if base and name != "fedavg"
+                    save = [_save_cell(saving(f, base, k)) if base and name != baseline
                             else NULL for k in COSTS]
                     lines.append(
-                        f"| {BASE if name == 'fedavg' else variant} | {name} | "
+                        f"| {BASE if name == baseline else variant} | {name} | "
                         f"{f['rounds_to_target']['n']}/{n} | "
                         f"{_pm(f['final_accuracy'], '.3f')} | {_pm(f['best_accuracy'], '.3f')} | "
                         f"{_pm(f['rounds_to_target'], '.1f')} | "
@@ -155,21 +157,20 @@ def render_sweep(summary: dict[str, Any]) -> str:
                         + " | ".join(save) + " |")
                 first = False
             at_target = {v: by_target[target] for v, by_target in summary["results"][part].items()}
-            lines += ["", sweep_q2(at_target), ""]
+            lines.append("")
+            if questions.q2:
+                lines += [sweep_q2(at_target, questions), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def sweep_q2(results: dict[str, Any]) -> str:
+def sweep_q2(results: dict[str, Any], questions: Questions) -> str:
     """Question 2 across a sweep's variants: ``yes`` if some (variant, method) clears all
     three bars with its whole interval, ``no`` if every one fails one, else
     ``inconclusive``; with the (variant, method) that decides it (:func:`deciding`)."""
-    rows = [r | {"variant": v} for v, result in results.items() for r in q2_candidates(result)]
+    rows = [r | {"variant": v} for v, result in results.items()
+            for r in q2_candidates(result, questions)]
     best = deciding(rows)
-    return q2_line(best, "" if best is None else f"{best['variant']} ")
-
-
-BITS_STUDIES = ("bits", "bits-quick")
-"""Sweeps that get the bits sections (:func:`bits_lines`) after their tables."""
+    return q2_line(best, questions.baseline, "" if best is None else f"{best['variant']} ")
 
 
 def pareto(points: list[tuple[float, float]]) -> list[bool]:
@@ -180,29 +181,30 @@ def pareto(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def bits_cells(summary: dict[str, Any], part: str) -> list[dict[str, Any]]:
-    """Every (variant, method) of one partition of a bits sweep, fedavg (its baseline)
-    first: mean final accuracy, the whole run's traffic and its mask share, and whether
+    """Every (variant, method) of one partition of a bits sweep, the baseline first: mean
+    final accuracy, the whole run's traffic and its mask share, and whether
     it is on the Pareto front of accuracy against traffic."""
     cells = []
+    baseline = questions_of(summary).baseline
     results = summary["results"][part]
     for i, (variant, by_target) in enumerate(results.items()):
         for name, f in by_target[Q3_TARGET]["methods"].items():
-            if name == "fedavg" and i:
+            if name == baseline and i:
                 continue
             run, mask = f.get("traffic_bytes_run") or {}, f.get("mask_bytes_run") or {}
             if f["final_accuracy"]["mean"] is None or run.get("mean") is None:
                 continue
-            cells.append({"variant": BASE if name == "fedavg" else variant, "method": name,
+            cells.append({"variant": BASE if name == baseline else variant, "method": name,
                           "accuracy": f["final_accuracy"], "bytes": run["mean"],
                           "mask_share": (mask.get("mean") or 0.0) / run["mean"]})
     front = pareto([(c["bytes"], c["accuracy"]["mean"]) for c in cells])
     return [c | {"front": on} for c, on in zip(cells, front, strict=True)]
 
 
-def q3_line(part: str, results: dict[str, Any]) -> str:
+def q3_line(part: str, results: dict[str, Any], questions: Questions) -> str:
     """The Q3 sentence of one partition: the answer, the (variant, ticket) that decides
     it and what binds, and how many settings clear each bar."""
-    rows = q3_rows(results)
+    rows = q3_rows(results, questions)
     best = deciding(rows)
     if best is None:
         return f"- Q3 ({part}): **no**: no setting reaches {Q3_TARGET} on every seed."
@@ -213,7 +215,7 @@ def q3_line(part: str, results: dict[str, Any]) -> str:
     return (f"- Q3 ({part}): **{best['overall']}** ({best['variant']} `{best['method']}`: "
             f"{_times(best['traffic'])} less traffic to {Q3_TARGET}, {Q3_TRAFFIC_X:g}x asked; "
             f"{_times(best['cpu'], '.2f')} less client CPU time, {Q3_CPU_X:g}x asked; final "
-            f"accuracy {_acc_points(best['accuracy'])} points against fedavg, "
+            f"accuracy {_acc_points(best['accuracy'])} points against {questions.baseline}, "
             f"-{100 * Q3_ACCURACY_GAP:g} allowed{why}"
             + (f"; not cleared: {_binds(best)}" if binds else "") + "). "
             f"Of {len(rows)} settings, {sum(r['reached'] for r in rows)} reach {Q3_TARGET} on "
@@ -232,6 +234,7 @@ def bits_lines(summary: dict[str, Any]) -> list[str]:
     """Per partition: every setting's final accuracy against its whole run's traffic,
     the mask's share of that traffic, the Pareto front, and the Q3 sentence."""
     lines = []
+    questions = questions_of(summary)
     for part in summary["partitions"]:
         lines += [f"#### {part}: accuracy against bytes", "",
                   "Final accuracy (mean over seeds) against the whole run's traffic (every "
@@ -242,13 +245,14 @@ def bits_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"| {c['variant']} | {c['method']} | {_pm(c['accuracy'], '.3f')} | "
                          f"{c['bytes'] / 1e6:.1f} | {100 * c['mask_share']:.1f} | "
                          f"{'★' if c['front'] else ''} |")
-        lines += ["", q3_line(part, summary["results"][part]), "",
-                  f"Every setting against Q3's bars at {Q3_TARGET} (factors against fedavg, "
+        lines += ["", q3_line(part, summary["results"][part], questions), "",
+                  f"Every setting against Q3's bars at {Q3_TARGET} (factors against "
+                  f"{questions.baseline}, "
                   "95% intervals over seeds; accuracy: final, in points):", "",
                   "| variant | method | traffic | client CPU | final accuracy | answer | "
                   "not cleared |",
                   "| :-- | :-- | --: | --: | --: | :-- | :-- |"]
-        for r in q3_rows(summary["results"][part]):
+        for r in q3_rows(summary["results"][part], questions):
             lines.append(f"| {r['variant']} | {r['method']} | {_times(r['traffic'])} | "
                          f"{_times(r['cpu'], '.2f')} | {_acc_points(r['accuracy'])} | "
                          f"{r['answer']} | {_binds(r)} |")
@@ -257,10 +261,12 @@ def bits_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def render(summary: dict[str, Any]) -> str:
-    """The markdown tables and verdict of one study summary (deterministic)."""
+    """The markdown tables and verdict of one study summary (deterministic): the
+    questions its ``questions`` ask (:mod:`fedticket.study.questions`)."""
+    questions = questions_of(summary)
     if "variants" in summary:
         text = render_sweep(summary)
-        if summary["study"] in BITS_STUDIES:
+        if questions.q3:
             text += "\n" + "\n".join(bits_lines(summary)).rstrip() + "\n"
         return text
     commits = ", ".join(f"`{c}`" for c in summary.get("run_commits", [])) or "?"
@@ -281,7 +287,7 @@ def render(summary: dict[str, Any]) -> str:
                       "rounds→held | traffic MB | GFLOPs | CPU s | traffic save % | "
                       "GFLOPs save % | CPU save % |",
                       "| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |"]
-            base = result["methods"].get("fedavg")
+            base = result["methods"].get(questions.baseline)
             oracles = set(result.get("oracles", ()))
             for name, f in result["methods"].items():
                 n = f["final_accuracy"]["n"]
@@ -296,7 +302,7 @@ def render(summary: dict[str, Any]) -> str:
                     f"{_pm(f['client_flops_to_target'], '.0f', 1e-9)} | "
                     f"{_pm(f['client_cpu_s_to_target'], '.1f')} | "
                     + " | ".join(save) + " |")
-            v = verdict(result)
+            v = verdict(result, questions)
             lines.append("")
             for base_name, ans in v.items():
                 if ans is None:
@@ -305,21 +311,24 @@ def render(summary: dict[str, Any]) -> str:
                 s = ans["savings"]
                 why = f"; {ans['why']}" if ans["why"] else ""
                 lines.append(
-                    f"- Q1 vs `{base_name}`: **{ans['answer']}** (dae-ticket saves traffic "
+                    f"- Q1 vs `{base_name}`: **{ans['answer']}** ({questions.q1_ticket} saves "
+                    f"traffic "
                     f"{_pct(s[COSTS[0]])}, FLOPs {_pct(s[COSTS[1]])}, CPU time "
                     f"{_pct(s[COSTS[2]])}; {Q1_BAR:g}% of each needed{why}).")
-            lines += [q2_line(best_variant(result)), ""]
-            if any(m in PEER_METHODS for m in result["methods"]):
-                lines += peer_lines(result)
+            if questions.q2:
+                lines.append(q2_line(best_variant(result, questions), questions.baseline))
+            lines.append("")
+            if questions.peer_tickets:
+                lines += peer_lines(result, questions)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def peer_lines(result: dict[str, Any]) -> list[str]:
+def peer_lines(result: dict[str, Any], questions: Questions) -> list[str]:
     """The peers' question for one partition and target: per ticket, its traffic and
     client CPU saving against every other method, and the answer."""
     lines = []
-    for ticket in TICKETS:
-        v = peer_verdict(result, ticket)
+    for ticket in questions.peer_tickets:
+        v = peer_verdict(result, ticket, questions.rivals)
         if v is None:
             continue
         # the rivals first (they decide), then the other fedticket methods, marked

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from fedticket.report.records import TargetResult
     from fedticket.report.runs import Run
 
 NULL = "—"
@@ -30,7 +32,7 @@ COLUMNS: tuple[tuple[str, str, float, str], ...] = (
 REACH_FIELD = "rounds_to_target"
 
 
-def format_stat(stat: dict[str, Any] | None, scale: float = 1.0, fmt: str = ".3f",
+def format_stat(stat: Mapping[str, Any] | None, scale: float = 1.0, fmt: str = ".3f",
                 unit: str = "") -> str:
     """``mean±std`` (``mean`` alone when std is null or n == 1), ``mean [lo, hi]`` for a
     saving with an interval, or ``—`` when null; ``unit`` goes after the mean."""
@@ -44,7 +46,7 @@ def format_stat(stat: dict[str, Any] | None, scale: float = 1.0, fmt: str = ".3f
     return text
 
 
-def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def table_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and one row of cells per method.
 
     ``n`` is the number of runs; ``reached`` is how many of them reached the target.
@@ -62,7 +64,7 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _title(result: dict[str, Any]) -> str:
+def _title(result: Mapping[str, Any]) -> str:
     title = (
         f"target test accuracy {result['target']:.3f}, reached by a trained round (round >= 1);"
         f" savings vs {result['baseline']}, paired by seed: 100 x (1 - geometric mean of the"
@@ -91,12 +93,12 @@ def _markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([title, "", *lines])
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(result: TargetResult) -> str:
     """A fixed-width text table, one row per method, after a line naming the target."""
     return _fixed_width(_title(result), *table_rows(result))
 
 
-def to_markdown(result: dict[str, Any]) -> str:
+def to_markdown(result: TargetResult) -> str:
     """The same table as GitHub markdown, after a line naming the target."""
     return _markdown(_title(result), *table_rows(result))
 

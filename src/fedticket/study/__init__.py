@@ -3,7 +3,9 @@ summarised into small JSON files and rendered into tables and a verdict.
 
 A study file (``configs/study.toml``) names the base experiment, the partitions
 (``iid``, ``dirichlet-ALPHA``, ``shards-K``), the seeds and the targets; ``[quick]`` holds
-overrides for a small smoke-test grid. Four steps, a module each:
+overrides for a small smoke-test grid, and ``[questions]`` the methods its questions are
+about (:mod:`.questions`; results are typed records, :mod:`fedticket.report.records`).
+Four steps, a module each:
 
 * :mod:`.load`: the study file and its grid of experiment specs (:func:`load_study`,
   :func:`cells`, :func:`variant_cells`);
@@ -20,11 +22,10 @@ overrides for a small smoke-test grid. Four steps, a module each:
 ``docs/results/``, and a test checks that they still are.
 """
 
+from fedticket.report.records import COSTS, KEPT_FIELDS
 from fedticket.study.judge import (
     COST_NAMES,
-    COSTS,
     PEER_COSTS,
-    PEER_METHODS,
     Q1_BAR,
     Q2_ACCURACY_GAP,
     Q2_CPU_X,
@@ -33,9 +34,7 @@ from fedticket.study.judge import (
     Q3_CPU_X,
     Q3_TARGET,
     Q3_TRAFFIC_X,
-    RIVALS,
     RUN_COSTS,
-    TICKETS,
     _saving,
     at_least,
     best_variant,
@@ -55,9 +54,9 @@ from fedticket.study.load import (
     partition_settings,
     variant_cells,
 )
+from fedticket.study.questions import Questions, parse_questions, questions_of
 from fedticket.study.run import TIMING, run_study, timings
 from fedticket.study.summarise import (
-    KEPT_FIELDS,
     plot_summary,
     read_summary,
     summarize,
@@ -65,11 +64,11 @@ from fedticket.study.summarise import (
 )
 
 __all__ = [
-    "BASE", "COSTS", "COST_NAMES", "KEPT_FIELDS", "PEER_COSTS", "PEER_METHODS", "Q1_BAR",
+    "BASE", "COSTS", "COST_NAMES", "KEPT_FIELDS", "PEER_COSTS", "Q1_BAR",
     "Q2_ACCURACY_GAP", "Q2_CPU_X", "Q2_TRAFFIC_X", "Q3_ACCURACY_GAP", "Q3_CPU_X", "Q3_TARGET",
-    "Q3_TRAFFIC_X", "RIVALS", "RUN_COSTS", "TICKETS", "TIMING", "Study", "_saving",
+    "Q3_TRAFFIC_X", "Questions", "RUN_COSTS", "TIMING", "Study", "_saving",
     "at_least", "best_variant", "candidates", "cells", "deciding", "load_study",
-    "partition_settings", "peer_verdict", "plot_summary", "q2_candidates", "q3_rows",
-    "read_summary", "run_study", "saving", "summarize", "timings", "variant_cells",
-    "verdict", "write_summary",
+    "parse_questions", "partition_settings", "peer_verdict", "plot_summary", "q2_candidates",
+    "q3_rows", "questions_of", "read_summary", "run_study", "saving", "summarize", "timings",
+    "variant_cells", "verdict", "write_summary",
 ]

@@ -4,7 +4,8 @@ peers' question), from a summary only."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 from fedticket.report.compare import saving_pct
 from fedticket.report.intervals import (
@@ -19,16 +20,15 @@ from fedticket.report.intervals import (
     paired_difference,
     seeds_to_settle,
 )
-
-COSTS = ("traffic_bytes_to_target", "client_flops_to_target", "client_cpu_s_to_target")
-
+from fedticket.report.records import COSTS, Cost, MethodResult, Stat
+from fedticket.study.questions import Questions
 
 
 def _mean(stat: dict[str, Any] | None) -> float | None:
     return None if stat is None else stat.get("mean")
 
 
-def saving(fields: dict, base: dict, key: str) -> dict[str, Any]:
+def saving(fields: MethodResult, base: MethodResult, key: Cost) -> Stat:
     """The saving of ``key`` against ``base`` with its 95% interval, paired by seed
     (:func:`~fedticket.report.compare.saving_pct`); mean None unless every seed of both
     reached the target."""
@@ -36,7 +36,7 @@ def saving(fields: dict, base: dict, key: str) -> dict[str, Any]:
                       base["final_accuracy"]["n"])
 
 
-def _saving(fields: dict, base: dict, key: str) -> float | None:
+def _saving(fields: MethodResult, base: MethodResult, key: Cost) -> float | None:
     return saving(fields, base, key)["mean"]
 
 
@@ -44,7 +44,7 @@ Q1_BAR = 35.0
 """Question 1's bar: percent saved of traffic, FLOPs and client CPU time to the target."""
 Q2_TRAFFIC_X, Q2_CPU_X, Q2_ACCURACY_GAP = 25.0, 3.0, 0.005
 """Question 2's bars: 25x less traffic, 3x less client CPU time, and a final accuracy
-no more than 0.5 points below ``fedavg``'s."""
+no more than 0.5 points below the baseline's."""
 COST_NAMES = {"traffic_bytes_to_target": "traffic", "client_flops_to_target": "FLOPs",
               "client_cpu_s_to_target": "CPU time"}
 
@@ -53,7 +53,7 @@ def _missed(fields: dict, key: str) -> int:
     return fields["final_accuracy"]["n"] - fields[key]["n"]
 
 
-def _settle(stats: dict[str, tuple[dict[str, Any], float]], log_scale: dict[str, bool]) -> str:
+def _settle(stats: dict[str, tuple[Mapping[str, Any], float]], log_scale: dict[str, bool]) -> str:
     """What would settle an inconclusive answer: the straddling intervals, and how many
     seeds would clear them if their means and spreads held."""
     parts, needs = [], []
@@ -78,17 +78,18 @@ def _settle(stats: dict[str, tuple[dict[str, Any], float]], log_scale: dict[str,
     return f"the {verb.format(' and '.join(parts))} the bar; {more}"
 
 
-def verdict(result: dict[str, Any]) -> dict[str, Any]:
-    """Question 1 for one partition and target: does ``dae-ticket`` reach the target with
-    at least 35% less traffic and 35% less client compute (FLOPs and CPU time) than
-    ``fedavg`` and than ``fedavg-dae``? Per baseline ``{"answer", "savings", "why"}``:
-    ``yes`` when every saving's 95% interval over seeds is above 35%, ``no`` when one is
-    below it (or some seed of ``dae-ticket`` never reached the target), ``inconclusive``
-    otherwise (:mod:`fedticket.report.intervals`)."""
+def verdict(result: dict[str, Any], questions: Questions) -> dict[str, Any]:
+    """Question 1 for one partition and target: does the study's Q1 ticket (the paper's
+    method, ``dae-ticket``) reach the target with at least 35% less traffic and 35% less
+    client compute (FLOPs and CPU time) than each method Q1 names? Per such method
+    ``{"answer", "savings", "why"}``: ``yes`` when every saving's 95% interval over seeds
+    is above 35%, ``no`` when one is below it (or some seed of the ticket never reached
+    the target), ``inconclusive`` otherwise (:mod:`fedticket.report.intervals`)."""
     methods = result["methods"]
-    ticket = methods.get("dae-ticket")
+    name = questions.q1_ticket
+    ticket = methods.get(name)
     answer: dict[str, Any] = {}
-    for base_name in ("fedavg", "fedavg-dae"):
+    for base_name in questions.q1_against:
         base = methods.get(base_name)
         if ticket is None or base is None:
             answer[base_name] = None
@@ -96,7 +97,7 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
         savings = {k: saving(ticket, base, k) for k in COSTS}
         n = ticket["final_accuracy"]["n"]
         if _missed(ticket, COSTS[0]):
-            word, why = NO, (f"dae-ticket never reached the target on "
+            word, why = NO, (f"{name} never reached the target on "
                              f"{_missed(ticket, COSTS[0])} of {n} seeds")
         elif _missed(base, COSTS[0]):
             word, why = INCONCLUSIVE, (
@@ -110,16 +111,7 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-PEER_METHODS = ("synflow-ticket", "snip-ticket", "feddst", "topk-ef", "topk-ef-dae",
-                "qsgd-8", "qsgd-4", "qsgd-8-dae", "qsgd-4-dae")
-"""The peers' presets (docs/PEERS.md): a grid that holds one gets the peers' question."""
-TICKETS = ("dae-ticket", "dae-ticket-fast")
-"""The methods the peer grid asks about."""
-RIVALS = ("fedavg", "fedavg-dae") + PEER_METHODS
-"""What a ticket must beat in the peers' question: dense FL and every peer. The other
-fedticket methods of the grid (the other ticket, the ticket with compressed uploads)
-get a row each but do not decide the answer."""
-PEER_COSTS = ("traffic_bytes_to_target", "client_cpu_s_to_target")
+PEER_COSTS: tuple[Cost, ...] = ("traffic_bytes_to_target", "client_cpu_s_to_target")
 """What 'less' means against a peer: traffic and client CPU time to the target."""
 RUN_COSTS = {"traffic_bytes_to_target": "traffic_bytes_run",
              "client_cpu_s_to_target": "client_cpu_s_run"}
@@ -140,11 +132,13 @@ def at_least(fields: dict[str, Any], key: str) -> dict[str, Any] | None:
     return {"seeds": bound, "n": len(bound), "mean": sum(bound.values()) / len(bound)}
 
 
-def peer_verdict(result: dict[str, Any], ticket: str) -> dict[str, Any] | None:
+def peer_verdict(result: dict[str, Any], ticket: str,
+                 rivals: tuple[str, ...]) -> dict[str, Any] | None:
     """The peers' question for one partition and target: does ``ticket`` reach the target
     with less traffic and less client CPU time than each other method of the grid? Per
     method ``{"answer", "savings", "why", "rival"}``, and ``overall`` (``yes`` only if it
-    is ``yes`` against every :data:`RIVALS` member in the grid). ``yes`` when both
+    is ``yes`` against every one of ``rivals`` in the grid: the study's ``[questions]
+    peers.rivals``; the grid's other methods get a row but do not decide it). ``yes`` when both
     savings' 95% intervals are above 0, ``no`` when one is below 0 or ``ticket`` missed
     the target on some seed; ``yes`` too when the other method never reached the target
     on any seed while ``ticket`` did on every one; ``inconclusive`` otherwise."""
@@ -168,7 +162,8 @@ def peer_verdict(result: dict[str, Any], ticket: str) -> dict[str, Any] | None:
                                        f"of {other['final_accuracy']['n']} seeds")
             bounds = {k: at_least(other, k) for k in PEER_COSTS}
             if all(b is not None for b in bounds.values()):
-                low = {k: saving(mine, {**other, k: b}, k) for k, b in bounds.items()}
+                low = {k: saving(mine, cast(MethodResult, {**other, k: b}), k)
+                       for k, b in bounds.items()}
                 if all_of([against(v, 0.0) for v in low.values()]) == YES:
                     savings, word = low, YES
                     why += ("; with its whole run's cost there (a lower bound), "
@@ -178,30 +173,29 @@ def peer_verdict(result: dict[str, Any], ticket: str) -> dict[str, Any] | None:
             why = "" if word != INCONCLUSIVE else _settle(
                 {COST_NAMES[k]: (v, 0.0) for k, v in savings.items()}, {})
         rows[name] = {"answer": word, "savings": savings, "why": why,
-                      "rival": name in RIVALS}
+                      "rival": name in rivals}
     return {"overall": all_of([r["answer"] for r in rows.values() if r["rival"]]),
             "methods": rows}
 
 
-def q2_candidates(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Question 2 per fedticket method: does it end within 0.5 points of ``fedavg``'s final
-    accuracy with 25x less traffic and 3x less client CPU time to the target? Each row
-    has the paired accuracy difference, the two savings (factors: ``traffic_x``,
+def q2_candidates(result: dict[str, Any], questions: Questions) -> list[dict[str, Any]]:
+    """Question 2 per method the study's Q2 names: does it end within 0.5 points of the
+    baseline's final accuracy with 25x less traffic and 3x less client CPU time to the
+    target? Each row has the paired accuracy difference, the two savings (factors: ``traffic_x``,
     ``cpu_x``) and its ``answer``; a method some seed of which never reached the target
     is ``no``."""
-    return candidates(result, Q2_TRAFFIC_X, Q2_CPU_X, Q2_ACCURACY_GAP)
+    return candidates(result, Q2_TRAFFIC_X, Q2_CPU_X, Q2_ACCURACY_GAP, questions.q2)
 
 
 def candidates(result: dict[str, Any], traffic_x: float, cpu_x: float, gap: float,
-               methods: tuple[str, ...] = ("dae-ticket", "dae-ticket-fast",
-                                           "dae-ticket-rewind")) -> list[dict[str, Any]]:
-    """Per fedticket method of ``methods``: does it end within ``gap`` of ``fedavg``'s
-    final accuracy with ``traffic_x`` times less traffic and ``cpu_x`` times less client
-    CPU time to the target, each interval over seeds on the right side of its bar? Each
-    row also names the bars that are not cleared (``binds``: ``rounds`` when some seed
-    never reached the target)."""
+               methods: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per method of ``methods``: does it end within ``gap`` of the baseline's (the
+    result's ``baseline``) final accuracy with ``traffic_x`` times less traffic and
+    ``cpu_x`` times less client CPU time to the target, each interval over seeds on the
+    right side of its bar? Each row also names the bars that are not cleared (``binds``:
+    ``rounds`` when some seed never reached the target)."""
     methods_ = result["methods"]
-    base = methods_.get("fedavg")
+    base = methods_.get(result["baseline"])
     if base is None:
         return []
     rows = []
@@ -235,16 +229,16 @@ def candidates(result: dict[str, Any], traffic_x: float, cpu_x: float, gap: floa
 
 Q3_TRAFFIC_X, Q3_CPU_X, Q3_ACCURACY_GAP = 100.0, 10.0, 0.005
 """Question 3's bars (the bits sweep, docs/BITS.md): 100x less traffic, 10x less client
-CPU time to 0.80, and a final accuracy no more than 0.5 points below ``fedavg``'s."""
+CPU time to 0.80, and a final accuracy no more than 0.5 points below the baseline's."""
 Q3_TARGET = "0.80"
 
 
-def q3_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def q3_rows(results: dict[str, Any], questions: Questions) -> list[dict[str, Any]]:
     """Question 3 for one partition of a sweep (variant -> target -> result): every
-    (variant, ticket) row at :data:`Q3_TARGET`."""
+    (variant, method of the study's Q3) row at :data:`Q3_TARGET`."""
     return [r | {"variant": v} for v, by_target in results.items() if Q3_TARGET in by_target
             for r in candidates(by_target[Q3_TARGET], Q3_TRAFFIC_X, Q3_CPU_X,
-                                Q3_ACCURACY_GAP, TICKETS)]
+                                Q3_ACCURACY_GAP, questions.q3)]
 
 
 def deciding(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -258,6 +252,6 @@ def deciding(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return pool[0] | {"overall": word} if pool else None
 
 
-def best_variant(result: dict[str, Any]) -> dict[str, Any] | None:
+def best_variant(result: dict[str, Any], questions: Questions) -> dict[str, Any] | None:
     """Question 2's answer (``overall``) and the method that decides it (:func:`deciding`)."""
-    return deciding(q2_candidates(result))
+    return deciding(q2_candidates(result, questions))

@@ -9,6 +9,7 @@ from typing import Any
 
 from fedticket.errors import ConfigError
 from fedticket.spec import METHODS, ExperimentSpec, load_config, parse_set, read_toml
+from fedticket.study.questions import Questions, parse_questions
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Study:
     runs: str = ""
     """The run folder's name under OUT (default: the study's name). Sweeps share the
     main grid's, so its finished cells and server stages are reused."""
+
+    questions: Questions = Questions()
+    """What the study asks (its ``[questions]``), kept in its summary."""
 
     @property
     def folder_name(self) -> str:
@@ -53,10 +57,10 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
     """Read a study file; with ``quick``, apply its ``[quick]`` section."""
     p = Path(path)
     raw = read_toml(p, "study")
-    unknown = set(raw) - {"study", "quick", "variants"}
+    unknown = set(raw) - {"study", "quick", "variants", "questions"}
     if unknown or "study" not in raw:
         raise ConfigError(f"{p} needs a [study] section (and optionally [quick], "
-                          f"[variants]); unknown: {sorted(unknown)}")
+                          f"[variants], [questions]); unknown: {sorted(unknown)}")
     base, q = raw["study"], raw.get("quick", {})
     keys = {"config", "partitions", "seeds", "targets", "methods", "runs"}
     for section, allowed, d in (("study", keys, base),
@@ -77,6 +81,7 @@ def load_study(path: str | Path, quick: bool = False) -> Study:
             methods=tuple(str(m) for m in merged.get("methods", [])),
             variants=tuple(_variant(p, str(k), v) for k, v in raw.get("variants", {}).items()),
             runs=str(merged.get("runs", "")) + ("-quick" if quick and "runs" in merged else ""),
+            questions=parse_questions(raw.get("questions", {}), str(p)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{p}: [study] needs config, partitions, seeds and targets ({e})"
@@ -115,7 +120,7 @@ BASE = "base"
 
 def variant_cells(study: Study) -> dict[str, dict[str, list[ExperimentSpec]]]:
     """partition -> variant -> specs. A plain study has one variant, ``base``; a sweep
-    has ``base`` (its fedavg baseline) and then its named variants."""
+    has ``base`` (its baseline method's runs) and then its named variants."""
     config = replace(load_config(study.config), seeds=study.seeds)
     unknown = [m for m in (*study.methods, *(m for v in study.variants for m in v[2]))
                if m not in METHODS]
@@ -131,7 +136,7 @@ def variant_cells(study: Study) -> dict[str, dict[str, list[ExperimentSpec]]]:
         if not study.variants:
             out[name] = {BASE: config.specs(parse_set(items))}
             continue
-        baseline = replace(config, methods=("fedavg",))
+        baseline = replace(config, methods=(study.questions.baseline,))
         out[name] = {BASE: baseline.specs(parse_set(items))}
         for variant, settings, methods in study.variants:
             mine = replace(config, methods=methods) if methods else config

@@ -10,6 +10,7 @@ from typing import Any
 from fedticket.io import git_commit, versions
 from fedticket.paths import is_finished
 from fedticket.report.compare import compare
+from fedticket.report.records import KEPT_FIELDS, TargetResult
 from fedticket.report.runs import load_run
 from fedticket.report.study_plots import (
     curves,
@@ -18,28 +19,26 @@ from fedticket.report.study_plots import (
     plot_sweep,
     provenance,
 )
-from fedticket.study.judge import COSTS
 from fedticket.study.load import BASE, Study, variant_cells
+from fedticket.study.questions import questions_of
 from fedticket.study.run import timings
 
-KEPT_FIELDS = ("final_accuracy", "best_accuracy", "rounds_to_target",
-               "rounds_to_target_smoothed", *COSTS, "client_wall_s_to_target",
-               "traffic_bytes_run", "client_cpu_s_run", "mask_bytes_run")
 
-
-def _slim(result: dict[str, Any]) -> dict[str, Any]:
+def _slim(result: TargetResult) -> dict[str, Any]:
     """A compare result with only the fields the study's tables use (savings are
     recomputed from the means when rendering)."""
-    return result | {"methods": {m: {k: f[k] for k in KEPT_FIELDS}
-                                 for m, f in result["methods"].items()}}
+    return dict(result) | {"methods": {m: {k: f[k] for k in KEPT_FIELDS}  # type: ignore[literal-required]
+                                       for m, f in result["methods"].items()}}
 
 
 def summarize(study: Study, folder: Path) -> dict[str, Any]:
     """What the tables need: per partition (and variant, for a sweep) and target,
-    ``compare``'s result against ``fedavg`` over the grid's finished runs, plus the
-    provenance of the runs. Runs are found by the names the grid's specs give them, so
-    other studies' runs in a shared folder never enter."""
+    ``compare``'s result against the study's baseline over the grid's finished runs,
+    plus the provenance of the runs and the study's questions. Runs are found by the
+    names the grid's specs give them, so other studies' runs in a shared folder never
+    enter."""
     grid = variant_cells(study)
+    baseline = study.questions.baseline
     parts: dict[str, Any] = {}
     curve_data: dict[str, Any] = {}
     used = []
@@ -52,12 +51,12 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
         for group in runs.values():
             used += group
         if not study.variants:
-            parts[name] = {f"{t:.2f}": _slim(compare(runs[BASE], target=t, baseline="fedavg"))
+            parts[name] = {f"{t:.2f}": _slim(compare(runs[BASE], target=t, baseline=baseline))
                            for t in study.targets}
             curve_data[name] = curves(runs[BASE])
             continue
         parts[name] = {v: {f"{t:.2f}": _slim(compare(runs[BASE] + runs[v], target=t,
-                                                     baseline="fedavg"))
+                                                     baseline=baseline))
                            for t in study.targets}
                        for v, _, _ in study.variants if runs[v]}
     summary = {
@@ -67,6 +66,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
         "seeds": list(study.seeds),
         "targets": list(study.targets),
         "overrides": list(study.overrides),
+        "questions": study.questions.as_dict(),
         "git": git_commit(),
         "run_commits": sorted({str((r.spec.get("git") or {}).get("commit", "?"))[:10]
                                + ("+dirty" if (r.spec.get("git") or {}).get("dirty") else "")
@@ -101,8 +101,7 @@ def plot_summary(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     """The study's figures from its summary: accuracy curves per partition for a grid,
     one panel figure for a sweep."""
     if "variants" in summary:
-        extra = [plot_pareto(summary, out_dir)] if summary["study"] in ("bits", "bits-quick") \
-            else []
+        extra = [plot_pareto(summary, out_dir)] if questions_of(summary).pareto else []
         return [plot_sweep(summary, out_dir), *extra]
     return [p for part, by_method in summary.get("curves", {}).items()
             for p in plot_curves(summary["study"], part, by_method, summary["targets"], out_dir,
