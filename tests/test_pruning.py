@@ -109,3 +109,24 @@ def test_report_numbers():
     r = mask.report(["w"])
     assert r["numel"] == 6 and r["nnz"] == 3 and r["density"] == 0.5
     assert r["layers"]["w"]["density"] == 0.25 and r["prunable_density"] == 0.25
+
+
+def test_global_magnitude_pruning_never_empties_a_layer():
+    from fedticket.pruning.strategies import floor_of, magnitude_scores, prune_lowest
+
+    # a thin layer of tiny weights beside a wide one of large weights: at 90% global
+    # sparsity every weight of the thin one would go
+    g = torch.Generator().manual_seed(0)
+    w = {"wide": 1.0 + torch.rand(40, 10, generator=g),
+         "thin": 0.01 * torch.rand(3, 4, generator=g)}
+    names = ["wide", "thin"]
+    full = Mask({n: torch.ones_like(t, dtype=torch.bool) for n, t in w.items()})
+    scores = magnitude_scores(w, names, g)
+    new = prune_lowest(scores, full, names, 0.9, "global")
+    # 412 weights, round(0.9 * 412) = 371 go, 41 stay: the thin layer keeps its 3 (one
+    # per output unit) largest, and the wide one the 38 largest of its own
+    assert floor_of(w["thin"].shape) == 3
+    assert int(new["thin"].sum()) == 3 and int(new["wide"].sum()) == 38
+    kept = w["thin"][new["thin"]]
+    assert bool(kept.min() >= w["thin"][~new["thin"]].max())
+    assert bool(w["wide"][new["wide"]].min() >= w["wide"][~new["wide"]].max())

@@ -13,14 +13,15 @@ import sys
 import tempfile
 import threading
 import traceback
+import warnings
 import zipfile
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TextIO
 
 from fedticket.environment import MAX_THREADS, env_threads
-from fedticket.errors import FedticketError, MachineError
+from fedticket.errors import FedticketError, FedticketWarning, MachineError
 from fedticket.spec import BASELINE
 
 
@@ -358,7 +359,20 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+    """fedticket's warnings as one line on stderr; any other as Python prints it."""
+    if issubclass(category, FedticketWarning):
+        print(f"fedticket: warning: {one_line(str(message))}", file=sys.stderr, flush=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def _main(args: argparse.Namespace) -> int:
+    warnings.showwarning = _show_warning
     try:
         env_threads()  # a bad FEDTICKET_THREADS is refused here, not in a Flower process
         if args.command == "run":

@@ -37,3 +37,9 @@ class MachineError(Exception):
     """The machine or a process we depend on failed, not the input. Exit status 1."""
 
     exit_code = 1
+
+
+class FedticketWarning(UserWarning):
+    """Something fedticket does differently from what was asked, and goes on (a part of
+    a model the structured step cannot cut, left to magnitude pruning). The command line
+    prints it as one line, ``fedticket: warning: ...``."""

@@ -1,22 +1,30 @@
 """FLOPs of one training step, counting only the weights that survive the mask.
 
-Per conv / linear layer and per sample, with ``nnz`` the surviving weights and
-``positions`` the output positions each weight is used at (``H_out * W_out``
-for a conv, 1 for a linear layer on a vector):
+Every module's multiply-adds come from PyTorch's own counter
+(:class:`torch.utils.flop_counter.FlopCounterMode`: convolutions of any ``groups``,
+matrix products, batched products and attention), taken per module on one forward pass
+of one sample, so a layer type fedticket has never met is counted without new code. A
+module's *own* count (its total less its submodules') scales with the kept fraction of
+the weight tensors it holds directly (a conv or linear layer's ``weight``, an
+attention module's ``in_proj_weight``): ``nnz`` surviving weights used at ``positions``
+output positions each (``H_out * W_out`` for a conv, the tokens for a linear layer)
+make ``macs = nnz * positions``. Products between activations (attention's ``q k^T``
+and its product with ``v``) hold no weight and count in full. Per sample:
 
-* forward:   ``2 * nnz * positions`` (one multiply and one add per weight use)
-  ``+ bias_outputs`` (one add per output when the layer has a bias);
-* backward:  ``2 * nnz * positions`` for the weight gradient, another
-  ``2 * nnz * positions`` for the gradient with respect to the layer input
-  (skipped for the first layer, whose input needs no gradient: autograd does
-  not compute it), and ``bias_outputs`` for the bias gradient.
+* forward:   ``2 * macs`` (one multiply and one add per weight use)
+  ``+ bias_outputs`` (one add per output when the module has a bias);
+* backward:  ``2 * macs`` for the weight gradient, another ``2 * macs`` for the
+  gradient with respect to the module's input (skipped for the first counted module,
+  whose input needs no gradient: autograd does not compute it), and ``bias_outputs``
+  for the bias gradient; a product between activations costs twice its forward.
 
 This is the accounting of Evci et al. 2020 (RigL, appendix H: sparse training
 costs ``3 x`` the sparse forward pass, backward ``= 2 x`` forward) and Kaplan
 et al. 2020 (table 1: ``2N`` forward, ``4N`` backward per token), made exact
-per layer. Activations, pooling and the loss are not counted: on the FedAvg CNN
-they are under 0.5% of the total. A dense kernel multiplying by a mask does all
-the dense work anyway; these counts are what a kernel that skips zeros needs.
+per layer. Activations, normalisation, pooling and the loss are not counted (PyTorch's
+counter does not count elementwise work): on the FedAvg CNN they are under 0.5% of the
+total. A dense kernel multiplying by a mask does all the dense work anyway; these
+counts are what a kernel that skips zeros needs.
 """
 
 from __future__ import annotations
@@ -26,15 +34,22 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fedticket.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class LayerCost:
     name: str
+    """Module path (``body.conv1``)."""
     kind: str
+    """The module's class name in lower case (``conv2d``, ``linear``, ``attention``)."""
     weights: int
+    """Entries of the weight tensors the module holds directly (0: none)."""
     nnz_weights: int
     positions: int
+    """Uses of each weight per sample (output positions); 0 without weights."""
     forward_macs: int
     forward_flops: int
     backward_flops: int
@@ -44,58 +59,78 @@ class LayerCost:
         return self.forward_flops + self.backward_flops
 
 
+def _weights(module: nn.Module, path: str) -> list[tuple[str, torch.Tensor]]:
+    """The tensors whose kept fraction scales the module's own compute: its direct
+    parameters of two or more dimensions named ``weight`` or ``*_weight`` (an
+    ``nn.MultiheadAttention``'s ``in_proj_weight``), by full name."""
+    prefix = f"{path}." if path else ""
+    return [(prefix + n, p) for n, p in module.named_parameters(recurse=False)
+            if p.dim() >= 2 and (n == "weight" or n.endswith("_weight"))]
+
+
 def layer_costs(
     module: nn.Module,
     input_shape: tuple[int, ...],
     mask: Mapping[str, torch.Tensor] | None = None,
 ) -> list[LayerCost]:
-    """Per-sample costs of every Conv2d / Linear layer of ``module``, in execution order.
+    """Per-sample costs of every module of ``module`` that computes products, in the
+    order they first finish (a layer before the block that holds it).
 
-    ``mask`` maps parameter names of ``module`` (e.g. ``"body.conv1.weight"``) to
-    0/1 tensors; layers without an entry count as dense.
+    ``mask`` maps parameter and buffer names of ``module`` (e.g. ``"body.conv1.weight"``)
+    to 0/1 tensors; tensors without an entry count as dense. Raises ConfigError naming
+    the module when a forward pass on ``(1, *input_shape)`` zeros fails.
     """
-    shapes: list[tuple[str, nn.Conv2d | nn.Linear, torch.Size]] = []
-    hooks = []
-    for name, m in module.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if isinstance(m, nn.Conv2d) and m.groups != 1:
-                raise NotImplementedError("grouped convolutions are not counted")
-
-            def hook(mod: nn.Module, args: object, out: torch.Tensor, name: str = name) -> None:
-                assert isinstance(mod, (nn.Conv2d, nn.Linear))
-                shapes.append((name, mod, out.shape))
-
-            hooks.append(m.register_forward_hook(hook))
+    order: list[str] = []
+    paths = dict(module.named_modules())
+    hooks = [m.register_forward_hook(lambda mod, args, out, path=path: order.append(path))
+             for path, m in paths.items()]
+    root = type(module).__name__
+    counter = FlopCounterMode(display=False)
+    was_training = module.training
     try:
-        with torch.no_grad():
-            was_training = module.training
-            module.eval()
+        module.eval()
+        with torch.no_grad(), counter:
             module(torch.zeros(1, *input_shape))
-            module.train(was_training)
+    except Exception as e:  # the user's module on a shape it cannot take
+        raise ConfigError(f"cannot count the FLOPs of {root} on inputs of shape "
+                          f"{tuple(input_shape)} ({type(e).__name__}: {e})") from None
     finally:
+        module.train(was_training)
         for h in hooks:
             h.remove()
+    totals = {key: sum(ops.values()) for key, ops in counter.get_flop_counts().items()}
 
-    costs = []
-    for i, (name, m, out_shape) in enumerate(shapes):
-        w: torch.Tensor = m.weight
-        key = f"{name}.weight"
-        nnz = int(mask[key].sum()) if mask is not None and key in mask else w.numel()
-        if isinstance(m, nn.Conv2d):
-            positions = int(out_shape[-1] * out_shape[-2])
-            kind = "conv2d"
-        else:
-            positions = int(torch.Size(out_shape[1:-1]).numel())
-            kind = "linear"
-        out_features = int(w.shape[0])
-        bias_key = f"{name}.bias"
-        if m.bias is not None and mask is not None and bias_key in mask:
-            out_features = int(mask[bias_key].sum())  # removed units add no bias
-        macs = nnz * positions
-        bias_outputs = out_features * positions if m.bias is not None else 0
-        fwd = 2 * macs + bias_outputs
-        bwd = 2 * macs + bias_outputs + (2 * macs if i > 0 else 0)
-        costs.append(LayerCost(name, kind, w.numel(), nnz, positions, macs, fwd, bwd))
+    def total(path: str) -> int:
+        return totals.get(f"{root}.{path}" if path else root, 0)
+
+    costs: list[LayerCost] = []
+    for path in dict.fromkeys(order):  # the order modules first finish in
+        m = paths[path]
+        own = total(path) - sum(total(f"{path}.{c}" if path else c)
+                                for c, _ in m.named_children())
+        if own <= 0:
+            continue
+        weights = _weights(m, path)
+        numel = sum(w.numel() for _, w in weights)
+        if numel:
+            nnz = sum(int(mask[n].sum()) if mask is not None and n in mask else w.numel()
+                      for n, w in weights)
+            positions = own // (2 * numel)
+            macs = nnz * positions
+            bias = getattr(m, "bias", None)
+            bias_key = f"{path}.bias"
+            outputs = 0
+            if isinstance(bias, torch.Tensor):
+                outputs = int(mask[bias_key].sum()) if mask is not None and bias_key in mask \
+                    else bias.numel()  # removed units add no bias
+            bias_outputs = outputs * positions
+            fwd = 2 * macs + bias_outputs
+            bwd = 2 * macs + bias_outputs + (2 * macs if costs else 0)
+        else:  # products of activations: no weight, both operands need a gradient
+            nnz, positions, macs = 0, 0, own // 2
+            fwd, bwd = own, 2 * own
+        costs.append(LayerCost(path, type(m).__name__.lower(), numel, nnz, positions, macs,
+                               fwd, bwd))
     return costs
 
 

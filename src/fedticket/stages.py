@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -18,6 +19,7 @@ import torch
 
 from fedticket import paths
 from fedticket.data import Splits
+from fedticket.errors import FedticketWarning
 from fedticket.io import atomic_write_json, load_states, save_states
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.pretrain.server import ServerTrainer
@@ -117,10 +119,14 @@ def prune_model(
         # is where it is only when pretraining ran here, not when it came from the cache
         trainer.g = torch.Generator().manual_seed(derived_seed(seed, "retrain"))
     if prune.structure == "channels":
+        graph = channel_graph(model, input_shape)
+        if graph.left_out:
+            warnings.warn(graph.warning(), FedticketWarning, stacklevel=2)
         mask, structure = structured_prune(
-            dict(model.named_parameters()), mask, channel_graph(model, input_shape),
+            dict(model.named_parameters()), mask, graph,
             prune.flops_fraction or (1.0 - prune.sparsity) / 2, prune.channel_floor,
         )
+        structure["left_out"] = dict(graph.left_out)
         fraction = fraction_to_reach(mask, names, prune.sparsity)
     source = MASK_SOURCES[prune.strategy]
     if source.level is None:

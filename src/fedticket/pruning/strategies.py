@@ -80,7 +80,59 @@ def prune_lowest(
             new[n] = mask[n] & ~drop.view_as(mask[n])
     else:
         raise ValueError(f"unknown pruning scope {scope!r}")
-    return Mask(new)
+    return Mask(_never_empty(new, mask, scores, names))
+
+
+def floor_of(shape: tuple[int, ...] | torch.Size) -> int:
+    """How many entries a tensor that pruning would empty keeps: one per output unit
+    (its first dimension), so that every layer still passes a signal."""
+    return int(shape[0])
+
+
+def _protect(scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """``scores`` with the highest-scored alive entry raised to +inf (kept)."""
+    out = scores.detach().clone().float()
+    idx = alive.flatten().nonzero().flatten()
+    if idx.numel():
+        out.view(-1)[idx[torch.argmax(out.flatten()[idx])]] = float("inf")
+    return out
+
+
+def _never_empty(new: dict[str, torch.Tensor], old: Mapping[str, torch.Tensor],
+                 scores: Mapping[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """``new`` where no tensor of ``names`` that had survivors is left with none: such a
+    tensor keeps its :func:`floor_of` highest-scored survivors (all of them if fewer),
+    and as many of the lowest-scored survivors of the other tensors go instead, so the
+    count kept stays the same. A layer emptied by pruning would cut the network (on a
+    network of thin layers, e.g. a MobileNet's projections, global magnitude pruning at
+    80% does)."""
+    emptied = [n for n in names if bool(old[n].any()) and not bool(new[n].any())]
+    if not emptied:
+        return new
+    restored = 0
+    for n in emptied:
+        alive = old[n].flatten().nonzero().flatten()
+        k = min(floor_of(old[n].shape), alive.numel())
+        top = alive[torch.topk(scores[n].flatten()[alive], k).indices]
+        flat = torch.zeros(old[n].numel(), dtype=torch.bool)
+        flat[top] = True
+        new[n] = flat.view_as(old[n])
+        restored += k
+    others = [n for n in names if n not in emptied]
+    if others and restored:
+        # each other tensor keeps its best survivor, so none is emptied here
+        flat_s = torch.cat([_protect(scores[n], new[n]).flatten() for n in others])
+        flat_a = torch.cat([new[n].flatten() for n in others])
+        alive_idx = flat_a.nonzero().flatten()
+        k = min(restored, alive_idx.numel())
+        drop = torch.zeros_like(flat_a)
+        drop[alive_idx[torch.topk(flat_s[alive_idx], k, largest=False).indices]] = True
+        start = 0
+        for n in others:
+            size = new[n].numel()
+            new[n] = new[n] & ~drop[start : start + size].view_as(new[n])
+            start += size
+    return new
 
 
 def erk_counts(shapes: Mapping[str, tuple[int, ...]], keep: int) -> dict[str, int]:

@@ -25,7 +25,7 @@ holds the bytes and is left to unstructured pruning); each keeps at least
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -81,6 +81,20 @@ class ChannelGraph:
     groups: tuple[ChannelGroup, ...]
     positions: Mapping[str, int]
     """``{weight name: output positions per sample}`` of every conv / linear layer."""
+    left_out: Mapping[str, str] = field(default_factory=dict)
+    """``{module path: why}`` of the groups the structured step cannot cut, left whole
+    (unstructured pruning still prunes their weights)."""
+
+    def warning(self) -> str:
+        """One line on what the structured step leaves to magnitude pruning, or ''."""
+        if not self.left_out:
+            return ""
+        first, why = next(iter(self.left_out.items()))
+        more = len(self.left_out) - 1
+        return (f"structured pruning leaves {len(self.left_out)} channel group"
+                f"{'s' if len(self.left_out) > 1 else ''} to magnitude pruning: {first}: "
+                f"{why}" + (f"; and {more} more ({', '.join(list(self.left_out)[1:4])}"
+                            f"{', ...' if more > 3 else ''})" if more else ""))
 
     def macs(self, mask: Mapping[str, torch.Tensor]) -> int:
         """Forward multiply-adds per sample under ``mask``."""
@@ -94,14 +108,23 @@ class ChannelGraph:
 def channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
     """The channel groups of ``model`` on ``(1, *input_shape)`` inputs.
 
-    A group whose units touch a module with parameters that is neither a conv / linear
-    layer nor a BatchNorm is left out (nothing of it is removed). Raises ConfigError
-    when the graph cannot be built.
+    A group that cannot be cut out exactly is left out (nothing of it is removed by the
+    structured step; unstructured pruning still prunes its weights), and
+    :attr:`ChannelGraph.left_out` says which and why: a unit that touches a module with
+    parameters that is neither a conv / linear layer nor a BatchNorm (a LayerNorm or
+    GroupNorm mixes the channels in its statistics, so removing one changes the
+    others), the input channels of a grouped (not depthwise) convolution, or units
+    whose slices do not fit their tensors or overlap (a reshape the dependency graph
+    does not follow: a channel shuffle, the split of attention heads). Raises
+    ConfigError when the graph cannot be built.
     """
     import torch_pruning as tp
 
-    positions = {f"{c.name}.weight": c.positions for c in layer_costs(model, input_shape)}
+    positions = {f"{c.name}.weight": c.positions for c in layer_costs(model, input_shape)
+                 if c.weights}
     paths = {m: p for p, m in model.named_modules()}
+    sizes = {n: tuple(t.shape) for n, t in [*model.named_parameters(),
+                                             *model.named_buffers()]}
     head = dict(model.named_modules()).get(ROOT)
     was_training = model.training
     model.eval()
@@ -116,20 +139,22 @@ def channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGrap
     finally:
         model.train(was_training)
     order = {p: i for i, (p, _) in enumerate(model.named_modules())}
-    groups = []
+    groups, left_out = [], {}
     for root in roots:
         dep = root[0].dep
         module, handler, units = dep.target.module, dep.handler, len(root[0].idxs)
+        where = paths.get(module, "?")
         per_unit = [_unit_slices(graph.get_pruning_group(module, handler, idxs=[j]), paths)
                     for j in range(units)]
-        if any(s is None for s in per_unit):
+        reason = next((s for s in per_unit if isinstance(s, str)), None)
+        units_ = [s for s in per_unit if not isinstance(s, str)]
+        reason = reason or _misfit(units_, sizes)
+        if reason is not None:
+            left_out[where] = reason
             continue
-        keys = list(per_unit[0])  # type: ignore[arg-type]
-        if any(list(s) != keys or any(len(s[k]) != len(per_unit[0][k]) for k in keys)  # type: ignore
-               for s in per_unit):
-            continue  # units of unequal shape: not a group we can slice
+        keys: list[tuple[str, int]] = list(units_[0])
         slices = tuple(
-            Slice(tensor, dim, torch.tensor([s[(tensor, dim)] for s in per_unit]),  # type: ignore
+            Slice(tensor, dim, torch.tensor([s[(tensor, dim)] for s in units_]),
                   positions.get(tensor, 0) if tensor.endswith(".weight") else 0)
             for tensor, dim in keys
         )
@@ -138,13 +163,29 @@ def channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGrap
         name = min(writers or [paths[module]], key=order.__getitem__)
         groups.append(ChannelGroup(name, units, slices, feeds_head))
     groups.sort(key=lambda g: order[g.name])
-    return ChannelGraph(tuple(groups), positions)
+    return ChannelGraph(tuple(groups), positions, left_out)
 
 
-def _unit_slices(group, paths: Mapping[nn.Module, str]
-                 ) -> dict[tuple[str, int], list[int]] | None:
-    """``{(tensor, dim): indices}`` of one unit's dependency group, or None when it touches
-    a module we do not know how to slice."""
+def _misfit(per_unit: list[dict[tuple[str, int], list[int]]],
+            sizes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """Why the units' slices cannot be cut out as they are, or None when they can: every
+    unit owns the same tensors with as many entries, inside each tensor, and no entry
+    belongs to two units."""
+    keys = list(per_unit[0])
+    if any(list(s) != keys or any(len(s[k]) != len(per_unit[0][k]) for k in keys)
+           for s in per_unit):
+        return "its units own unequal slices (a reshape the dependency graph cannot follow)"
+    for tensor, dim in keys:
+        taken = [i for s in per_unit for i in s[(tensor, dim)]]
+        if max(taken, default=-1) >= sizes[tensor][dim] or len(set(taken)) < len(taken):
+            return (f"its slices of {tensor} do not fit the tensor (a reshape the dependency "
+                    "graph cannot follow: a channel shuffle, a split into attention heads)")
+    return None
+
+
+def _unit_slices(group, paths: Mapping[nn.Module, str]) -> dict[tuple[str, int], list[int]] | str:
+    """``{(tensor, dim): indices}`` of one unit's dependency group, or why it cannot be
+    cut out (it touches a module we do not know how to slice)."""
     out: dict[tuple[str, int], list[int]] = {}
     for item in group:
         module = item.dep.target.module
@@ -152,21 +193,29 @@ def _unit_slices(group, paths: Mapping[nn.Module, str]
             continue  # an operation of the traced graph (add, relu, flatten), no tensors
         path, fn = paths[module], item.dep.handler.__name__
         idxs = sorted(int(i) for i in item.idxs)
+        kind = type(module).__name__
         if isinstance(module, WEIGHTED):
+            groups = getattr(module, "groups", 1)
+            if groups > 1 and module.weight.shape[1] > 1:
+                return (f"it passes through the grouped convolution {path} "
+                        f"(groups={groups}), whose groups would change")
             if fn == "prune_out_channels":
                 out[(f"{path}.weight", 0)] = idxs
                 if module.bias is not None:
                     out[(f"{path}.bias", 0)] = idxs
-            elif fn == "prune_in_channels":
+            elif fn == "prune_in_channels" and groups == 1:
                 out[(f"{path}.weight", 1)] = idxs
+            elif fn == "prune_in_channels":
+                continue  # depthwise: input channel j is output channel j (its rows)
             else:
-                return None
+                return f"{path} ({kind}) is reached by {fn}"
         elif isinstance(module, NORMS):
             for t in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(module, t, None) is not None:
                     out[(f"{path}.{t}", 0)] = idxs
         elif any(True for _ in module.parameters(recurse=False)):
-            return None
+            return (f"it passes through {path} ({kind}), whose parameters or statistics "
+                    "are not per channel alone")
     return out
 
 
