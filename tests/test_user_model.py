@@ -1,5 +1,7 @@
 """A model fedticket has never seen: split into body and head, decoder built, BatchNorm."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -159,3 +161,22 @@ def test_a_bad_factory_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, nam
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not list((tmp_path / "runs").glob("fedavg_*"))  # nothing half-written
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8), (1, 8, 64), (3, 13, 21), (3, 40, 64),
+                                   (3, 64, 64), (2, 64, 9)], ids=lambda s: "x".join(map(str, s)))
+def test_the_dae_trains_on_any_image_shape_from_8_to_64_pixels(shape):
+    """The automatic decoder gives back the image's exact C x H x W, and one DAE epoch on
+    it runs to a finite loss, for square, non-square, grey and RGB images."""
+    from fedticket.api import find_ticket
+    from fedticket.spec import PretrainSpec
+
+    c, h, w = shape
+    net = nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                        nn.Flatten(), nn.Linear(32, 10))
+    ticket = find_ticket(net, torch.rand(16, *shape, generator=torch.Generator().manual_seed(0)),
+                         sparsity=0.5, pretrain=PretrainSpec(epochs=1, batch_size=8))
+    [loss] = ticket.report["pretrain"]["epoch_losses"]
+    assert math.isfinite(loss) and loss > 0
+    decoder = auto_decoder(32, shape)()
+    assert decoder(torch.rand(2, 32)).shape == (2, c, h, w)
