@@ -214,9 +214,11 @@ def test_npz_layouts(tmp_path: Path) -> None:
 
     xf = rng.random((6, 4, 4)).astype(np.float64)  # 3-D float input
     np.savez(tmp_path / "b.npz", x=xf, y=np.zeros(6, int), x_test=xf[:2], y_test=np.ones(2, int))
-    s = load_splits(
-        DataSpec(dataset="npz", path=str(tmp_path / "b.npz"), pool_size=2, num_clients=2), 0
-    )
+    # class 1 is in the test split only: inferred, it would have no training image
+    spec = DataSpec(dataset="npz", path=str(tmp_path / "b.npz"), pool_size=2, num_clients=2)
+    with pytest.raises(DataError, match=r"1 have no training image \(1\)"):
+        load_splits(spec, 0)
+    s = load_splits(DataSpec(**{**spec.__dict__, "num_classes": 2}), 0)
     assert s.input_shape == (1, 4, 4) and len(s.test) == 2 and s.num_classes == 2
     assert torch.allclose(s.test.x[:, 0], torch.from_numpy(xf[:2]).float())
 

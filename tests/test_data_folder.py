@@ -314,3 +314,29 @@ batch_size = 4
 
 def test_the_loader_is_registered():
     assert sources.LOADERS["folder"] is load_folder
+
+
+def test_a_folder_of_one_class_is_refused_with_its_labels_and_counts(tmp_path):
+    for i in range(6):
+        write(tmp_path / "only" / f"img{i}.png", pixels(0, i))
+    with pytest.raises(DataError) as e:
+        load_splits(DataSpec(dataset="folder", path=str(tmp_path), pool_size=1,
+                             num_clients=1), 0)
+    # 6 images, a sixth held out for test: 5 train images, all label 0
+    assert "has one class only (training labels and counts: 0: 5)" in one_line(e)
+
+
+def test_a_stray_label_leaves_classes_empty_unless_num_classes_says_so(tmp_path):
+    # labels 0 and 1, 20 images each, and one image labelled 99 (a typo for 9, say)
+    x = np.zeros((41, 8, 8), dtype=np.uint8)
+    y = np.array([0] * 20 + [1] * 20 + [99], dtype=np.int64)
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:4], y_test=y[:4])
+    spec = DataSpec(dataset="npz", path=str(tmp_path / "d.npz"), pool_size=5, num_clients=2)
+    with pytest.raises(DataError) as e:
+        load_splits(spec, 0)
+    assert ("100 classes are inferred (the largest label + 1) but 97 have no training image "
+            "(2, 3, 4, 5, 6, ...); training labels and counts: 0: 20, 1: 20, 99: 1; fix the "
+            "labels or set data.num_classes") in one_line(e)
+    assert load_splits(DataSpec(**{**spec.__dict__, "num_classes": 100}), 0).num_classes == 100
+    with pytest.raises(DataError, match="label 99 is not below data.num_classes = 10"):
+        load_splits(DataSpec(**{**spec.__dict__, "num_classes": 10}), 0)

@@ -92,6 +92,9 @@ class DataSpec:
     dirichlet_alpha: float = 0.5
     shards_per_client: int = 2
     min_client_size: int = 1
+    num_classes: int = 0
+    """0: inferred from the labels (the largest + 1; every class must then have a
+    training image); else the classifier's number of outputs, at least every label + 1."""
 
     def __post_init__(self) -> None:
         _choice("data", "dataset", self.dataset, DATASETS)
@@ -106,6 +109,7 @@ class DataSpec:
         _positive("data", "dirichlet_alpha", self.dirichlet_alpha)
         _positive("data", "shards_per_client", self.shards_per_client)
         _positive("data", "min_client_size", self.min_client_size, allow_zero=True)
+        _positive("data", "num_classes", self.num_classes, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -469,7 +473,8 @@ class ExperimentSpec:
         partition, client count or training size) share their pretraining and mask.
         """
         d = self.to_dict()
-        d["data"] = {k: v for k, v in d["data"].items() if k not in CLIENT_SPLIT_FIELDS}
+        d["data"] = {k: v for k, v in d["data"].items() if k not in CLIENT_SPLIT_FIELDS
+                     and not (k == "num_classes" and v == 0)}  # caches from before it
         blob = json.dumps(
             {"seed": self.seed, **{s: d[s] for s in sections}}, sort_keys=True
         )

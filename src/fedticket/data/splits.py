@@ -167,6 +167,33 @@ def _labeled(src: Source, indices: np.ndarray, test: bool = False) -> Labeled:
     return Labeled(to_tensor(x[indices]), torch.from_numpy(y[indices]))
 
 
+def class_count(src: Source, declared: int = 0) -> int:
+    """The number of classes: ``declared`` when set (it must exceed every label), else
+    inferred as the largest label + 1, which must leave no class without a training
+    image and give at least two (a stray label far above the rest would make a head of
+    hundreds of classes that never train). Raises DataError naming the labels and their
+    counts."""
+    labels = np.concatenate([src.y_train, src.y_test]).astype(np.int64)
+    top = int(labels.max(initial=-1)) + 1
+    if declared:
+        if top > declared:
+            raise DataError(f"{src.name}: label {top - 1} is not below data.num_classes = "
+                            f"{declared}; raise data.num_classes or fix the labels")
+        return declared
+    counts = np.bincount(src.y_train.astype(np.int64), minlength=max(top, 1))
+    shown = ", ".join(f"{i}: {int(n)}" for i, n in enumerate(counts) if n) or "none"
+    empty = [i for i, n in enumerate(counts) if n == 0]
+    if top < 2:
+        raise DataError(f"{src.name} has one class only (training labels and counts: "
+                        f"{shown}); a classifier needs two or more classes")
+    if empty:
+        few = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        raise DataError(f"{src.name}: {top} classes are inferred (the largest label + 1) but "
+                        f"{len(empty)} have no training image ({few}); training labels and "
+                        f"counts: {shown}; fix the labels or set data.num_classes")
+    return top
+
+
 def load_splits(spec: DataSpec, seed: int, *, oracle_labels: bool = False) -> Splits:
     """Load ``spec.dataset`` and split it into pool, client parts and test set.
 
@@ -192,6 +219,7 @@ def load_splits(spec: DataSpec, seed: int, *, oracle_labels: bool = False) -> Sp
     if seed < 0:
         raise DataError(f"the seed must be >= 0, got {seed}; use a non-negative seed")
     src = load_source(spec.dataset, spec.path)
+    num_classes = class_count(src, spec.num_classes)
     order = np.random.default_rng(seed).permutation(len(src.y_train))
     pool_src = load_source(spec.pool_dataset, spec.pool_path) if _external_pool(spec) else src
     if pool_src is not src and _same_images(pool_src, src):
@@ -214,7 +242,7 @@ def load_splits(spec: DataSpec, seed: int, *, oracle_labels: bool = False) -> Sp
         pool=Unlabeled(pool_x),
         clients=tuple(_labeled(src, client_idx[p]) for p in parts),
         test=_labeled(src, test_idx, test=True),
-        num_classes=src.num_classes,
+        num_classes=num_classes,
         input_shape=shape,
         pool_labels=torch.from_numpy(pool_src.y_train[pool_idx]) if oracle_labels else None,
     )
