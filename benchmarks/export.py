@@ -1,8 +1,10 @@
 """Exported `dae-ticket-fast` model against the dense one in onnxruntime (target p6).
 
-For the FedAvg CNN (`cnn-fedavg`, 1x28x28, 10 classes) and, when the model registry
-has one, a residual network, a `dae-ticket-fast`-style subnetwork is made without a
-federated run: the model with random weights (seed 0; what is timed does not depend on
+For the FedAvg CNN (`cnn-fedavg`, 1x28x28, 10 classes), a residual network when the
+model registry has one, and two networks of the test suite's zoo (`tests/zoo.py`: the
+MobileNetV2-style depthwise-separable one and the small vision transformer), a
+`dae-ticket-fast`-style subnetwork is made without a federated run: the model with
+random weights (seed 0; what is timed does not depend on
 the values), the pipeline's pruning stage (`fedticket.stages.prune_model`: FLOP-aware
 channel pruning from `fedticket.pruning.structured`, then magnitude pruning to the
 target sparsity), and `fedticket.pruning.compact.Compact` for the physically smaller
@@ -22,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 from _timing import cpu_model
 
+from fedticket.errors import FedticketWarning
 from fedticket.export import ExportedModel, onnx_bytes
 from fedticket.flops import layer_costs
 from fedticket.models import Classifier, build, prunable_names
@@ -42,6 +48,8 @@ from fedticket.spec import ExperimentSpec, ModelSpec, with_method
 from fedticket.stages import prune_model
 
 SHAPE = (1, 28, 28)
+ZOO_FAMILIES = ("depthwise", "vit")
+"""tests/zoo.py's MobileNetV2-style network and its small vision transformer."""
 CLASSES = 10
 BATCHES = (1, 64)
 
@@ -54,10 +62,24 @@ class Variant:
     fwd_flops: int
 
 
-def ticket(model_name: str, sparsity: float) -> tuple[Classifier, Mask, Compact]:
+def registry_model(name: str) -> Classifier:
+    return build(ModelSpec(name=name), SHAPE, CLASSES)
+
+
+def zoo_model(family: str) -> Classifier:
+    """A network of the test suite's zoo (tests/zoo.py), taken over as a user's model."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fedticket.models.adapt import from_module
+    from zoo import build as build_zoo
+
+    torch.manual_seed(0)
+    return from_module(build_zoo(family, SHAPE, CLASSES), SHAPE, CLASSES)
+
+
+def ticket(make: Callable[[], Classifier], sparsity: float) -> tuple[Classifier, Mask, Compact]:
     """The model (random weights, pruned entries zeroed), its mask and its compact copy."""
     torch.manual_seed(0)
-    model = build(ModelSpec(name=model_name), SHAPE, CLASSES).eval()
+    model = make().eval()
     spec = with_method(ExperimentSpec(), "dae-ticket-fast")
     prune = replace(spec.prune, sparsity=sparsity)
     names = prunable_names(model, include_head=prune.include_head,
@@ -107,13 +129,16 @@ def latencies(variants: list[Variant], repeats: int, warmup: int) -> dict[tuple[
     return out
 
 
-def bench(model_name: str, sparsity: float, repeats: int, warmup: int, folder: Path
-          ) -> dict[str, float]:
-    model, mask, compact = ticket(model_name, sparsity)
+def bench(model_name: str, sparsity: float, repeats: int, warmup: int, folder: Path,
+          make: Callable[[], Classifier] | None = None) -> dict[str, float]:
+    make = make or (lambda: registry_model(model_name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FedticketWarning)  # groups left whole: in the FLOPs
+        model, mask, compact = ticket(make, sparsity)
     if compact.is_identity:
         raise SystemExit(f"{model_name}: the mask removes no whole unit; nothing to compare")
-    dense = export(build(ModelSpec(name=model_name), SHAPE, CLASSES), f"{model_name}-dense",
-                   False, folder)
+    torch.manual_seed(0)
+    dense = export(make(), f"{model_name}-dense", False, folder)
     fast = export(compact.net, f"{model_name}-fast", True, folder)
     lat = latencies([dense, fast], repeats, warmup)
     dense_flops = sum(c.forward_flops for c in layer_costs(model, SHAPE))
@@ -158,6 +183,9 @@ def main() -> None:
         else:
             print(f"\nresidual network: skipped, the model registry has none "
                   f"({', '.join(REGISTRY)})")
+        for family in ZOO_FAMILIES:  # a depthwise-separable network and a transformer
+            bench(f"zoo-{family}", args.sparsity, repeats, warmup, Path(tmp),
+                  lambda family=family: zoo_model(family))
     print(f"p6_export_latency_ratio_b1: {cnn['latency_b1']:.3f}")
     print(f"p6_export_size_ratio: {cnn['size']:.3f}")
 
