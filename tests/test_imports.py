@@ -128,3 +128,30 @@ def test_no_method_name_is_written_outside_the_preset_table():
         found += [f"{path.relative_to(SRC)}:{c.lineno} {c.value!r}" for c in _code_strings(tree)
                   if c.value in METHODS and c.value not in parts and c.value not in exported]
     assert found == []
+
+
+def test_no_code_branches_on_a_parts_name():
+    """The round loop, the runner, the stages, the client and the engines call parts
+    through their registries: no comparison anywhere outside ``spec.py`` tests a setting
+    that names a part (``pretrain.kind``, ``federate.compute``, ...) against one of its
+    registered names. (A registry's own module may name its parts where it adds them.)"""
+    from fedticket.parts import REGISTRIES
+
+    fields = {setting.rpartition(".")[2]: set(reg.names()) for setting, reg in
+              REGISTRIES.items()}
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "spec.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            attrs = {s.attr for s in sides if isinstance(s, ast.Attribute)}
+            names = {c.value for s in sides for c in ast.walk(s)
+                     if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+            for attr in attrs & set(fields):
+                if names & fields[attr]:
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno} "
+                                 f".{attr} vs {sorted(names & fields[attr])}")
+    assert found == []

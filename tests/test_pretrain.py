@@ -30,9 +30,9 @@ def dae_on(spec_data, model_name, epochs, loss="bce", noise="gaussian"):
                         noise=noise, noise_level=0.3)
     trainer = ServerTrainer(m, spec, splits.pool.x, None, torch.Generator().manual_seed(0))
     head_before = m.head.weight.clone()
-    before = trainer.reconstruction_loss(splits.pool.x)
+    before = trainer.probe(splits.pool.x)
     losses = trainer.train(epochs)
-    after = trainer.reconstruction_loss(splits.pool.x)
+    after = trainer.probe(splits.pool.x)
     assert torch.equal(m.head.weight, head_before)  # the DAE never touches the head
     return m, trainer, before, after, losses
 

@@ -37,7 +37,7 @@ from fedticket.federated.client import LocalTrainer
 from fedticket.federated.strategy import RoundLog, TicketStrategy
 from fedticket.models import Classifier, prunable_names
 from fedticket.models.adapt import from_module, probe_output
-from fedticket.pretrain.server import ServerTrainer
+from fedticket.pretrain.server import OBJECTIVES, ServerTrainer
 from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask, load_tensors, model_tensors
 from fedticket.spec import FederateSpec, PretrainSpec, PruneSpec
@@ -133,9 +133,10 @@ def find_ticket(
         num_classes = _output_classes(model, x[:2])
     net = from_module(model, input_shape, num_classes, head=head, decoder=decoder)
     pretrain = pretrain or PretrainSpec()
-    if pretrain.kind == "supervised":
-        raise ConfigError("find_ticket has unlabeled images only; pretrain.kind is 'dae' or "
-                          "'none'")
+    objective = OBJECTIVES[pretrain.kind]
+    if objective.uses_labels:
+        raise ConfigError(f"find_ticket has unlabeled images only; pretrain.kind "
+                          f"{pretrain.kind!r} needs labels")
     prune = replace(prune or PruneSpec(), sparsity=sparsity,
                     structure="channels" if structured else "none")
     init = {k: v.detach().clone() for k, v in model_tensors(net).items()}
@@ -143,7 +144,7 @@ def find_ticket(
                            include_biases=prune.include_biases)
     trainer = None
     report: dict[str, Any] = {}
-    if pretrain.kind == "dae":
+    if objective.net is not None:
         g = torch.Generator().manual_seed(derived_seed(seed, "pretrain"))
         trainer = ServerTrainer(net, pretrain, x, None, g)
         trainer.train(pretrain.epochs)

@@ -17,15 +17,21 @@ from __future__ import annotations
 from fedticket.accounting.wire import DOWNLOAD_CODES, UPLOAD_CODES, VALUE_CODES
 from fedticket.federated import dst, saliency  # noqa: F401  (they register their parts)
 from fedticket.federated.aggregate import AGGREGATORS
+from fedticket.federated.client import COMPUTE_PATHS
 from fedticket.federated.rules import RULES
 from fedticket.models.registry import REGISTRY as MODELS
+from fedticket.pretrain.server import OBJECTIVES
 from fedticket.pruning.sources import MASK_SOURCES
+from fedticket.pruning.structured import STRUCTURES
 from fedticket.registry import Registry
 from fedticket.weights import WEIGHT_INITS
 
 REGISTRIES: dict[str, Registry] = {
     "model.name": MODELS,
+    "pretrain.kind": OBJECTIVES,
     "prune.strategy": MASK_SOURCES,
+    "prune.structure": STRUCTURES,
+    "federate.compute": COMPUTE_PATHS,
     "federate.values": VALUE_CODES,
     "federate.upload": UPLOAD_CODES,
     "federate.download": DOWNLOAD_CODES,

@@ -27,15 +27,14 @@ from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.client import LocalTrainer
 from fedticket.federated.messages import Engine
 from fedticket.federated.rules import mask_changes
-from fedticket.federated.saliency import SALIENCY, client_saliency_mask
 from fedticket.federated.simulate import CLIENT_THREADS, local_engine
 from fedticket.federated.strategy import TicketStrategy
-from fedticket.federated.tasks import client_for
 from fedticket.flops import costs_report, layer_costs, train_flops_per_sample
 from fedticket.io import atomic_write_json, git_commit, save_states, versions
 from fedticket.models import build
+from fedticket.pretrain.server import OBJECTIVES
 from fedticket.pruning.mask import Mask
-from fedticket.pruning.sources import MASK_SOURCES
+from fedticket.pruning.sources import MASK_SOURCES, ClientSearch, MaskSource
 from fedticket.run_folder import MetricsWriter, Progress, in_run_folder
 from fedticket.spec import ExperimentSpec
 from fedticket.stages import (  # noqa: F401  (re-exported: the stages' public names)
@@ -99,14 +98,17 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     _write_provenance(spec, folder, engine)
     if stream:
         print(f"{label}: data", file=stream, flush=True)
-    splits = load_splits(spec.data, spec.seed, oracle_labels=spec.pretrain.kind == "supervised")
+    labels = OBJECTIVES[spec.pretrain.kind].uses_labels
+    splits = load_splits(spec.data, spec.seed, oracle_labels=labels)
     if stream:
         print(f"{label}: pretrain={spec.pretrain.kind} prune={spec.prune.strategy} "
               f"weights={spec.weights.init}", file=stream, flush=True)
     stages = pretrain_and_prune(spec, splits, out, stream)
     prelude = None
-    if MASK_SOURCES[spec.prune.strategy].from_clients:
-        stages, prelude = _client_mask(spec, splits, stages, engine, folder, stream, label)
+    source = MASK_SOURCES[spec.prune.strategy]
+    if source.from_clients is not None:
+        stages, prelude = _client_mask(source, spec, splits, stages, engine, folder, stream,
+                                       label)
     stages.mask.save(folder / paths.MASK)
     model = fresh_model(spec, splits, "init")
     trainer = LocalTrainer(model, stages.mask, spec.federate, splits.input_shape)
@@ -138,33 +140,20 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     atomic_write_json(folder / paths.SUMMARY, summary)
 
 
-def _client_mask(spec: ExperimentSpec, splits: Splits, stages: ServerStages,
-                 engine: EngineFactory, folder: Path, stream: TextIO | None, label: str
-                 ) -> tuple[ServerStages, tuple | None]:
-    """The ``snip`` mask from the clients' saliency (:mod:`fedticket.federated.saliency`),
-    and what to book for it; a resumed run reads the mask it found before (its cost is
-    in the checkpoint's ledger)."""
+def _client_mask(source: MaskSource, spec: ExperimentSpec, splits: Splits,
+                 stages: ServerStages, engine: EngineFactory, folder: Path,
+                 stream: TextIO | None, label: str) -> tuple[ServerStages, tuple | None]:
+    """The mask the clients find before round 1 (the source's ``from_clients``), and
+    what to book for it; a resumed run reads the mask it found before (its cost is in
+    the checkpoint's ledger)."""
     if (folder / paths.CHECKPOINT).is_file() and (folder / paths.MASK).is_file():
         return replace(stages, mask=Mask.load(folder / paths.MASK)), None
-    model = fresh_model(spec, splits, "init")
-    trainer, codec = client_for(SALIENCY, model, Mask.full(model), spec.federate,
-                                splits.input_shape)
-    trainer.saliency_batches = spec.prune.snip_batches
-    carrier = engine(trainer, codec, splits)
-    start = stages.trained
-    try:
-        mask, records, failures = client_saliency_mask(
-            carrier, codec, trainer, start, stages.prunable, spec.prune.sparsity,
-            spec.prune.snip_fraction, [len(c) for c in splits.clients], spec.seed,
-            spec.prune.snip_batches,
-            (lambda m: print(f"{label}: {m}", file=stream, flush=True)) if stream else None)
-    finally:
-        if hasattr(carrier, "close"):
-            carrier.close()
-    log = stages.log | {"prune": {"levels": [{"level": 1, "density": mask.density}],
-                                  "clients": len(records)}}
-    return (replace(stages, mask=mask, log=log),
-            (records, failures, len(codec.encode(start))))
+    assert source.from_clients is not None
+    say = (lambda m: print(f"{label}: {m}", file=stream, flush=True)) if stream else None
+    found = source.from_clients(ClientSearch(spec, splits, fresh_model(spec, splits, "init"),
+                                             stages.trained, stages.prunable, engine, say))
+    return (replace(stages, mask=found.mask, log=stages.log | {"prune": found.log}),
+            (found.records, found.failures, found.down_bytes))
 
 
 def _write_provenance(spec: ExperimentSpec, folder: Path, engine: EngineFactory) -> None:

@@ -24,15 +24,10 @@ from fedticket.registry import Registry
 
 DATASETS = ("fashion-mnist", "digits", "npz", "folder")
 PARTITIONS = ("iid", "dirichlet", "shards")
-PRETRAIN_KINDS = ("none", "dae", "supervised")
-LABELLED_PRETRAIN = ("supervised",)
-"""The pretraining kinds that use the pool's labels."""
 NOISES = ("gaussian", "masking", "salt-pepper")
 LOSSES = ("mse", "bce")
 OPTIMIZERS = ("adam", "sgd")
 PRUNE_SCOPES = ("global", "layer", "erk")
-PRUNE_STRUCTURES = ("none", "channels")
-COMPUTE_PATHS = ("auto", "dense-masked", "structured", "sparse")
 # data fields that shape only the clients' part (and the test set), never the pool
 CLIENT_SPLIT_FIELDS = ("train_size", "test_size", "num_clients", "partition",
                        "dirichlet_alpha", "shards_per_client", "min_client_size")
@@ -169,7 +164,7 @@ class PretrainSpec:
     loss: str = "bce"
 
     def __post_init__(self) -> None:
-        _choice("pretrain", "kind", self.kind, PRETRAIN_KINDS)
+        _part("pretrain.kind", self.kind)
         _choice("pretrain", "noise", self.noise, NOISES)
         _choice("pretrain", "loss", self.loss, LOSSES)
         _choice("pretrain", "optimizer", self.optimizer, OPTIMIZERS)
@@ -229,14 +224,15 @@ class PruneSpec:
         if not 0.0 < self.channel_floor <= 1.0:
             raise ConfigError(f"prune.channel_floor must be in (0, 1], got {self.channel_floor}")
         _choice("prune", "scope", self.scope, PRUNE_SCOPES)
-        _choice("prune", "structure", self.structure, PRUNE_STRUCTURES)
+        _part("prune.structure", self.structure)
+        cuts = _registry("prune.structure")[self.structure].cut is not None
         if not 0.0 <= self.flops_fraction <= 1.0:
             raise ConfigError(f"prune.flops_fraction must be in [0, 1] (0 = (1 - sparsity) / 2), "
                               f"got {self.flops_fraction}")
-        if self.structure != "none" and self.levels != 1:
+        if cuts and self.levels != 1:
             raise ConfigError("prune.structure needs prune.levels = 1")
         if not _registry("prune.strategy")[self.strategy].levels and (
-                self.levels != 1 or self.structure != "none"):
+                self.levels != 1 or cuts):
             raise ConfigError(f"prune.strategy {self.strategy} needs prune.levels = 1 and "
                               "prune.structure = none")
         _positive("prune", "synflow_iterations", self.synflow_iterations)
@@ -366,7 +362,7 @@ class FederateSpec:
         _positive("federate", "momentum", self.momentum, allow_zero=True)
         _positive("federate", "weight_decay", self.weight_decay, allow_zero=True)
         _positive("federate", "eval_every", self.eval_every)
-        _choice("federate", "compute", self.compute, COMPUTE_PATHS)
+        _part("federate.compute", self.compute)
         _part("federate.values", self.values)
         _part("federate.aggregation", self.aggregation)
         _part("federate.upload", self.upload)
@@ -384,7 +380,8 @@ class FederateSpec:
         upload = _registry("federate.upload")[self.upload]
         exact = _registry("federate.values")[self.values].exact
         change = _registry("federate.download")[self.download].change
-        if self.readjust_every and (self.compute != "dense-masked" or not upload.is_model):
+        follows = _registry("federate.compute")[self.compute].mask_may_change
+        if self.readjust_every and (not follows or not upload.is_model):
             raise ConfigError("federate.readjust_every (a mask that changes) needs "
                               "federate.compute = dense-masked and federate.upload = model")
         if not 0.0 < self.upload_density <= 1.0:
@@ -568,7 +565,8 @@ for _name, _base, _code in _PEERS:
 def uses_labels(method: str) -> bool:
     """Whether a preset's server step uses the pool's labels (an oracle: fedticket's
     method has none); False for a name that is no preset."""
-    return METHODS.get(method, {}).get("pretrain.kind") in LABELLED_PRETRAIN
+    kind = METHODS.get(method, {}).get("pretrain.kind")
+    return kind is not None and _registry("pretrain.kind")[kind].uses_labels
 
 
 BASELINE = "fedavg"

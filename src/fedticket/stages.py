@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -19,14 +18,13 @@ import torch
 
 from fedticket import paths
 from fedticket.data import Splits
-from fedticket.errors import FedticketWarning
 from fedticket.io import atomic_write_json, load_states, save_states
 from fedticket.models import Classifier, build, prunable_names
-from fedticket.pretrain.server import ServerTrainer
+from fedticket.pretrain.server import OBJECTIVES, ServerTrainer
 from fedticket.pruning import Mask, level_fraction
 from fedticket.pruning.mask import load_tensors, model_tensors
 from fedticket.pruning.sources import MASK_SOURCES, Level
-from fedticket.pruning.structured import channel_graph, fraction_to_reach, structured_prune
+from fedticket.pruning.structured import STRUCTURES, fraction_to_reach
 from fedticket.spec import ExperimentSpec, PruneSpec
 from fedticket.weights import WEIGHT_INITS, Start, fanin_scaled  # noqa: F401  (re-exported)
 
@@ -73,9 +71,10 @@ def pretrain_and_prune(
     )
     kind, strategy = spec.pretrain.kind, spec.prune.strategy
     source = MASK_SOURCES[strategy]
-    if kind == "none" and source.level is None:  # no server work (or the clients find it)
+    trains = OBJECTIVES[kind].net is not None
+    if not trains and source.level is None:  # no server work (or the clients find it)
         return ServerStages(init, init, Mask.full(model), names,
-                            {"pretrain_kind": "none", "prune_strategy": strategy})
+                            {"pretrain_kind": kind, "prune_strategy": strategy})
 
     prune_file = paths.prune_cache(out, spec.stage_hash("data", "model", "pretrain", "prune"))
     if prune_file.is_file():
@@ -84,7 +83,7 @@ def pretrain_and_prune(
         return ServerStages(init, cached["trained"], Mask(cached["mask"]), names, cached_log)
 
     log: dict = {"pretrain_kind": kind, "prune_strategy": strategy, "cached": False}
-    trainer = _pretrain(spec, splits, model, out, log, stream) if kind != "none" else None
+    trainer = _pretrain(spec, splits, model, out, log, stream) if trains else None
 
     mask = Mask.full(model)
     if source.level is not None:
@@ -118,15 +117,9 @@ def prune_model(
         # retraining between levels draws from its own stream: the pretraining stream
         # is where it is only when pretraining ran here, not when it came from the cache
         trainer.g = torch.Generator().manual_seed(derived_seed(seed, "retrain"))
-    if prune.structure == "channels":
-        graph = channel_graph(model, input_shape)
-        if graph.left_out:
-            warnings.warn(graph.warning(), FedticketWarning, stacklevel=2)
-        mask, structure = structured_prune(
-            dict(model.named_parameters()), mask, graph,
-            prune.flops_fraction or (1.0 - prune.sparsity) / 2, prune.channel_floor,
-        )
-        structure["left_out"] = dict(graph.left_out)
+    cut = STRUCTURES[prune.structure].cut
+    if cut is not None:
+        mask, structure = cut(prune, model, input_shape, mask)
         fraction = fraction_to_reach(mask, names, prune.sparsity)
     source = MASK_SOURCES[prune.strategy]
     if source.level is None:
@@ -156,7 +149,7 @@ def _pretrain(
 ) -> ServerTrainer:
     """Pretrain ``model`` in place (or load the cached result); record the cost in ``log``."""
     kind = spec.pretrain.kind
-    pool_y = splits.pool_labels if kind == "supervised" else None
+    pool_y = splits.pool_labels if OBJECTIVES[kind].uses_labels else None
     g = torch.Generator().manual_seed(derived_seed(spec.seed, "pretrain"))
     trainer = ServerTrainer(model, spec.pretrain, splits.pool.x, pool_y, g)
     if stream is not None:
@@ -170,7 +163,7 @@ def _pretrain(
         log["pretrain"] = json.loads(cache.with_suffix(".json").read_text()) | {"cached": True}
         return trainer
     probe = splits.pool.x[:512]
-    before = trainer.reconstruction_loss(probe) if kind == "dae" else None
+    before = trainer.probe(probe)
     trainer.train(spec.pretrain.epochs)
     pre = {
         "epoch_losses": trainer.log.epoch_losses,
@@ -179,10 +172,8 @@ def _pretrain(
         "samples": trainer.log.samples,
         "pool_size": len(splits.pool),
     }
-    if kind == "dae":
-        pre["clean_reconstruction_loss"] = {
-            "before": before, "after": trainer.reconstruction_loss(probe)
-        }
+    if before is not None:
+        pre[trainer.part.probe_name] = {"before": before, "after": trainer.probe(probe)}
     atomic_write_json(cache.with_suffix(".json"), pre)
     save_states(cache, {"net": _state(trainer.net)})
     log["pretrain"] = pre | {"cached": False}

@@ -1,7 +1,12 @@
-"""Pure aggregation and client sampling, shared by every driver."""
+"""Pure aggregation and client sampling, shared by every driver: how the round's checked
+updates are combined (:data:`AGGREGATORS`, ``federate.aggregation``) and which of them
+may take part (:func:`norm_bounds`, ``federate.max_update_norm`` and
+``federate.norm_factor``)."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -79,6 +84,33 @@ AGGREGATORS.add("fedavg", lambda updates, trim: fedavg(updates))
 AGGREGATORS.add("median", lambda updates, trim: coordinate_median([s for s, _ in updates]))
 AGGREGATORS.add("trimmed-mean",
                 lambda updates, trim: trimmed_mean([s for s, _ in updates], trim))
+
+
+def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+                ) -> float:
+    """L2 norm of ``state - reference`` over all tensors, summed in float64 so that huge
+    but finite values give a huge norm, not an overflow."""
+    return math.sqrt(sum(float(((state[k].double() - reference[k].double()) ** 2).sum())
+                         for k in reference))
+
+
+def norm_bounds(states: Sequence[Mapping[str, torch.Tensor]],
+                reference: Mapping[str, torch.Tensor], bound: float, factor: float
+                ) -> list[str | None]:
+    """For each update, None if its distance from ``reference`` is within ``bound``
+    (0: none) and ``factor`` times the round's median distance (0: none), else why it
+    is left out."""
+    if not (bound or factor) or not states:
+        return [None] * len(states)
+    norms = [update_norm(state, reference) for state in states]
+    limit, why = math.inf, ""
+    if bound:
+        limit, why = bound, "federate.max_update_norm"
+    if factor and factor * statistics.median(norms) < limit:
+        limit = factor * statistics.median(norms)
+        why = f"{factor:g} x the round's median update norm"
+    return [None if norm <= limit else f"update norm {norm:.4g} is above {limit:.4g} ({why})"
+            for norm in norms]
 
 
 def sample_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:

@@ -25,6 +25,7 @@ from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask, load_tensors, model_tensors
 from fedticket.pruning.masked import GradMask
 from fedticket.pruning.sparse import MAX_DENSITY, MIN_WEIGHTS, SparseLinear
+from fedticket.registry import Registry
 
 if TYPE_CHECKING:
     from fedticket.spec import FederateSpec
@@ -42,6 +43,37 @@ class ClientUpdate:
     wall_s: float
     cpu_s: float
     """CPU time of the update (:func:`cpu_clock`)."""
+
+
+@dataclass(frozen=True)
+class ComputePath:
+    """How a client trains its subnetwork (``federate.compute``): on the full model with
+    the mask applied, on a physically smaller copy without the units the mask removes,
+    and/or with masked linear layers on sparse kernels."""
+
+    compact: bool = False
+    """Train the smaller copy when the mask removes whole units."""
+    compact_always: bool = False
+    """Train the compact copy even when it removes nothing, and fail (one ConfigError) if
+    the model cannot be compacted."""
+    sparse: bool = False
+    """Put masked linear layers on CSR kernels where they pay."""
+    sparse_always: bool = False
+    """... and every masked linear layer, whether it pays or not."""
+
+    @property
+    def mask_may_change(self) -> bool:
+        """A mask that changes during training (FedDST's) can be followed: the net is
+        the model itself."""
+        return not (self.compact or self.sparse)
+
+
+COMPUTE_PATHS: Registry[ComputePath] = Registry("federate.compute")
+"""Every compute path a spec may name."""
+COMPUTE_PATHS.add("auto", ComputePath(compact=True, sparse=True))
+COMPUTE_PATHS.add("dense-masked", ComputePath())
+COMPUTE_PATHS.add("structured", ComputePath(compact=True, compact_always=True))
+COMPUTE_PATHS.add("sparse", ComputePath(compact=True, sparse=True, sparse_always=True))
 
 
 def cpu_clock() -> float:
@@ -110,22 +142,23 @@ class LocalTrainer:
         self.costs = layer_costs(model, tuple(input_shape), mask)
         self.flops_per_sample = train_flops_per_sample(self.costs)
         self.compact: Compact | None = None
-        if spec.compute != "dense-masked":
+        path = COMPUTE_PATHS[spec.compute]
+        if path.compact:
             try:
                 compact = Compact(model, mask, tuple(input_shape))
             except ConfigError:
-                if spec.compute == "structured":
+                if path.compact_always:
                     raise
             else:
-                if spec.compute == "structured" or not compact.is_identity:
+                if path.compact_always or not compact.is_identity:
                     self.compact = compact
         self.net: nn.Module = model if self.compact is None else self.compact.net
         net_mask = mask if self.compact is None else self.compact.mask
         self.sparse: dict[str, SparseLinear] = {}
-        if spec.compute in ("auto", "sparse"):
+        if path.sparse:
             if self.compact is None:  # the layers are replaced: never touch the caller's model
                 self.net = copy.deepcopy(model)
-            self._sparsify(net_mask, every=spec.compute == "sparse")
+            self._sparsify(net_mask, every=path.sparse_always)
             if not self.sparse and self.compact is None:
                 self.net = model
         paths = ["structured"] if self.compact is not None else []

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fedticket.accounting.wire import DOWNLOAD_CODES
 from fedticket.errors import ConfigError
+from fedticket.federated.client import COMPUTE_PATHS
 from fedticket.federated.messages import TRAIN, Instruction, Reply
 from fedticket.pruning.mask import Mask
 from fedticket.registry import Registry
@@ -53,7 +55,8 @@ class RoundRule:
 
     def check(self, spec: FederateSpec) -> None:
         """Raise a one-line :class:`ConfigError` if ``spec`` cannot run this rule."""
-        if self.changes_mask and (spec.compute != "dense-masked" or spec.download != "model"):
+        follows = COMPUTE_PATHS[spec.compute].mask_may_change
+        if self.changes_mask and (not follows or DOWNLOAD_CODES[spec.download].change):
             raise ConfigError("a mask that changes during training needs federate.compute = "
                               "dense-masked and federate.download = model")
 

@@ -33,9 +33,10 @@ from fedticket.errors import FedticketError
 from fedticket.federated.aggregate import client_seed, sample_clients
 from fedticket.federated.client import LocalTrainer, cpu_clock
 from fedticket.federated.messages import ClientRecord, Engine, Failure, Instruction, Memory, Reply
-from fedticket.federated.tasks import TASKS, ClientTask
+from fedticket.federated.tasks import TASKS, ClientTask, client_for
 from fedticket.federated.validate import check_reply_costs, check_reply_numbers, check_state
 from fedticket.pruning.mask import Mask, load_tensors
+from fedticket.pruning.sources import MASK_SOURCES, ClientMask, ClientSearch, MaskSource
 from fedticket.pruning.strategies import prune_lowest
 
 if TYPE_CHECKING:
@@ -158,3 +159,26 @@ def client_saliency_mask(
 
 
 TASKS.add(SALIENCY, ClientTask(client_saliency, saliency_settings, dense=True))
+
+
+def find_on_clients(search: ClientSearch) -> ClientMask:
+    """SSFL's prelude: ask the clients for their saliency of the starting weights on the
+    run's engine, and keep the top-scored weights (:func:`client_saliency_mask`)."""
+    spec, splits, model = search.spec, search.splits, search.model
+    trainer, codec = client_for(SALIENCY, model, Mask.full(model), spec.federate,
+                                splits.input_shape)
+    trainer.saliency_batches = spec.prune.snip_batches
+    carrier = search.engine(trainer, codec, splits)
+    try:
+        mask, records, failures = client_saliency_mask(
+            carrier, codec, trainer, search.start, search.prunable, spec.prune.sparsity,
+            spec.prune.snip_fraction, [len(c) for c in splits.clients], spec.seed,
+            spec.prune.snip_batches, search.say)
+    finally:
+        if hasattr(carrier, "close"):
+            carrier.close()
+    log = {"levels": [{"level": 1, "density": mask.density}], "clients": len(records)}
+    return ClientMask(mask, log, records, failures, len(codec.encode(search.start)))
+
+
+MASK_SOURCES.add("snip", MaskSource(levels=False, from_clients=find_on_clients))

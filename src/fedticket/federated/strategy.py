@@ -16,8 +16,6 @@ payload, so the bytes counted are the same whichever engine carries them.
 from __future__ import annotations
 
 import base64
-import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,7 +26,12 @@ import torch
 
 from fedticket.accounting.wire import DOWNLOAD_CODES, Codec
 from fedticket.errors import DivergenceError, FedticketError
-from fedticket.federated.aggregate import AGGREGATORS, client_seed, sample_clients
+from fedticket.federated.aggregate import (
+    AGGREGATORS,
+    client_seed,
+    norm_bounds,
+    sample_clients,
+)
 from fedticket.federated.messages import (
     ClientRecord,
     Engine,
@@ -111,14 +114,6 @@ class RoundLog:
         if self.wall_s is not None:
             row["round_wall_s"] = round(self.wall_s, 6)
         return row
-
-
-def update_norm(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
-                ) -> float:
-    """L2 norm of ``state - reference`` over all tensors, summed in float64 so that huge
-    but finite values give a huge norm, not an overflow."""
-    return math.sqrt(sum(float(((state[k].double() - reference[k].double()) ** 2).sum())
-                         for k in reference))
 
 
 class Callback(Protocol):
@@ -278,8 +273,11 @@ class TicketStrategy:
                 failed.append(Failure(round_, rep.client, f"rejected: {why}"))
                 continue
             usable.append((rep, state))
-        usable, too_large = self._bound_norms(round_, usable)
-        failed += too_large
+        whys = norm_bounds([state for _, state in usable], self.global_state,
+                           self.spec.max_update_norm, self.spec.norm_factor)
+        failed += [Failure(round_, rep.client, f"rejected: {why}")
+                   for (rep, _), why in zip(usable, whys, strict=True) if why]
+        usable = [u for u, why in zip(usable, whys, strict=True) if why is None]
         records = []
         for rep, _ in usable:
             ins = sent[rep.client]
@@ -325,29 +323,6 @@ class TicketStrategy:
         n = sum(rec.num_examples for rec in records)
         train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
         return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
-
-    def _bound_norms(self, round_: int, usable: list[tuple[Reply, State]]
-                     ) -> tuple[list[tuple[Reply, State]], list[Failure]]:
-        """The updates within ``spec.max_update_norm`` and ``spec.norm_factor`` times
-        the round's median norm, and a failure for each of the others."""
-        bound, factor = self.spec.max_update_norm, self.spec.norm_factor
-        if not (bound or factor) or not usable:
-            return usable, []
-        norms = [update_norm(state, self.global_state) for _, state in usable]
-        limit, why = math.inf, ""
-        if bound:
-            limit, why = bound, "federate.max_update_norm"
-        if factor and factor * statistics.median(norms) < limit:
-            limit = factor * statistics.median(norms)
-            why = f"{factor:g} x the round's median update norm"
-        keep, out = [], []
-        for (rep, state), norm in zip(usable, norms, strict=True):
-            if norm <= limit:
-                keep.append((rep, state))
-            else:
-                out.append(Failure(round_, rep.client, f"rejected: update norm {norm:.4g} "
-                                                       f"is above {limit:.4g} ({why})"))
-        return keep, out
 
     def _check(self, rep: Reply, expected: int | None, ins: Instruction
                ) -> tuple[State | None, str | None]:

@@ -1,8 +1,11 @@
-"""Server-side training before pruning: a denoising autoencoder or the supervised oracle.
+"""Server-side training before pruning (``pretrain.kind``): a registry of objectives.
 
-Both objectives share one loop (:class:`ServerTrainer`); only the loss differs.
-The DAE trains the classifier's body as its encoder with a fresh mirrored
-decoder, which is kept across iterative-pruning levels and thrown away after.
+Every objective shares one loop (:class:`ServerTrainer`); only the trained module and
+the loss differ. ``dae`` trains the classifier's body as the encoder of a fresh mirrored
+decoder, which is kept across iterative-pruning levels and thrown away after;
+``supervised`` (the oracle) trains the whole classifier on the pool's labels; ``none``
+trains nothing. A new objective is one :class:`Objective` registered in
+:data:`OBJECTIVES`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +26,13 @@ from fedticket.models import Classifier, fast_layout, plain_layout
 from fedticket.pretrain.noise import NOISES
 from fedticket.pruning.mask import Mask
 from fedticket.pruning.masked import GradMask, apply_mask
-from fedticket.spec import PretrainSpec
+from fedticket.registry import Registry
 
-Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator], torch.Tensor]
+if TYPE_CHECKING:
+    from fedticket.spec import PretrainSpec
+
+Loss = Callable[["ServerTrainer", torch.Tensor, torch.Tensor | None, torch.Generator],
+                torch.Tensor]
 
 
 class _Autoencoder(nn.Module):
@@ -71,37 +79,24 @@ class ServerTrainer:
         generator: torch.Generator,
     ):
         self.model, self.spec, self.x, self.y, self.g = model, spec, x, y, generator
-        if spec.kind == "dae":
-            self.net: nn.Module = _Autoencoder(model.body, model.decoder())
-            self.objective = self._dae_loss
-        elif spec.kind == "supervised":
-            if y is None:
-                raise ValueError("supervised pretraining needs the pool's labels")
-            self.net = model
-            self.objective = self._supervised_loss
-        else:
+        self.part = OBJECTIVES[spec.kind]
+        if self.part.net is None or self.part.loss is None:
             raise ValueError(f"nothing to train for pretrain kind {spec.kind!r}")
+        if self.part.uses_labels and y is None:
+            raise ValueError(f"{spec.kind} pretraining needs the pool's labels")
+        self.net: nn.Module = self.part.net(model)
         self.log = ServerLog()
         self.on_epoch: Callable[[int, float], None] | None = None
 
-    def _dae_loss(self, xb: torch.Tensor, yb: torch.Tensor | None, g: torch.Generator):
-        noisy = NOISES[self.spec.noise](xb, self.spec.noise_level, g)
-        logits = self.net(noisy)
-        if self.spec.loss == "bce":
-            return F.binary_cross_entropy_with_logits(logits, xb)
-        return F.mse_loss(torch.sigmoid(logits), xb)
+    def objective(self, xb: torch.Tensor, yb: torch.Tensor | None, g: torch.Generator
+                  ) -> torch.Tensor:
+        assert self.part.loss is not None
+        return self.part.loss(self, xb, yb, g)
 
-    def _supervised_loss(self, xb: torch.Tensor, yb: torch.Tensor | None, g: torch.Generator):
-        assert yb is not None
-        return F.cross_entropy(self.net(xb), yb)
-
-    def reconstruction_loss(self, x: torch.Tensor) -> float:
-        """Mean reconstruction loss on clean ``x`` (DAE only), for checking progress."""
-        with torch.no_grad():
-            logits = self.net(x)
-            if self.spec.loss == "bce":
-                return float(F.binary_cross_entropy_with_logits(logits, x))
-            return float(F.mse_loss(torch.sigmoid(logits), x))
+    def probe(self, x: torch.Tensor) -> float | None:
+        """The objective's check on clean ``x`` (the DAE's reconstruction loss); None
+        for an objective without one."""
+        return None if self.part.probe is None else self.part.probe(self, x)
 
     def train(self, epochs: int, mask: Mask | None = None) -> list[float]:
         """Run ``epochs`` epochs under ``mask``; return the mean loss of each."""
@@ -156,3 +151,53 @@ class ServerTrainer:
             losses.append(mean)
             if self.on_epoch is not None:
                 self.on_epoch(len(self.log.epoch_losses) + len(losses), mean)
+
+
+# ------------------------------------------------------------------------ objectives
+@dataclass(frozen=True)
+class Objective:
+    """One way to train the classifier on the server pool before pruning."""
+
+    net: Callable[[Classifier], nn.Module] | None = None
+    """The module trained (built around the classifier's own layers); None: no training."""
+    loss: Loss | None = None
+    """The loss of a batch (``yb`` is None unless :attr:`uses_labels`)."""
+    uses_labels: bool = False
+    """It reads the pool's labels (an oracle: fedticket's own method has none)."""
+    probe: Callable[[ServerTrainer, torch.Tensor], float] | None = None
+    """A check on clean images logged before and after (as :attr:`probe_name`)."""
+    probe_name: str = ""
+
+
+OBJECTIVES: Registry[Objective] = Registry("pretrain.kind")
+"""Every server objective a spec may name."""
+
+
+def _reconstruction(trainer: ServerTrainer, x: torch.Tensor) -> float:
+    """Mean reconstruction loss on clean ``x``."""
+    with torch.no_grad():
+        logits = trainer.net(x)
+        if trainer.spec.loss == "bce":
+            return float(F.binary_cross_entropy_with_logits(logits, x))
+        return float(F.mse_loss(torch.sigmoid(logits), x))
+
+
+def _dae_loss(trainer: ServerTrainer, xb: torch.Tensor, yb: torch.Tensor | None,
+              g: torch.Generator) -> torch.Tensor:
+    noisy = NOISES[trainer.spec.noise](xb, trainer.spec.noise_level, g)
+    logits = trainer.net(noisy)
+    if trainer.spec.loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, xb)
+    return F.mse_loss(torch.sigmoid(logits), xb)
+
+
+def _supervised_loss(trainer: ServerTrainer, xb: torch.Tensor, yb: torch.Tensor | None,
+                     g: torch.Generator) -> torch.Tensor:
+    assert yb is not None
+    return F.cross_entropy(trainer.net(xb), yb)
+
+
+OBJECTIVES.add("none", Objective())
+OBJECTIVES.add("dae", Objective(lambda m: _Autoencoder(m.body, m.decoder()), _dae_loss,
+                                probe=_reconstruction, probe_name="clean_reconstruction_loss"))
+OBJECTIVES.add("supervised", Objective(lambda m: m, _supervised_loss, uses_labels=True))

@@ -5,7 +5,9 @@ A source that the server runs prunes level by level: :attr:`MaskSource.level` ta
 :func:`fedticket.stages.prune_model` calls it once per level, retraining between levels
 when the source allows levels. A source the clients run (SSFL's saliency) has no level:
 the runner asks the clients before round 1 (:mod:`fedticket.federated.saliency`). A new
-source is one :class:`MaskSource` registered here or in its own module.
+source is one :class:`MaskSource` registered here or in its own module; a source the
+clients find registers with :attr:`MaskSource.from_clients`, the function the runner
+calls before round 1 (SSFL's ``snip`` in :mod:`fedticket.federated.saliency`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from fedticket.pruning.synflow import synflow_prune
 from fedticket.registry import Registry
 
 if TYPE_CHECKING:
-    from fedticket.spec import PruneSpec
+    from fedticket.data import Splits
+    from fedticket.models.base import Classifier
+    from fedticket.spec import ExperimentSpec, PruneSpec
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,37 @@ class Level:
 
 
 @dataclass(frozen=True)
+class ClientSearch:
+    """What a mask found by the clients before round 1 is found from."""
+
+    spec: ExperimentSpec
+    splits: Splits
+    model: Classifier
+    """The classifier at its initial weights, for the clients' task to work on."""
+    start: dict[str, torch.Tensor]
+    """The weights the clients see (the server stages' ``trained``)."""
+    prunable: list[str]
+    engine: Any
+    """The run's engine factory (:data:`fedticket.federated.messages.EngineFactory`)."""
+    say: Callable[[str], None] | None = None
+    """Where progress lines go (None: nowhere)."""
+
+
+@dataclass(frozen=True)
+class ClientMask:
+    """A mask the clients found, and what finding it cost (booked in round 0)."""
+
+    mask: Mask
+    log: dict[str, Any]
+    """The prune stage's log entry."""
+    records: list
+    """The clients' :class:`~fedticket.federated.messages.ClientRecord` rows."""
+    failures: list
+    down_bytes: int
+    """Bytes of the download each asked client received."""
+
+
+@dataclass(frozen=True)
 class MaskSource:
     """One way to find the mask federated training starts from."""
 
@@ -54,8 +89,8 @@ class MaskSource:
     """One level of pruning on the server; None: the server prunes nothing."""
     levels: bool = True
     """It takes ``prune.levels > 1`` and ``prune.structure`` (else both must stay off)."""
-    from_clients: bool = False
-    """The clients find it before round 1 (the runner's saliency prelude)."""
+    from_clients: Callable[[ClientSearch], ClientMask] | None = None
+    """The clients find it before round 1: the runner calls this with the run's engine."""
     log: Callable[[PruneSpec], dict[str, Any]] = field(default=lambda prune: {})
     """Extra fields of a level's row in the stage's log."""
 
@@ -95,4 +130,3 @@ MASK_SOURCES.add("random", MaskSource(_random))
 MASK_SOURCES.add("random-matched", MaskSource(_random_matched, levels=False))
 MASK_SOURCES.add("synflow", MaskSource(_synflow, levels=False,
                                        log=lambda p: {"iterations": p.synflow_iterations}))
-MASK_SOURCES.add("snip", MaskSource(levels=False, from_clients=True))

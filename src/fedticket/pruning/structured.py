@@ -24,15 +24,21 @@ holds the bytes and is left to unstructured pruning); each keeps at least
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from fedticket.errors import ConfigError
+from fedticket.errors import ConfigError, FedticketWarning
 from fedticket.flops import layer_costs
 from fedticket.pruning.mask import Mask
+from fedticket.registry import Registry
+
+if TYPE_CHECKING:
+    from fedticket.spec import PruneSpec
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -313,3 +319,36 @@ def fraction_to_reach(mask: Mask, names: list[str], sparsity: float) -> float:
     alive = sum(int(mask[n].sum()) for n in names)
     target = round((1.0 - sparsity) * total)
     return max(0.0, 1.0 - target / alive) if alive else 0.0
+
+
+# ------------------------------------------------------------------------ structures
+@dataclass(frozen=True)
+class Structure:
+    """One way to remove whole units before magnitude pruning (``prune.structure``)."""
+
+    cut: Callable[[PruneSpec, nn.Module, tuple[int, int, int], Mask], tuple[Mask, dict]] \
+        | None = None
+    """The mask with units removed and the step's report; None: no unit is removed."""
+
+
+STRUCTURES: Registry[Structure] = Registry("prune.structure")
+"""Every structured step a spec may name."""
+
+
+def _channels(prune: PruneSpec, model: nn.Module, input_shape: tuple[int, int, int],
+              mask: Mask) -> tuple[Mask, dict]:
+    """FLOP-aware channel pruning down to ``prune.flops_fraction`` of the forward MACs
+    (0: half the kept weight fraction), each group at least ``prune.channel_floor``."""
+    graph = channel_graph(model, input_shape)
+    if graph.left_out:
+        warnings.warn(graph.warning(), FedticketWarning, stacklevel=3)
+    mask, structure = structured_prune(
+        dict(model.named_parameters()), mask, graph,
+        prune.flops_fraction or (1.0 - prune.sparsity) / 2, prune.channel_floor,
+    )
+    structure["left_out"] = dict(graph.left_out)
+    return mask, structure
+
+
+STRUCTURES.add("none", Structure())
+STRUCTURES.add("channels", Structure(_channels))
