@@ -202,6 +202,22 @@ def test_digits() -> None:
     assert s.input_shape == (1, 8, 8) and s.num_classes == 10
 
 
+def test_the_digits_are_scikit_learns_read_without_importing_it() -> None:
+    """fedticket reads scikit-learn's digits file itself (importing scikit-learn costs
+    each process about 3 s); the 1797 images and labels are what load_digits gives."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    with gzip.open(sources.digits_file(), mode="rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    np.testing.assert_array_equal(data[:, :-1].reshape(-1, 8, 8), d.images)
+    np.testing.assert_array_equal(data[:, -1].astype(int), d.target)
+    src = sources.load_source("digits", "")
+    x = np.concatenate([src.x_train, src.x_test])
+    assert sorted(map(bytes, x)) == sorted(map(bytes, (d.images[:, None] / 16.0)
+                                               .astype(np.float32)))
+
+
 def test_npz_layouts(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (12, 5, 7, 3), dtype=np.uint8)  # channels-last

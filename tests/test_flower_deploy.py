@@ -138,6 +138,8 @@ def test_a_killed_supernode_is_logged_and_its_restart_takes_the_partition_back(t
         log = dep.server_log(run_id)
     assert status["status"] == "finished:completed", log
     run = only(out, "_flower")
+    # the ServerApp said it ended, and where its folder is (the wait watched for this)
+    assert dep.ended(run_id) == {"run_id": run_id, "status": "completed", "reason": str(run)}
     metrics = rows(run, "metrics.jsonl")
     assert [(r["round"], r["clients"]) for r in metrics] == [(0, 0), (1, 3), (2, 2), (3, 3)]
     [lost] = rows(run, "failures.jsonl")
@@ -224,9 +226,9 @@ def test_a_killed_serverapp_resumes_from_its_checkpoint_in_a_new_run_over_tls(tm
             done = [r for m in out.glob(".tmp-*/metrics.jsonl") for r in rows(m.parent, m.name)]
             if any(r["round"] >= 1 for r in done):
                 break
-            if str(dep.status(first).get("status", "")).startswith("finished"):
+            if dep.ended(first) is not None:
                 pytest.fail(f"the first run ended before round 1: {dep.server_log(first)}")
-            time.sleep(1.0)
+            time.sleep(0.5)
         else:
             pytest.fail(f"round 1 never finished: {dep.server_log(first)}")
         # this deployment's ServerApp (another test's may run beside it), by its PID

@@ -406,20 +406,6 @@ def example_task():
     return task
 
 
-def wait_quietly(dep, run_id, done, timeout_s):
-    """``dep.wait``, but polling with ``flwr ls`` (a Python process: about 1.3 s of CPU on
-    this machine) only every 15 s until the ServerApp has written ``done``."""
-    deadline = time.monotonic() + timeout_s
-    check = time.monotonic() + 15
-    while not done.exists() and time.monotonic() < deadline:
-        if time.monotonic() > check:
-            if str(dep.status(run_id).get("status", "")).startswith("finished"):
-                break
-            check = time.monotonic() + 15
-        time.sleep(0.2)
-    return dep.wait(run_id, max(30.0, deadline - time.monotonic()), poll_s=1.0)
-
-
 def test_batchnorm_app_ends_with_the_same_weights_with_and_without_the_mod(tmp_path):
     """The example app (an MLP with a BatchNorm1d layer on the 8x8 digits, 80% of the
     Linear weights pruned at init, pruned gradients masked, Flower's FedAvg, torch 1
@@ -440,7 +426,7 @@ def test_batchnorm_app_ends_with_the_same_weights_with_and_without_the_mod(tmp_p
             cfg.write_text(f'sparse = {str(sparse).lower()}\nout = "{out}"\nnum-rounds = 2\n')
             start = time.monotonic()
             run_id = dep.submit(EXAMPLE, cfg)
-            status = wait_quietly(dep, run_id, Path(str(out) + ".json"), 300)
+            status = dep.wait(run_id, 300, done=Path(str(out) + ".json"))
             took[sparse] = time.monotonic() - start
             assert status["status"] == "finished:completed", dep.server_log(run_id)
             traffic[sparse] = status["network-traffic"]

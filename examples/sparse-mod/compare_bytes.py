@@ -24,7 +24,8 @@ def main() -> None:
                 out = work / f"final-{sparse}.npz"
                 cfg = work / f"run-{sparse}.toml"
                 cfg.write_text(f'sparse = {str(sparse).lower()}\nout = "{out}"\n')
-                status = dep.wait(dep.submit(APP, cfg), 600)
+                # the ServerApp writes OUT.json last: wait for it, not by polling Flower
+                status = dep.wait(dep.submit(APP, cfg), 600, done=Path(str(out) + ".json"))
                 if status["status"] != "finished:completed":
                     raise SystemExit(f"run {status['status']}")
                 acc = json.loads(Path(str(out) + ".json").read_text())["test_accuracy"]

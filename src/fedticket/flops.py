@@ -34,9 +34,26 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedticket.errors import ConfigError
+
+
+def _without_dynamo() -> None:
+    """torch wraps every dispatch mode's ``__torch_dispatch__`` so that Dynamo never
+    compiles it, and the wrapper imports ``torch._dynamo`` on its first call: 1.6 s of
+    every process that counts FLOPs (each Flower ClientApp does). fedticket compiles
+    nothing, so the counter's raw function is marked as its own Dynamo-disabled form,
+    which the wrapper then calls as it is. (If torch's wrapper changes, this does
+    nothing and the first count is slower, never different.)"""
+    mode = getattr(flop_counter, "_FlopCounterMode", None)
+    raw = getattr(getattr(mode, "__torch_dispatch__", None), "__wrapped__", None)
+    if raw is not None and not hasattr(raw, "__dynamo_disable"):
+        raw.__dynamo_disable = raw
+
+
+_without_dynamo()
 
 
 @dataclass(frozen=True)

@@ -73,13 +73,30 @@ def load_fashion_mnist(path: str) -> Source:
     return _fashion_mnist(str(idx.fashion_mnist_dir(path).resolve()))
 
 
+def digits_file() -> Path:
+    """scikit-learn's ``datasets/data/digits.csv.gz``, found without importing
+    scikit-learn (which takes about 3 s, in every process that loads the digits: each
+    Flower ClientApp is one)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("sklearn")
+    if found is None or not found.submodule_search_locations:
+        raise DataError("the digits come with scikit-learn: pip install scikit-learn")
+    return Path(list(found.submodule_search_locations)[0]) / "datasets" / "data" / \
+        "digits.csv.gz"
+
+
 @functools.lru_cache(maxsize=1)
 def _digits() -> Source:
-    from sklearn.datasets import load_digits
+    """What ``sklearn.datasets.load_digits()`` reads, read the way it reads it (a test
+    checks the arrays are equal)."""
+    import gzip
 
-    d = load_digits()
-    x = (d.images[:, None] / 16.0).astype(np.float32)
-    return _holdout("digits", x, d.target.astype(np.int64), DIGITS_TEST_FRACTION, 10)
+    with gzip.open(digits_file(), mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    images = data[:, :-1].reshape(-1, 8, 8)
+    x = (images[:, None] / 16.0).astype(np.float32)
+    return _holdout("digits", x, data[:, -1].astype(np.int64), DIGITS_TEST_FRACTION, 10)
 
 
 def load_digits(path: str = "") -> Source:

@@ -22,6 +22,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "min-replies": 1,    # a round with fewer usable replies stops the run
     "round-timeout": 600.0,  # seconds to wait for a round's replies
     "node-wait": 120.0,  # seconds to wait for every partition's node at the start
+    "end-file": "",      # a JSON file the ServerApp writes when the run ends ("" = none)
 }
 
 

@@ -145,6 +145,8 @@ class LocalDeployment:
     start_timeout_s: float = 60.0
     procs: list[Proc] = field(default_factory=list)
     nodes: list[Proc | None] = field(default_factory=list)
+    ends: dict[int, Path] = field(default_factory=dict)
+    """Run id -> the file its ServerApp writes when it ends (:meth:`submit`)."""
 
     def __post_init__(self) -> None:
         self.home = self.workdir / "flwr-home"
@@ -338,13 +340,23 @@ class LocalDeployment:
                                  f"{data.get('error-message', data)}")
 
     def submit(self, app: Path, run_config: Path) -> int:
-        """``flwr run`` the app; return the run id (the command returns at once)."""
+        """``flwr run`` the app; return the run id (the command returns at once). A run
+        config written by :func:`run_config_file` names the file its ServerApp writes when
+        the run ends; an old one is removed first."""
+        import tomllib
+
+        end = tomllib.loads(run_config.read_text()).get("end-file")
+        if end:
+            Path(end).unlink(missing_ok=True)
         out = self.flwr("run", str(app), CONNECTION, "--run-config", str(run_config),
                         "--format", "json")
         data = _json_in(out)
         if not data.get("success", True) or "run-id" not in data:
             raise FedticketError(f"flwr run did not start a run: {out.strip()[:300]}")
-        return int(data["run-id"])
+        run_id = int(data["run-id"])
+        if end:
+            self.ends[run_id] = Path(end)
+        return run_id
 
     def status(self, run_id: int) -> dict[str, Any]:
         data = _json_in(self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json"))
@@ -355,16 +367,38 @@ class LocalDeployment:
             raise FedticketError(f"flwr ls knows no run {run_id}")
         return dict(runs[0])
 
-    def wait(self, run_id: int, timeout_s: float, poll_s: float = 2.0) -> dict[str, Any]:
-        """Poll ``flwr ls`` until the run finished; return its last status entry."""
+    def ended(self, run_id: int) -> dict[str, Any] | None:
+        """What run ``run_id``'s ServerApp wrote when it ended (``status`` ``completed``
+        or ``failed``, and a ``reason``), or None while it runs, if it was killed, or if
+        its run config names no end file."""
+        end = self.ends.get(run_id)
+        try:
+            data = json.loads(end.read_text()) if end is not None else None
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("run_id") == run_id else None
+
+    def wait(self, run_id: int, timeout_s: float, done: Path | None = None,
+             poll_s: float = 0.2, ask_every_s: float = 15.0) -> dict[str, Any]:
+        """Wait until the run finished; return its last ``flwr ls`` entry.
+
+        Each ``flwr ls`` is a Python process (about 1.5 s of CPU here), so the wait
+        watches for a file instead: the end file the run's ServerApp writes
+        (:meth:`ended`), or ``done``, whichever the run makes. Until it appears it asks
+        ``flwr ls`` only every ``ask_every_s`` seconds (a ServerApp that was killed
+        writes nothing), then every second until Flower says the run finished."""
         deadline = time.monotonic() + timeout_s
+        ask = time.monotonic() + ask_every_s
         while True:
-            st = self.status(run_id)
-            if str(st.get("status", "")).startswith("finished"):
-                return st
-            if time.monotonic() > deadline:
-                raise MachineError(f"run {run_id} not finished after {timeout_s:.0f} s "
-                                     f"(status {st.get('status')})")
+            now = time.monotonic()
+            over = self.ended(run_id) is not None or (done is not None and done.exists())
+            if over or now >= ask:
+                st = self.status(run_id)
+                if str(st.get("status", "")).startswith("finished"):
+                    return st
+                ask = time.monotonic() + (1.0 if over else ask_every_s)
+            if now > deadline:
+                raise MachineError(f"run {run_id} not finished after {timeout_s:.0f} s")
             if self.procs and self.procs[0].popen.poll() is not None:
                 raise MachineError("flower-superlink died during the run; "
                                      f"see {self.procs[0].log}")
@@ -409,9 +443,15 @@ def _json_in(text: str) -> dict[str, Any]:
 def run_config_file(path: Path, spec: ExperimentSpec, out: Path, threads: int,
                     resolve: bool = True, **extra: Any) -> Path:
     """The ``--run-config`` TOML of one run: the spec as JSON and where to write results
-    (made absolute when ``resolve``: the ServerApp does not run in this directory)."""
+    (made absolute when ``resolve``: the ServerApp does not run in this directory).
+
+    With ``resolve`` (a run on this machine) it also names an end file beside ``path``
+    (``.end.json``), which the ServerApp writes when the run ends, so that
+    :meth:`LocalDeployment.wait` need not poll Flower."""
     cfg = {"spec": json.dumps(spec.to_dict()), "out": str(out.resolve() if resolve else out),
            "threads": threads}
+    if resolve:
+        cfg["end-file"] = str(path.with_suffix(".end.json").resolve())
     cfg.update({k.replace("_", "-"): v for k, v in extra.items()})
     atomic_write_text(path, "".join(f"{k} = {_toml(v)}\n" for k, v in cfg.items()))
     return path
@@ -514,8 +554,10 @@ def _deploy_one(dep: LocalDeployment, app: Path, spec: ExperimentSpec, out: Path
     st = dep.wait(run_id, timeout_s)
     folder = paths.run_dir(out, folder_name(spec, "flower"))
     if st.get("status") != "finished:completed" or not paths.is_finished(folder):
+        end = dep.ended(run_id) or {}
+        reason = end.get("reason") if end.get("status") == "failed" else None
         raise FedticketError(f"Flower run {run_id} ended {st.get('status')}: "
-                             f"{failure_reason(dep.server_log(run_id))}")
+                             f"{reason or failure_reason(dep.server_log(run_id))}")
     record = {
         "run_id": run_id,
         "status": st.get("status"),

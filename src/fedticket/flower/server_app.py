@@ -34,12 +34,29 @@ from fedticket.flower.common import (
     set_threads,
     spec_from_run_config,
 )
+from fedticket.io import atomic_write_json
 from fedticket.runner import run_one
 
 app = ServerApp()
 
 POLL_S = 0.5
 QUERY_TIMEOUT_S = 60.0  # a node asked mid-run for its partition (starts a ClientApp)
+
+
+def exchange(grid: Grid, msgs: Sequence[Message], timeout_s: float) -> list[Message]:
+    """Push ``msgs`` and pull their replies until all came or ``timeout_s`` passed,
+    asking every ``POLL_S`` (Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls:
+    up to 3 s lost on each exchange)."""
+    pending = set(grid.push_messages(msgs))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(list(pending)))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        if pending:
+            time.sleep(POLL_S)
+    return replies
 
 
 def ask_partitions(grid: Grid, nodes: Sequence[int], num_partitions: int,
@@ -50,7 +67,7 @@ def ask_partitions(grid: Grid, nodes: Sequence[int], num_partitions: int,
     msgs = [Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=n,
                     message_type=MessageType.QUERY) for n in nodes]
     out = []
-    for rep in grid.send_and_receive(msgs, timeout=max(timeout_s, 1.0)):
+    for rep in exchange(grid, msgs, max(timeout_s, 1.0)):
         node = rep.metadata.src_node_id
         if rep.has_error():
             log(WARNING, "node %s did not say its partition: %s", node, rep.error.reason)
@@ -219,9 +236,19 @@ class FlowerEngine:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RUN_CONFIG_DEFAULTS | dict(context.run_config)
-    set_threads(cfg)
-    spec = spec_from_run_config(cfg)
-    engine = FlowerEngine(grid, int(cfg["min-replies"]), float(cfg["round-timeout"]),
-                          float(cfg["node-wait"]))
-    folder = run_one(spec, Path(str(cfg["out"])), sys.stderr, "", engine)
+    end = str(cfg.get("end-file", ""))
+    try:
+        set_threads(cfg)
+        spec = spec_from_run_config(cfg)
+        engine = FlowerEngine(grid, int(cfg["min-replies"]), float(cfg["round-timeout"]),
+                              float(cfg["node-wait"]))
+        folder = run_one(spec, Path(str(cfg["out"])), sys.stderr, "", engine)
+    except BaseException as e:  # the deployment reads why from here, not from Flower's log
+        if end:
+            atomic_write_json(Path(end), {"run_id": context.run_id, "status": "failed",
+                                          "reason": f"{type(e).__name__}: {e}"})
+        raise
     log(INFO, "fedticket run folder: %s", folder)
+    if end:
+        atomic_write_json(Path(end), {"run_id": context.run_id, "status": "completed",
+                                      "reason": str(folder)})
