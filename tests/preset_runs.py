@@ -4,7 +4,10 @@ cumulative bytes down, up and of masks, and the cumulative client FLOPs.
 
 ``python tests/preset_runs.py`` writes them to ``tests/data/presets.json`` (done once
 with the code before a refactoring, then committed); ``test_presets.py`` runs the same
-and compares exactly. Timings are left out: they are measured, not computed.
+and compares exactly. ``python tests/preset_runs.py METHOD ...`` records only those
+presets again and keeps every other row as it is: for a method whose behaviour is
+changed on purpose (the commit says why). Timings are left out: they are measured, not
+computed.
 """
 
 from __future__ import annotations
@@ -73,8 +76,17 @@ def record(out: Path) -> dict:
 if __name__ == "__main__":
     import tempfile
 
+    only = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
-        result = record(Path(tmp))
+        if only:
+            torch.set_num_threads(1)
+            result = json.loads(FIXTURE.read_text())
+            for config, methods in preset_methods().items():
+                kept = result.get(config, {})
+                result[config] = {m: run_preset(config, m, Path(tmp)) if m in only
+                                  else kept[m] for m in methods}
+        else:
+            result = record(Path(tmp))
     FIXTURE.parent.mkdir(exist_ok=True)
     FIXTURE.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {FIXTURE}", file=sys.stderr)

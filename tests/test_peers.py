@@ -34,7 +34,7 @@ from fedticket.flower.inprocess import InProcessFlower
 from fedticket.pruning.mask import Mask
 from fedticket.pruning.synflow import synflow_prune, synflow_scores
 from fedticket.runner import fresh_model, pretrain_and_prune, starting_weights
-from fedticket.spec import FederateSpec, load_config
+from fedticket.spec import METHODS, FederateSpec, load_config
 from shared import GOOD
 
 # ------------------------------------------------------------------------- top-k + EF
@@ -253,13 +253,21 @@ def test_snip_ticket_books_the_clients_saliency_in_round_0(tmp_path):
 # ----------------------------------------------------------------------------- FedDST
 
 
-def test_feddst_alpha_decays_on_a_cosine_to_zero_at_the_end():
-    spec = FederateSpec(rounds=30, readjust_every=3, readjust_alpha=0.5, readjust_end=0.5,
+def test_feddst_readjusts_on_the_authors_schedule_at_a_constant_rate():
+    """bibikar/feddst's dst.py counts rounds from 0 (s = round - 1): s readjusts when
+    (s - 1) % R == 0 and s < T_end, and swaps the constant --readjustment-ratio (the
+    cosine decay only gates). R = 3, T_end = 15 of 30 rounds: s = 1, 4, 7, 10, 13."""
+    spec = FederateSpec(rounds=30, readjust_every=3, readjust_alpha=0.05, readjust_end=0.5,
                         compute="dense-masked")
-    assert alpha_at(1, spec) == 0.5  # t = 0
-    assert alpha_at(2, spec) == 0.0  # not a readjustment round
-    assert alpha_at(4, spec) == pytest.approx(0.25 * (1 + math.cos(math.pi * 3 / 15)))
-    assert alpha_at(16, spec) == 0.0  # t = 15 = T_end
+    assert [r for r in range(1, 31) if alpha_at(r, spec)] == [2, 5, 8, 11, 14]
+    assert {alpha_at(r, spec) for r in (2, 5, 14)} == {0.05}
+    # R = 1 (the preset: 15 of 400 rounds scaled to 30): from s = 0 ((0 - 1) % 1 == 0)
+    # to s = 14, every round of the first half
+    every = FederateSpec(rounds=30, readjust_every=1, compute="dense-masked")
+    assert [r for r in range(1, 31) if alpha_at(r, every)] == list(range(1, 16))
+    assert alpha_at(1, every) == 0.01  # the authors' README value is the default
+    assert METHODS["feddst"]["federate.readjust_alpha"] == 0.01
+    assert METHODS["feddst-0.5"]["federate.readjust_alpha"] == 0.5
 
 
 def test_a_readjustment_drops_the_smallest_and_regrows_the_largest_gradients():
@@ -304,8 +312,9 @@ def test_feddst_bytes_of_its_first_two_rounds_by_hand(tmp_path):
     mask = MASK
     one = [r for r in clients if r["round"] == 1]
     two = [r for r in clients if r["round"] == 2]
-    # round 1 readjusts (alpha 0.5): each client uploads a 4-byte header, its new mask and
-    # its 391 values; round 2 does not (readjust_every = 3) and every client gets the
+    # round 1 readjusts (the authors' first round with R_adj = 1; 1% of the 205 kept, 2
+    # weights swapped): each client uploads a 4-byte header, its new mask and its 391
+    # values; round 2 does not (T_end is half of the 2 rounds) and every client gets the
     # merged mask again, whether it held the old one or not
     assert all(r["down_bytes"] == 4 * KEPT and r["mask_bytes"] == mask for r in one + two)
     assert all(r["up_bytes"] == 4 + mask + 4 * KEPT for r in one)

@@ -130,3 +130,30 @@ def test_global_magnitude_pruning_never_empties_a_layer():
     kept = w["thin"][new["thin"]]
     assert bool(kept.min() >= w["thin"][~new["thin"]].max())
     assert bool(w["wide"][new["wide"]].min() >= w["wide"][~new["wide"]].max())
+
+
+def test_batchnorm_is_recalibrated_on_the_pool_for_the_pruned_weights():
+    """A Linear(1 -> 2) with weights 1 and 2 feeds a BatchNorm1d; the mask removes the
+    second unit's weight. On x = 1, 2, 3, 4 the units output x and 0: the running mean
+    becomes (2.5, 0) and the running variance the unbiased (1.667, 0), replacing the
+    statistics of the unpruned network; momentum and mode are as before."""
+    from fedticket.pruning.masked import apply_mask, recalibrate_batchnorm
+    from fedticket.stages import recalibrate
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 2, bias=False), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0], [2.0]]))
+        net[1].running_mean.fill_(7.0)
+    net.eval()
+    mask = Mask({"0.weight": torch.tensor([[True], [False]])})
+    apply_mask(net, mask)
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    assert recalibrate_batchnorm(net, x) == 1
+    assert net[1].running_mean.tolist() == [2.5, 0.0]
+    assert net[1].running_var.tolist() == pytest.approx([5 / 3, 0.0])
+    assert net[1].momentum == 0.1 and not net.training
+    assert recalibrate_batchnorm(torch.nn.Linear(1, 1), x) == 0  # nothing to do
+    # the stage's entry books the forward passes: 2 multiply-adds a sample on the kept
+    # weight (1 MAC, 2 FLOPs), 4 images, and BatchNorm's own arithmetic counts nothing
+    log = recalibrate(net, mask, x, (1,))
+    assert (log["layers"], log["images"]) == (1, 4) and log["flops"] == 4 * 2

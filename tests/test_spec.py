@@ -42,7 +42,9 @@ def test_presets_cover_the_methods():
     assert list(METHODS) == [
         "fedavg", "fedavg-dae", "random-mask-unscaled", "random-ticket", "magnitude-init",
         "dae-ticket", "dae-ticket-rewind", "supervised-ticket", "dae-ticket-fast",
-        "synflow-ticket", "snip-ticket", "feddst", "topk-ef", "topk-ef-dae", "qsgd-8", "qsgd-4",
+        "fedavg-thin", "random-ticket-fast", "dae-ticket-bn", "dae-ticket-fast-bn",
+        "synflow-ticket", "snip-ticket", "feddst",
+        "feddst-0.05", "feddst-0.5", "topk-ef", "topk-ef-dae", "qsgd-8", "qsgd-4",
         "qsgd-8-dae", "qsgd-4-dae", "dae-ticket-topk", "dae-ticket-qsgd",
     ]
     s = with_method(ExperimentSpec(), "topk-ef-dae")
@@ -52,8 +54,10 @@ def test_presets_cover_the_methods():
     assert (s.pretrain.kind, s.federate.upload, s.federate.upload_bits,
             s.federate.error_feedback) == ("none", "qsgd", 4, False)
     s = with_method(ExperimentSpec(), "feddst")
-    assert (s.prune.scope, s.federate.readjust_every, s.federate.compute) == (
-        "erk", 3, "dense-masked")
+    assert (s.prune.scope, s.federate.readjust_every, s.federate.readjust_alpha,
+            s.federate.compute) == ("erk", 1, 0.01, "dense-masked")
+    s = with_method(ExperimentSpec(), "dae-ticket-fast-bn")
+    assert (s.prune.structure, s.prune.recalibrate_bn) == ("channels", True)
     s = with_method(ExperimentSpec(), "snip-ticket")
     assert (s.pretrain.kind, s.prune.strategy, s.prune.snip_fraction) == ("none", "snip", 1.0)
     s = with_method(ExperimentSpec(), "dae-ticket-fast")

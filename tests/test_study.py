@@ -608,3 +608,40 @@ def test_the_prose_about_the_peer_grid_quotes_its_summary():
     for m in res[iid]["0.80"]["methods"]:
         row = next(line for line in table.splitlines() if line.startswith(f"| `{m}`"))
         assert peer_result(s, m) in row, m
+
+
+def test_runs_timed_on_machines_of_different_speed_are_not_paired(tmp_path):
+    """Each run records its speed probe; a study whose method run and baseline run of one
+    seed have probes more than 15% apart stops with one line naming both, and otherwise
+    shows the spread of the probes per partition."""
+    import json
+
+    from fedticket.errors import FedticketError
+    from fedticket.study import run_study, summarize
+
+    (tmp_path / "base.toml").write_text(
+        'methods = ["fedavg"]\n[data]\ndataset = "digits"\npool_size = 300\n'
+        'num_clients = 3\n[model]\nname = "mlp"\n[federate]\nrounds = 1\n')
+    (tmp_path / "s.toml").write_text(
+        "[study]\nconfig='base.toml'\npartitions=['iid']\nseeds=[0]\ntargets=[0.5]\n"
+        "methods=['fedavg', 'magnitude-init']\n")
+    study = load_study(tmp_path / "s.toml")
+    folder = run_study(study, tmp_path / "runs", stream=None)
+    runs = {p.name.split("_")[0]: p for p in folder.iterdir() if "_s0_" in p.name}
+    for run in runs.values():  # a real probe: milliseconds of one thread's CPU time
+        assert 0 < json.loads((run / "summary.json").read_text())["speed_probe_s"] < 5
+
+    def fake(method, seconds):
+        path = runs[method] / "summary.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"speed_probe_s": seconds}))
+
+    fake("fedavg", 0.100)
+    fake("magnitude-init", 0.114)  # 14% apart: paired
+    probes = summarize(study, folder)["probes"]["iid"]
+    assert probes["runs"] == 2 and probes["spread"] == pytest.approx(0.14)
+    fake("magnitude-init", 0.163)  # 63% apart, the drift seen once between two days
+    with pytest.raises(FedticketError) as e:
+        summarize(study, folder)
+    message = str(e.value)
+    assert runs["magnitude-init"].name in message and runs["fedavg"].name in message
+    assert "163 ms" in message and "100 ms" in message and "63% apart" in message

@@ -41,7 +41,7 @@ from fedticket.pretrain.server import OBJECTIVES, ServerTrainer
 from fedticket.pruning.compact import Compact
 from fedticket.pruning.mask import Mask, load_tensors, model_tensors
 from fedticket.spec import FederateSpec, PretrainSpec, PruneSpec
-from fedticket.stages import derived_seed, prune_model
+from fedticket.stages import derived_seed, prune_model, recalibrate
 
 State = dict[str, torch.Tensor]
 Images = torch.Tensor | Dataset
@@ -151,6 +151,8 @@ def find_ticket(
         report["pretrain"] = {"epoch_losses": trainer.log.epoch_losses,
                               "wall_s": trainer.log.wall_s, "flops": trainer.log.flops}
     mask, report["prune"] = prune_model(prune, net, input_shape, names, trainer, seed)
+    if prune.recalibrate_bn:
+        report["prune"]["recalibrated_bn"] = recalibrate(net, mask, x, input_shape)
     start = init if weights == "rewind" else model_tensors(net)
     load_tensors(net, {k: v.detach() * mask.float(k) for k, v in start.items()})
     report["mask"] = mask.report(names)

@@ -22,7 +22,7 @@ import torch
 from fedticket import checkpoint, paths
 from fedticket.accounting.wire import DOWNLOAD_CODES, Codec
 from fedticket.data import Splits, load_splits
-from fedticket.environment import cores
+from fedticket.environment import cores, speed_probe
 from fedticket.errors import DivergenceError, FedticketError
 from fedticket.federated.client import LocalTrainer
 from fedticket.federated.messages import Engine
@@ -127,6 +127,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     if prelude is not None:
         strategy.book_prelude(*prelude)
     after = _resume(folder, spec, strategy, engine, label)
+    probe = speed_probe()  # this process's machine speed, just before it trains
     rows = _federate(folder, spec, strategy, engine(trainer, codec, splits), after, stream,
                      label, engine.clients_keep_state)
     save_states(folder / paths.FINAL, {"global": strategy.global_state})
@@ -137,6 +138,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     # it then): a kill before the rename resumes after the last round, not from round 0
     summary = _summary(spec, engine, trainer, stages, strategy, rows, after,
                        report.get("prunable_density", 1.0), time.perf_counter() - started)
+    summary["speed_probe_s"] = probe
     atomic_write_json(folder / paths.SUMMARY, summary)
 
 

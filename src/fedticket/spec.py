@@ -218,6 +218,11 @@ class PruneSpec:
     the initial model on."""
     snip_fraction: float = 1.0
     """``strategy = "snip"``: the fraction of the clients asked for their saliency."""
+    recalibrate_bn: bool = False
+    """After a mask found on the server, re-estimate every BatchNorm layer's running
+    statistics on the unlabeled pool for the pruned weights (forward passes in train
+    mode, no gradient, no labels): pruning changes what each layer sees, and the
+    statistics still describe the unpruned network (docs/REPRODUCTION.md measures it)."""
 
     def __post_init__(self) -> None:
         _part("prune.strategy", self.strategy)
@@ -332,15 +337,17 @@ class FederateSpec:
     of the round's checked updates (it needs no knowledge of the scale; e.g. 10);
     0: off. With both set, the smaller bound holds."""
     readjust_every: int = 0
-    """Dynamic sparse training (FedDST, Bibikar et al. 2022): every this many rounds,
-    from round 1, each client drops a fraction of its kept weights by magnitude and
-    regrows as many by gradient magnitude, and the server merges the clients' masks;
-    0: the mask stays fixed (every other method)."""
-    readjust_alpha: float = 0.5
-    """The fraction of kept weights a readjustment swaps at round 1, decayed on a cosine
-    to 0 at ``readjust_end`` of the rounds (FedDST's ``alpha_t``)."""
+    """Dynamic sparse training (FedDST, Bibikar et al. 2022): every this many rounds (the
+    authors' ``--rounds-between-readjustments``, on their schedule:
+    :mod:`fedticket.federated.dst`) each client drops a fraction of its kept weights by
+    magnitude and regrows as many by gradient magnitude, and the server merges the
+    clients' masks; 0: the mask stays fixed (every other method)."""
+    readjust_alpha: float = 0.01
+    """The fraction of kept weights a readjustment swaps (the authors'
+    ``--readjustment-ratio``, 0.01 in every command of their README)."""
     readjust_end: float = 0.5
-    """The share of the rounds after which no readjustment happens (FedDST's T_end)."""
+    """The share of the rounds after which no readjustment happens (FedDST's T_end; the
+    authors' default ``--rate-decay-end`` is half the rounds)."""
     rule: str = "none"
     """A round rule of :data:`fedticket.federated.rules.RULES` that acts during training
     (re-prunes, re-draws or merges masks; FedDST's is on whenever ``readjust_every`` is
@@ -529,6 +536,25 @@ METHODS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The controls the compute claim of dae-ticket-fast needs: the same network narrowed by
+# one width factor in every layer to about dae-ticket-fast's training FLOPs (the grid's
+# dae-ticket-fast trains 8.4% of fedavg's FLOPs a round, docs/results/peers.json;
+# docs/PEERS.md), dense FedAvg from a fresh init (what HeteroFL and FjORD reduce to when
+# all clients are alike); and dae-ticket-fast's own compact architecture and mask with
+# fresh weights scaled to each unit's kept fan-in (the structured random-ticket).
+THIN_FLOPS = 0.09
+"""fedavg-thin's forward-MAC budget: on the FedAvg CNN it keeps 7 and 15 of the 32 and 64
+conv channels, 8.2% of the training FLOPs per sample (tests/test_controls.py)."""
+METHODS["fedavg-thin"] = {"pretrain.kind": "none", "prune.strategy": "none",
+                          "prune.structure": "uniform", "prune.flops_fraction": THIN_FLOPS,
+                          "weights.init": "fanin"}
+METHODS["random-ticket-fast"] = METHODS["dae-ticket-fast"] | {"weights.init": "fanin"}
+
+# the two tickets with every BatchNorm layer's running statistics re-estimated on the
+# unlabeled pool after pruning (prune.recalibrate_bn; docs/REPRODUCTION.md measures it)
+for _name in ("dae-ticket", "dae-ticket-fast"):
+    METHODS[f"{_name}-bn"] = METHODS[_name] | {"prune.recalibrate_bn": True}
+
 # Peers that find a fixed mask before training without the server's pool: SynFlow
 # (Tanaka et al. 2020; the data-free step of HideNseek) on the initial weights, and
 # SSFL's client saliency (Ohib et al. 2024: SNIP's |grad * w| on the clients' data,
@@ -540,9 +566,16 @@ METHODS["snip-ticket"] = {"pretrain.kind": "none", "prune.strategy": "snip",
 
 # FedDST (Bibikar et al. 2022, bibikar/feddst): an ERK-budgeted magnitude mask of the
 # random init that the clients readjust during training (docs/PEERS.md: the settings).
+# The authors swap 1% of the kept weights (--readjustment-ratio 0.01) every 15 of 400
+# rounds (--rounds-between-readjustments 15, CIFAR-10): 15 * 30 / 400 = 1.1 of our 30
+# rounds, so every round until half of them; the rows at 0.05 and at 0.5 show how much
+# the swap rate matters.
 METHODS["feddst"] = {"pretrain.kind": "none", "prune.strategy": "magnitude",
                      "prune.scope": "erk", "weights.init": "pretrained",
-                     "federate.readjust_every": 3, "federate.compute": "dense-masked"}
+                     "federate.readjust_every": 1, "federate.readjust_alpha": 0.01,
+                     "federate.compute": "dense-masked"}
+for _alpha in (0.05, 0.5):
+    METHODS[f"feddst-{_alpha}"] = METHODS["feddst"] | {"federate.readjust_alpha": _alpha}
 
 # Peers that compress a dense model's uploads (their download stays the dense model):
 # top-k with error feedback (Lin et al. 2018, Deep Gradient Compression; Sattler et

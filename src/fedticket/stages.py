@@ -18,11 +18,13 @@ import torch
 
 from fedticket import paths
 from fedticket.data import Splits
+from fedticket.flops import layer_costs
 from fedticket.io import atomic_write_json, load_states, save_states
 from fedticket.models import Classifier, build, prunable_names
 from fedticket.pretrain.server import OBJECTIVES, ServerTrainer
 from fedticket.pruning import Mask, level_fraction
 from fedticket.pruning.mask import load_tensors, model_tensors
+from fedticket.pruning.masked import apply_mask, recalibrate_batchnorm
 from fedticket.pruning.sources import MASK_SOURCES, Level
 from fedticket.pruning.structured import STRUCTURES, fraction_to_reach
 from fedticket.spec import ExperimentSpec, PruneSpec
@@ -72,7 +74,9 @@ def pretrain_and_prune(
     kind, strategy = spec.pretrain.kind, spec.prune.strategy
     source = MASK_SOURCES[strategy]
     trains = OBJECTIVES[kind].net is not None
-    if not trains and source.level is None:  # no server work (or the clients find it)
+    cuts = STRUCTURES[spec.prune.structure].cut is not None
+    if not trains and not cuts and source.level is None:  # no server work (or the
+        # clients find the mask)
         return ServerStages(init, init, Mask.full(model), names,
                             {"pretrain_kind": kind, "prune_strategy": strategy})
 
@@ -86,11 +90,15 @@ def pretrain_and_prune(
     trainer = _pretrain(spec, splits, model, out, log, stream) if trains else None
 
     mask = Mask.full(model)
-    if source.level is not None:
+    if source.level is not None or cuts:
         mask, log["prune"] = prune_model(spec.prune, model, splits.input_shape, names, trainer,
                                          spec.seed)
+    if spec.prune.recalibrate_bn and "prune" in log:
+        log["prune"]["recalibrated_bn"] = recalibrate(model, mask, splits.pool.x,
+                                                      splits.input_shape)
     pre = log.get("pretrain", {})
-    log["server_flops"] = pre.get("flops", 0) + log.get("prune", {}).get("retrain_flops", 0)
+    log["server_flops"] = (pre.get("flops", 0) + log.get("prune", {}).get("retrain_flops", 0)
+                           + log.get("prune", {}).get("recalibrated_bn", {}).get("flops", 0))
     log["server_wall_s"] = pre.get("wall_s", 0.0) + log.get("prune", {}).get("wall_s", 0.0)
     trained = _state(model)
     # the .json first: the .npz is the stage's completion marker
@@ -122,12 +130,13 @@ def prune_model(
         mask, structure = cut(prune, model, input_shape, mask)
         fraction = fraction_to_reach(mask, names, prune.sparsity)
     source = MASK_SOURCES[prune.strategy]
-    if source.level is None:
+    if source.level is None and cut is None:
         raise ValueError(f"prune.strategy {prune.strategy} is not found on the server")
-    for level in range(1, prune.levels + 1):
+    for level in range(1, prune.levels + 1 if source.level is not None else 1):
         losses: list[float] = []
         if level > 1 and trainer is not None:
             losses = trainer.train(prune.retrain_epochs, mask)
+        assert source.level is not None
         mask = source.level(Level(prune, model, names, mask, fraction, g, input_shape))
         levels.append({"level": level, "density": mask.density, "retrain_losses": losses,
                        **source.log(prune)})
@@ -141,6 +150,19 @@ def prune_model(
         "retrain_wall_s": retrain_s,
         "retrain_flops": retrain_flops,
     }
+
+
+def recalibrate(model: Classifier, mask: Mask, x: torch.Tensor,
+                input_shape: tuple[int, int, int]) -> dict:
+    """Zero the pruned weights of ``model`` and re-estimate its BatchNorm statistics on
+    the pool ``x`` (:func:`~fedticket.pruning.masked.recalibrate_batchnorm`); the log
+    entry books the forward passes' FLOPs."""
+    apply_mask(model, mask)
+    start = time.perf_counter()
+    layers = recalibrate_batchnorm(model, x)
+    forward = sum(c.forward_flops for c in layer_costs(model, input_shape, mask))
+    return {"layers": layers, "images": len(x), "flops": forward * len(x) if layers else 0,
+            "wall_s": time.perf_counter() - start}
 
 
 def _pretrain(

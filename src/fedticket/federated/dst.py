@@ -1,25 +1,30 @@
 """FedDST: a sparse mask the clients readjust during training (Bibikar et al. 2022).
 
-Every ``federate.readjust_every`` rounds from round 1, while ``alpha_t`` is above zero,
-each sampled client trains as usual and then readjusts its mask, tensor by tensor over
-the prunable tensors: it drops the ``round(alpha_t * kept)`` kept weights of smallest
-magnitude and regrows as many of the weights that were pruned, those with the largest
-gradient magnitude on its last local batch, at zero. Its density stays exact. It
-uploads its new mask (the cheapest of bitmap, index list and entropy code) and its weights on it.
+The schedule is the authors' code's (bibikar/feddst, ``dst.py``), with their rounds
+counted from 0 as ``s = round - 1``: round ``s`` readjusts when ``(s - 1) %
+readjust_every == 0`` and the cosine decay ``alpha / 2 * (1 + cos(pi * s / T_end))`` is
+above zero, which is while ``s < T_end`` (``T_end = readjust_end * rounds``; their
+default is half the rounds). The decayed value only decides *whether* a round
+readjusts: the fraction swapped is the constant ``readjust_alpha`` (their
+``prune_sparsity = sparsity + (1 - sparsity) * args.readjustment_ratio``), 0.01 in
+every command of their README.
+
+In a readjusting round each sampled client trains as usual and then readjusts its mask,
+tensor by tensor over the prunable tensors: it drops the ``round(alpha * kept)`` kept
+weights of smallest magnitude and regrows as many of the weights that were pruned,
+those with the largest gradient magnitude on its last local batch, at zero. Its density
+stays exact. It uploads its new mask (the cheapest of bitmap, index list and entropy
+code) and its weights on it.
 
 The server averages each weight over the clients whose mask holds it (weighted by
 their samples), takes the union of their masks, and if that keeps more than the run's
 density it prunes each tensor by the magnitude of the merged weights back to its ERK
 budget (:func:`~fedticket.pruning.strategies.erk_counts`). The new mask goes to every
 client with its next download; the ledger counts it.
-
-``alpha_t = alpha / 2 * (1 + cos(pi * t / T_end))`` for ``t = round - 1 < T_end``,
-0 after (the paper's cosine decay; the reference code multiplies by ``alpha`` twice).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -60,11 +65,14 @@ def _readjust(trainer: LocalTrainer, codec: Codec, instruction: Instruction, dat
 
 
 def alpha_at(round_: int, spec: FederateSpec) -> float:
-    """The fraction of kept weights a readjustment in ``round_`` swaps (0: none)."""
-    if not spec.readjust_every or (round_ - 1) % spec.readjust_every:
+    """The fraction of kept weights a readjustment in ``round_`` swaps (0: none), on the
+    authors' schedule (the module's docstring)."""
+    if not spec.readjust_every:
         return 0.0
-    t, end = round_ - 1, spec.readjust_end * spec.rounds
-    return spec.readjust_alpha / 2 * (1 + math.cos(math.pi * t / end)) if t < end else 0.0
+    s = round_ - 1  # the authors' server round
+    if (s - 1) % spec.readjust_every or s >= spec.readjust_end * spec.rounds:
+        return 0.0
+    return spec.readjust_alpha
 
 
 def readjusted_mask(net: nn.Module, mask: Mask, names: Sequence[str], alpha: float,

@@ -350,5 +350,53 @@ def _channels(prune: PruneSpec, model: nn.Module, input_shape: tuple[int, int, i
     return mask, structure
 
 
+def uniform_prune(mask: Mask, graph: ChannelGraph, flops_fraction: float
+                  ) -> tuple[Mask, dict]:
+    """Every structured group narrowed by one width factor ``w``: it keeps its first
+    ``max(1, round(w * units))`` units, with ``w`` the largest (to 1e-4, by bisection)
+    whose forward multiply-adds are at most ``flops_fraction`` of the dense model's. A
+    thin dense network: which units go does not matter at a random init."""
+    dense = sum(mask[n].numel() * p for n, p in graph.positions.items())
+
+    def narrowed(w: float) -> dict[str, torch.Tensor]:
+        new = {n: mask[n].clone() for n in mask}
+        for g in graph.structured:
+            keep = max(1, int(round(w * g.units)))
+            if keep < g.units:
+                remove_units(new, g, torch.arange(keep, g.units))
+        return new
+
+    lo, hi = 0.0, 1.0
+    if graph.macs(narrowed(hi)) > flops_fraction * dense:
+        while hi - lo > 1e-4:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if graph.macs(narrowed(mid)) <= flops_fraction * dense \
+                else (lo, mid)
+    else:
+        lo = hi
+    new = narrowed(lo)
+    return Mask(new), {
+        "width": lo,
+        "kept_units": {g.name: int(unit_alive(new, g).sum()) for g in graph.structured},
+        "units": {g.name: g.units for g in graph.structured},
+        "forward_macs_fraction": graph.macs(new) / dense,
+        "flops_fraction_target": flops_fraction,
+    }
+
+
+def _uniform(prune: PruneSpec, model: nn.Module, input_shape: tuple[int, int, int],
+             mask: Mask) -> tuple[Mask, dict]:
+    """One width factor for every channel group, to ``prune.flops_fraction`` of the
+    forward MACs (0: ``(1 - sparsity) / 2``, the channel step's default budget)."""
+    graph = channel_graph(model, input_shape)
+    if graph.left_out:
+        warnings.warn(graph.warning(), FedticketWarning, stacklevel=3)
+    mask, structure = uniform_prune(mask, graph, prune.flops_fraction
+                                    or (1.0 - prune.sparsity) / 2)
+    structure["left_out"] = dict(graph.left_out)
+    return mask, structure
+
+
 STRUCTURES.add("none", Structure())
 STRUCTURES.add("channels", Structure(_channels))
+STRUCTURES.add("uniform", Structure(_uniform))

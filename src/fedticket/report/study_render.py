@@ -129,6 +129,9 @@ def render_sweep(summary: dict[str, Any]) -> str:
                          f"{t['wall_s'] / 60:.1f} min with `--jobs {t['jobs']}` on "
                          f"{t['cores']} cores (started {t['started']}"
                          f"{'; stopped before the end' if t.get('stopped') else ''}).")
+    for part, p in summary.get("probes", {}).items():
+        lines.insert(-1, f"Speed probes, {part}: {p['min_s'] * 1e3:.0f}-{p['max_s'] * 1e3:.0f} ms "
+                         f"over {p['runs']} runs (spread {p['spread']:.1%}).")
     for part in summary["partitions"]:
         for target in (f"{t:.2f}" for t in summary["targets"]):
             lines += [f"#### {part}, target {target}", "",
@@ -280,6 +283,9 @@ def render(summary: dict[str, Any]) -> str:
                          f"({', '.join(t['partitions'])}) in {t['wall_s'] / 60:.1f} min with "
                          f"`--jobs {t['jobs']}` on {t['cores']} cores (started {t['started']}"
                          f"{'; stopped before the end' if t.get('stopped') else ''}).")
+    for part, p in summary.get("probes", {}).items():
+        lines.insert(-1, f"Speed probes, {part}: {p['min_s'] * 1e3:.0f}-{p['max_s'] * 1e3:.0f} ms "
+                         f"over {p['runs']} runs (spread {p['spread']:.1%}).")
     for part in summary["partitions"]:
         for target, result in summary["results"][part].items():
             lines += [f"### {part}, target {target}", "",

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedticket.errors import FedticketError
 from fedticket.io import git_commit, versions
 from fedticket.paths import is_finished
 from fedticket.report.compare import compare
 from fedticket.report.records import KEPT_FIELDS, TargetResult
-from fedticket.report.runs import load_run
+from fedticket.report.runs import Run, load_run
 from fedticket.report.study_plots import (
     curves,
     plot_curves,
@@ -22,6 +23,35 @@ from fedticket.report.study_plots import (
 from fedticket.study.load import BASE, Study, variant_cells
 from fedticket.study.questions import questions_of
 from fedticket.study.run import timings
+
+PROBE_TOLERANCE = 0.15
+"""How far apart (relative) the speed probes of two runs whose CPU times are paired may
+be. On this machine, idle, a run's probe repeats within a few percent (docs/STUDY.md);
+the drift it is there to catch was 63%."""
+
+
+def check_probes(runs: list[Run], baseline: str, where: str) -> dict[str, Any] | None:
+    """The spread of the runs' speed probes (:func:`fedticket.environment.speed_probe`);
+    a :class:`FedticketError` naming both runs if a run's probe and its baseline run's
+    (the same seed) differ by more than :data:`PROBE_TOLERANCE`. Runs made before the
+    probe existed have none and are not checked."""
+    base = {r.seed: r for r in runs if r.method == baseline}
+    for r in runs:
+        b = base.get(r.seed)
+        p, q = r.summary.get("speed_probe_s"), b.summary.get("speed_probe_s") if b else None
+        if b is None or r is b or p is None or q is None:
+            continue
+        apart = max(p, q) / min(p, q) - 1
+        if apart > PROBE_TOLERANCE:
+            raise FedticketError(
+                f"{where}: runs {r.name} (speed probe {p * 1e3:.0f} ms) and {b.name} "
+                f"({q * 1e3:.0f} ms) ran on a machine {apart:.0%} apart in speed, more than "
+                f"{PROBE_TOLERANCE:.0%}: their CPU times cannot be paired; run one again")
+    probes = [float(r.summary["speed_probe_s"]) for r in runs if "speed_probe_s" in r.summary]
+    if not probes:
+        return None
+    return {"runs": len(probes), "min_s": min(probes), "max_s": max(probes),
+            "spread": max(probes) / min(probes) - 1}
 
 
 def _slim(result: TargetResult) -> dict[str, Any]:
@@ -41,6 +71,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
     baseline = study.questions.baseline
     parts: dict[str, Any] = {}
     curve_data: dict[str, Any] = {}
+    probes: dict[str, Any] = {}
     used = []
     for name, by_variant in grid.items():
         runs = {v: [load_run(folder / s.run_name()) for s in specs
@@ -50,6 +81,10 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
             continue
         for group in runs.values():
             used += group
+        everything = [r for group in runs.values() for r in group]
+        spread = check_probes(everything, baseline, name)
+        if spread is not None:
+            probes[name] = spread
         if not study.variants:
             parts[name] = {f"{t:.2f}": _slim(compare(runs[BASE], target=t, baseline=baseline))
                            for t in study.targets}
@@ -79,6 +114,8 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
     }
     if curve_data:
         summary["curves"] = curve_data
+    if probes:
+        summary["probes"] = probes
     if study.variants:
         summary["methods"] = list(study.methods)
         summary["variants"] = {v: {"set": list(items), "methods": list(m or study.methods)}
