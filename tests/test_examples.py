@@ -83,14 +83,17 @@ def test_the_users_model_and_folder_run_on_a_real_flower_deployment(folder):
     small = ["--method", "dae-ticket-fast", "--set", "data.num_clients=2",
              "--set", "federate.rounds=1", "--set", "federate.client_fraction=1.0",
              "--set", "pretrain.epochs=1"]
-    sh([BIN / "fedticket", "deploy", "config.toml", "--out", "dep", "--nodes", "2", *small],
-       folder)
-    sh([BIN / "fedticket", "run", "config.toml", "--out", "sim", "--threads", "1", "--quiet",
+    # the simulator first, into the same folder: the ServerApp finds its server stages
+    # in the cache there (one DAE for both engines, as for two methods of one study)
+    sh([BIN / "fedticket", "run", "config.toml", "--out", "both", "--threads", "1", "--quiet",
         *small], folder)
-    [dep] = list((folder / "dep").glob("dae-ticket-fast_s0_*_flower"))
-    [sim] = list((folder / "sim").glob("dae-ticket-fast_s0_*"))
+    sh([BIN / "fedticket", "deploy", "config.toml", "--out", "both", "--nodes", "2", *small],
+       folder)
+    [dep] = list((folder / "both").glob("dae-ticket-fast_s0_*_flower"))
+    [sim] = [p for p in (folder / "both").glob("dae-ticket-fast_s0_*") if p != dep]
     a, b = (json.loads((p / "summary.json").read_text()) for p in (sim, dep))
     assert b["engine"] == "flower" and b["compute"] == a["compute"] == "structured"
+    assert a["server"]["cached"] is False and b["server"]["cached"] is True
     for key in ("total_down_bytes", "total_up_bytes", "total_mask_bytes", "total_client_flops"):
         assert a[key] == b[key], key
     assert abs(a["final_accuracy"] - b["final_accuracy"]) <= 1e-4

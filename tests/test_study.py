@@ -637,8 +637,10 @@ def test_runs_timed_on_machines_of_different_speed_are_not_paired(tmp_path):
 
     fake("fedavg", 0.100)
     fake("magnitude-init", 0.114)  # 14% apart: paired
-    probes = summarize(study, folder)["probes"]["iid"]
+    summary = summarize(study, folder)
+    probes = summary["probes"]["iid"]
     assert probes["runs"] == 2 and probes["spread"] == pytest.approx(0.14)
+    assert "Speed probes, iid: 100-114 ms over 2 runs (spread 14.0%" in render(summary)
     fake("magnitude-init", 0.163)  # 63% apart, the drift seen once between two days
     with pytest.raises(FedticketError) as e:
         summarize(study, folder)

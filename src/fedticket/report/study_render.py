@@ -107,6 +107,13 @@ def savings_note(summary: dict[str, Any]) -> str:
             f"{MIN_SEEDS} seeds).{few}")
 
 
+def probe_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per partition on the runs' speed probes (none before runs had them)."""
+    return [f"Speed probes, {part}: {p['min_s'] * 1e3:.0f}-{p['max_s'] * 1e3:.0f} ms over "
+            f"{p['runs']} runs (spread {p['spread']:.1%}; runs more than 15% apart are not "
+            f"paired)." for part, p in summary.get("probes", {}).items()]
+
+
 def render_sweep(summary: dict[str, Any]) -> str:
     """The markdown tables of one sweep summary: per partition and target, one row per
     (variant, method), the baseline first; savings are against it."""
@@ -129,9 +136,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
                          f"{t['wall_s'] / 60:.1f} min with `--jobs {t['jobs']}` on "
                          f"{t['cores']} cores (started {t['started']}"
                          f"{'; stopped before the end' if t.get('stopped') else ''}).")
-    for part, p in summary.get("probes", {}).items():
-        lines.insert(-1, f"Speed probes, {part}: {p['min_s'] * 1e3:.0f}-{p['max_s'] * 1e3:.0f} ms "
-                         f"over {p['runs']} runs (spread {p['spread']:.1%}).")
+    lines[-1:-1] = probe_lines(summary)
     for part in summary["partitions"]:
         for target in (f"{t:.2f}" for t in summary["targets"]):
             lines += [f"#### {part}, target {target}", "",
@@ -283,9 +288,7 @@ def render(summary: dict[str, Any]) -> str:
                          f"({', '.join(t['partitions'])}) in {t['wall_s'] / 60:.1f} min with "
                          f"`--jobs {t['jobs']}` on {t['cores']} cores (started {t['started']}"
                          f"{'; stopped before the end' if t.get('stopped') else ''}).")
-    for part, p in summary.get("probes", {}).items():
-        lines.insert(-1, f"Speed probes, {part}: {p['min_s'] * 1e3:.0f}-{p['max_s'] * 1e3:.0f} ms "
-                         f"over {p['runs']} runs (spread {p['spread']:.1%}).")
+    lines[-1:-1] = probe_lines(summary)
     for part in summary["partitions"]:
         for target, result in summary["results"][part].items():
             lines += [f"### {part}, target {target}", "",

@@ -26,8 +26,8 @@ from fedticket.study.run import timings
 
 PROBE_TOLERANCE = 0.15
 """How far apart (relative) the speed probes of two runs whose CPU times are paired may
-be. On this machine, idle, a run's probe repeats within a few percent (docs/STUDY.md);
-the drift it is there to catch was 63%."""
+be: the issue's 15%, well above the probe's spread on this machine, idle, and well below
+the 63% drift it is there to catch (docs/REPRODUCTION.md, "The speed probe")."""
 
 
 def check_probes(runs: list[Run], baseline: str, where: str) -> dict[str, Any] | None:
