@@ -154,6 +154,10 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--doc", help="also put the rendered tables into this markdown file, "
                                   "between <!-- BEGIN/END SUMMARY-NAME --> markers")
     st.add_argument("--quiet", action="store_true", help="print no progress")
+    st.add_argument("--probe-tolerance", type=_number(lambda x: x >= 0, "a fraction >= 0"),
+                    help="how far apart (relative) the speed probes of two paired runs may "
+                         "be (default 0.6, from the probe's spread here); the summary "
+                         "records it")
 
     c = sub.add_parser("compare", help="compare the finished runs in a results directory")
     c.add_argument("dir", help="results directory written by `fedticket run`")
@@ -255,7 +259,7 @@ def _study(args: argparse.Namespace) -> int:
     out = Path(args.out)
     folder = run_study(study, out, args.jobs, None if args.quiet else sys.stderr,
                        tuple(args.partition), args.workers)
-    summary = summarize(study, folder)
+    summary = summarize(study, folder, args.probe_tolerance)
     default = ("summary.json" if study.folder_name == study.name
                else f"{study.name}.summary.json")
     path = Path(args.summary) if args.summary else out / study.folder_name / default

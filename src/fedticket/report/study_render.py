@@ -109,9 +109,10 @@ def savings_note(summary: dict[str, Any]) -> str:
 
 def probe_lines(summary: dict[str, Any]) -> list[str]:
     """One line per partition on the runs' speed probes (none before runs had them)."""
+    tolerance = summary.get("probe_tolerance", 0.6)
     return [f"Speed probes, {part}: {p['min_s'] * 1e3:.0f}-{p['max_s'] * 1e3:.0f} ms over "
-            f"{p['runs']} runs (spread {p['spread']:.1%}; runs more than 15% apart are not "
-            f"paired)." for part, p in summary.get("probes", {}).items()]
+            f"{p['runs']} runs (spread {p['spread']:.1%}; runs more than {tolerance:.0%} "
+            f"apart are not paired)." for part, p in summary.get("probes", {}).items()]
 
 
 def render_sweep(summary: dict[str, Any]) -> str:

@@ -24,17 +24,20 @@ from fedticket.study.load import BASE, Study, variant_cells
 from fedticket.study.questions import questions_of
 from fedticket.study.run import timings
 
-PROBE_TOLERANCE = 0.15
+PROBE_TOLERANCE = 0.6
 """How far apart (relative) the speed probes of two runs whose CPU times are paired may
-be: the issue's 15%, well above the probe's spread on this machine, idle, and well below
-the 63% drift it is there to catch (docs/REPRODUCTION.md, "The speed probe")."""
+be. Set from the probe's spread on this machine, idle: 20 probes (each the fastest of 5)
+ran from 44.7 to 67.2 ms, 50% apart, within one minute (docs/REPRODUCTION.md, "The
+speed probe"). A tolerance below that refuses runs for the host's noise alone; 60% still
+catches the 63% drift once seen between two days, with little margin."""
 
 
-def check_probes(runs: list[Run], baseline: str, where: str) -> dict[str, Any] | None:
+def check_probes(runs: list[Run], baseline: str, where: str,
+                 tolerance: float = PROBE_TOLERANCE) -> dict[str, Any] | None:
     """The spread of the runs' speed probes (:func:`fedticket.environment.speed_probe`);
     a :class:`FedticketError` naming both runs if a run's probe and its baseline run's
-    (the same seed) differ by more than :data:`PROBE_TOLERANCE`. Runs made before the
-    probe existed have none and are not checked."""
+    (the same seed) differ by more than ``tolerance``. Runs made before the probe
+    existed have none and are not checked."""
     base = {r.seed: r for r in runs if r.method == baseline}
     for r in runs:
         b = base.get(r.seed)
@@ -42,11 +45,12 @@ def check_probes(runs: list[Run], baseline: str, where: str) -> dict[str, Any] |
         if b is None or r is b or p is None or q is None:
             continue
         apart = max(p, q) / min(p, q) - 1
-        if apart > PROBE_TOLERANCE:
+        if apart > tolerance:
             raise FedticketError(
                 f"{where}: runs {r.name} (speed probe {p * 1e3:.0f} ms) and {b.name} "
                 f"({q * 1e3:.0f} ms) ran on a machine {apart:.0%} apart in speed, more than "
-                f"{PROBE_TOLERANCE:.0%}: their CPU times cannot be paired; run one again")
+                f"{tolerance:.0%}: their CPU times cannot be paired; run one again (or "
+                f"summarise with a larger --probe-tolerance, which the summary records)")
     probes = [float(r.summary["speed_probe_s"]) for r in runs if "speed_probe_s" in r.summary]
     if not probes:
         return None
@@ -61,7 +65,8 @@ def _slim(result: TargetResult) -> dict[str, Any]:
                                        for m, f in result["methods"].items()}}
 
 
-def summarize(study: Study, folder: Path) -> dict[str, Any]:
+def summarize(study: Study, folder: Path, probe_tolerance: float | None = None
+              ) -> dict[str, Any]:
     """What the tables need: per partition (and variant, for a sweep) and target,
     ``compare``'s result against the study's baseline over the grid's finished runs,
     plus the provenance of the runs and the study's questions. Runs are found by the
@@ -69,6 +74,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
     enter."""
     grid = variant_cells(study)
     baseline = study.questions.baseline
+    probe_tolerance = PROBE_TOLERANCE if probe_tolerance is None else probe_tolerance
     parts: dict[str, Any] = {}
     curve_data: dict[str, Any] = {}
     probes: dict[str, Any] = {}
@@ -82,7 +88,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
         for group in runs.values():
             used += group
         everything = [r for group in runs.values() for r in group]
-        spread = check_probes(everything, baseline, name)
+        spread = check_probes(everything, baseline, name, probe_tolerance)
         if spread is not None:
             probes[name] = spread
         if not study.variants:
@@ -116,6 +122,7 @@ def summarize(study: Study, folder: Path) -> dict[str, Any]:
         summary["curves"] = curve_data
     if probes:
         summary["probes"] = probes
+        summary["probe_tolerance"] = probe_tolerance
     if study.variants:
         summary["methods"] = list(study.methods)
         summary["variants"] = {v: {"set": list(items), "methods": list(m or study.methods)}
