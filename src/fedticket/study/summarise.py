@@ -100,7 +100,7 @@ def summarize(study: Study, folder: Path, probe_tolerance: float | None = None
                                                      baseline=baseline))
                            for t in study.targets}
                        for v, _, _ in study.variants if runs[v]}
-    summary = {
+    summary: dict[str, Any] = {
         "study": study.name,
         "config": study.config.name,
         "partitions": list(parts),
