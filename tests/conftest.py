@@ -5,9 +5,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# every run times the speed probe before its first round (5 repeats, about 0.3 s); the
-# suite's hundreds of short runs time it once each (test_study checks what it is for)
-os.environ.setdefault("FEDTICKET_PROBE_REPEATS", "1")
+# every run times the speed probe before its first round (5 repeats, about 0.2 s); the
+# suite's hundreds of short runs do not (test_study's probe test turns it on)
+os.environ.setdefault("FEDTICKET_PROBE_REPEATS", "0")
 # pytest-xdist runs the suite in worker processes (pyproject.toml): each worker's torch gets one
 # thread (two processes with torch's default threads each on 2 cores run 13x slower)
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else

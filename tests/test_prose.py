@@ -203,7 +203,7 @@ def test_the_readmes_methods_table_names_every_preset():
     table = section(README, "| name | what it is |", "\n\n")
     named = set()
     for line in table.splitlines()[2:]:
-        named.update(re.findall(r"`([a-z0-9-]+)`", line.split("|")[1]))
+        named.update(re.findall(r"`([a-z0-9.-]+)`", line.split("|")[1]))
     assert named == set(METHODS)
 
 

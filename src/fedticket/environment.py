@@ -4,7 +4,9 @@
 that no config names a thread count for. Unset, empty or 0: torch's own count.
 
 ``FEDTICKET_PROBE_REPEATS``: how many times a run times the speed probe
-(:func:`speed_probe`, the fastest is kept); unset or empty: 5. The test suite sets 1.
+(:func:`speed_probe`, the fastest is kept); unset or empty: 5; 0: no probe (the run's
+summary has none, and a study pairs it unchecked). The test suite sets 0; its probe test
+sets 1.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def env_threads() -> int:
     return thread_count(os.environ.get(THREADS_VAR, ""), THREADS_VAR)
 
 
-def speed_probe(repeats: int | None = None) -> float:
+def speed_probe(repeats: int | None = None) -> float | None:
     """CPU seconds one thread takes for a fixed workload of a client's kind: 8 SGD steps
     of a small CNN (two 5x5 convolutions, a linear layer; weights from a fixed seed) on a
     fixed batch of 32 images of 28x28, forward and backward. The fastest of ``repeats``
@@ -69,8 +71,10 @@ def speed_probe(repeats: int | None = None) -> float:
             repeats = int(raw) if raw else 5
         except ValueError:
             raise FedticketError(f"{PROBE_VAR} must be a whole number, got {raw!r}") from None
-        if repeats < 1:
-            raise FedticketError(f"{PROBE_VAR} must be at least 1, got {repeats}")
+        if repeats < 0:
+            raise FedticketError(f"{PROBE_VAR} must be 0 or more, got {repeats}")
+    if repeats == 0:
+        return None
     g = torch.Generator().manual_seed(0)
     x = torch.rand(32, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (32,), generator=g)

@@ -138,7 +138,8 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     # it then): a kill before the rename resumes after the last round, not from round 0
     summary = _summary(spec, engine, trainer, stages, strategy, rows, after,
                        report.get("prunable_density", 1.0), time.perf_counter() - started)
-    summary["speed_probe_s"] = probe
+    if probe is not None:
+        summary["speed_probe_s"] = probe
     atomic_write_json(folder / paths.SUMMARY, summary)
 
 
