@@ -339,15 +339,23 @@ def _channels(prune: PruneSpec, model: nn.Module, input_shape: tuple[int, int, i
               mask: Mask) -> tuple[Mask, dict]:
     """FLOP-aware channel pruning down to ``prune.flops_fraction`` of the forward MACs
     (0: half the kept weight fraction), each group at least ``prune.channel_floor``."""
+    graph = _graph(model, input_shape)
+    mask, structure = structured_prune(dict(model.named_parameters()), mask, graph,
+                                       _budget(prune), prune.channel_floor)
+    return mask, structure | {"left_out": dict(graph.left_out)}
+
+
+def _graph(model: nn.Module, input_shape: tuple[int, int, int]) -> ChannelGraph:
+    """The channel graph, with the one-line warning on what it leaves whole."""
     graph = channel_graph(model, input_shape)
     if graph.left_out:
-        warnings.warn(graph.warning(), FedticketWarning, stacklevel=3)
-    mask, structure = structured_prune(
-        dict(model.named_parameters()), mask, graph,
-        prune.flops_fraction or (1.0 - prune.sparsity) / 2, prune.channel_floor,
-    )
-    structure["left_out"] = dict(graph.left_out)
-    return mask, structure
+        warnings.warn(graph.warning(), FedticketWarning, stacklevel=4)
+    return graph
+
+
+def _budget(prune: PruneSpec) -> float:
+    """``prune.flops_fraction``, 0 meaning ``(1 - sparsity) / 2``."""
+    return prune.flops_fraction or (1.0 - prune.sparsity) / 2
 
 
 def uniform_prune(mask: Mask, graph: ChannelGraph, flops_fraction: float
@@ -388,13 +396,9 @@ def _uniform(prune: PruneSpec, model: nn.Module, input_shape: tuple[int, int, in
              mask: Mask) -> tuple[Mask, dict]:
     """One width factor for every channel group, to ``prune.flops_fraction`` of the
     forward MACs (0: ``(1 - sparsity) / 2``, the channel step's default budget)."""
-    graph = channel_graph(model, input_shape)
-    if graph.left_out:
-        warnings.warn(graph.warning(), FedticketWarning, stacklevel=3)
-    mask, structure = uniform_prune(mask, graph, prune.flops_fraction
-                                    or (1.0 - prune.sparsity) / 2)
-    structure["left_out"] = dict(graph.left_out)
-    return mask, structure
+    graph = _graph(model, input_shape)
+    mask, structure = uniform_prune(mask, graph, _budget(prune))
+    return mask, structure | {"left_out": dict(graph.left_out)}
 
 
 STRUCTURES.add("none", Structure())
