@@ -223,27 +223,35 @@ def test_first_two_rounds_bytes_by_hand(tmp_path, method):
         mask = coded_mask(tmp_path / "out", method)
         assert mask < MASK
     assert report["wire"]["mask_message_bytes"] == mask
+    # a random start is the run's seed: its round-1 download is booked as those 8 bytes
+    # (federate.init_bytes = seed); a DAE-pretrained start costs its values
+    seeded = not method.startswith("dae") and not method.endswith("-dae")
     for r in clients:
-        assert r["down_bytes"] == 4 * values and r["up_bytes"] == up
+        assert r["down_bytes"] == (8 if seeded and r["round"] == 1 else 4 * values)
+        assert r["up_bytes"] == up
     first = {r["client"] for r in clients if r["round"] == 1}
     masks = sum(r["mask_bytes"] for r in clients)
     new_in_2 = sum(1 for r in clients if r["round"] == 2 and r["client"] not in first)
     assert masks == mask * (2 + new_in_2)  # the mask goes once to each client
     assert metrics[-1]["cum_up_bytes"] == 4 * up
-    assert metrics[-1]["cum_down_bytes"] == 4 * 4 * values + masks
+    assert metrics[-1]["cum_down_bytes"] == (2 * 8 + 2 * 4 * values if seeded
+                                             else 4 * 4 * values) + masks
 
 
 def test_snip_ticket_books_the_clients_saliency_in_round_0(tmp_path):
     clients, metrics, report = run_rows(tmp_path, "snip-ticket")
-    # round 0: every client (snip_fraction = 1) downloads the dense init and uploads a
-    # dense float32 score per value; then training runs on the 391 kept values
+    # round 0: every client (snip_fraction = 1) gets the dense init (its seed: 8 bytes,
+    # federate.init_bytes = seed) and uploads a dense float32 score per value; then
+    # training runs on the 391 kept values, from the same seeded init in round 1
     zero = [r for r in clients if r["round"] == 0]
     assert sorted(r["client"] for r in zero) == [0, 1, 2, 3]
-    assert all(r["down_bytes"] == r["up_bytes"] == 4 * NUMEL for r in zero)
-    assert metrics[0]["cum_up_bytes"] == metrics[0]["cum_down_bytes"] == 4 * 4 * NUMEL
+    assert all(r["down_bytes"] == 8 and r["up_bytes"] == 4 * NUMEL for r in zero)
+    assert metrics[0]["cum_up_bytes"] == 4 * 4 * NUMEL
+    assert metrics[0]["cum_down_bytes"] == 4 * 8
     assert report["nnz"] == KEPT
     trained = [r for r in clients if r["round"] > 0]
-    assert all(r["down_bytes"] == r["up_bytes"] == 4 * KEPT for r in trained)
+    assert all(r["up_bytes"] == 4 * KEPT for r in trained)
+    assert all(r["down_bytes"] == (8 if r["round"] == 1 else 4 * KEPT) for r in trained)
     mask = coded_mask(tmp_path / "out", "snip-ticket")  # SNIP's mask empties some rows
     assert mask <= MASK
     assert sum(r["mask_bytes"] for r in trained) == mask * len({r["client"] for r in trained})
@@ -316,7 +324,9 @@ def test_feddst_bytes_of_its_first_two_rounds_by_hand(tmp_path):
     # weights swapped): each client uploads a 4-byte header, its new mask and its 391
     # values; round 2 does not (T_end is half of the 2 rounds) and every client gets the
     # merged mask again, whether it held the old one or not
-    assert all(r["down_bytes"] == 4 * KEPT and r["mask_bytes"] == mask for r in one + two)
+    # the round-1 download is the random init's seed (8 bytes, federate.init_bytes = seed)
+    assert all(r["down_bytes"] == 8 and r["mask_bytes"] == mask for r in one)
+    assert all(r["down_bytes"] == 4 * KEPT and r["mask_bytes"] == mask for r in two)
     assert all(r["up_bytes"] == 4 + mask + 4 * KEPT for r in one)
     assert all(r["up_bytes"] == 4 * KEPT for r in two)
     assert metrics[-1]["cum_mask_bytes"] == 4 * mask

@@ -44,9 +44,14 @@ def test_presets_cover_the_methods():
         "dae-ticket", "dae-ticket-rewind", "supervised-ticket", "dae-ticket-fast",
         "fedavg-thin", "random-ticket-fast", "dae-ticket-bn", "dae-ticket-fast-bn",
         "synflow-ticket", "snip-ticket", "feddst",
-        "feddst-0.05", "feddst-0.5", "topk-ef", "topk-ef-dae", "qsgd-8", "qsgd-4",
-        "qsgd-8-dae", "qsgd-4-dae", "dae-ticket-topk", "dae-ticket-qsgd",
+        "feddst-0.05", "feddst-0.5", "fedpm", "topk-ef", "topk-ef-dae", "qsgd-8", "qsgd-4",
+        "qsgd-8-dae", "qsgd-4-dae", "topk-ef-2way", "dae-ticket-topk", "dae-ticket-qsgd",
     ]
+    s = with_method(ExperimentSpec(), "fedpm")
+    assert (s.federate.rule, s.federate.compute, s.federate.lr) == ("fedpm", "dense-masked", 0.1)
+    s = with_method(ExperimentSpec(), "topk-ef-2way")
+    assert (s.federate.upload, s.federate.download, s.federate.error_feedback) == (
+        "topk", "topk", True)
     s = with_method(ExperimentSpec(), "topk-ef-dae")
     assert (s.pretrain.kind, s.prune.strategy, s.federate.upload, s.federate.error_feedback,
             s.federate.upload_density) == ("dae", "none", "topk", True, 0.2)

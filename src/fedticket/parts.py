@@ -15,7 +15,7 @@ module imports them all.
 from __future__ import annotations
 
 from fedticket.accounting.wire import DOWNLOAD_CODES, UPLOAD_CODES, VALUE_CODES
-from fedticket.federated import dst, saliency  # noqa: F401  (they register their parts)
+from fedticket.federated import dst, fedpm, saliency  # noqa: F401  (they register their parts)
 from fedticket.federated.aggregate import AGGREGATORS
 from fedticket.federated.client import COMPUTE_PATHS
 from fedticket.federated.rules import RULES

@@ -43,6 +43,7 @@ from fedticket.stages import (  # noqa: F401  (re-exported: the stages' public n
     fresh_model,
     pretrain_and_prune,
     starting_weights,
+    starts_from_seed,
 )
 
 
@@ -116,6 +117,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     state = starting_weights(spec, splits, stages)
     report = _write_cost_report(folder, stages, model, trainer, codec, state,
                                 splits.input_shape)
+    seeded = starts_from_seed(spec, splits, stages)
     strategy = TicketStrategy(
         codec, state, spec.federate, spec.seed, len(splits.clients),
         lambda s: trainer.evaluate(s, splits.test),
@@ -123,6 +125,9 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
         flops_per_example=trainer.flops_per_sample, prunable=stages.prunable,
         flops_fn=lambda m: train_flops_per_sample(layer_costs(model, splits.input_shape, m)),
         dense_flops_per_example=trainer.dense_flops_per_sample,
+        seeded_init=seeded,
+        clients_hold_start=seeded and all(
+            torch.equal(state[k], v * stages.mask.float(k)) for k, v in stages.init.items()),
     )
     if prelude is not None:
         strategy.book_prelude(*prelude)
@@ -130,7 +135,7 @@ def _run_into(spec: ExperimentSpec, out: Path, folder: Path, stream: TextIO | No
     probe = speed_probe()  # this process's machine speed, just before it trains
     rows = _federate(folder, spec, strategy, engine(trainer, codec, splits), after, stream,
                      label, engine.clients_keep_state)
-    save_states(folder / paths.FINAL, {"global": strategy.global_state})
+    save_states(folder / paths.FINAL, {"global": strategy.model_state(spec.federate.rounds)})
     if mask_changes(spec.federate):  # the mask the final model lives under
         strategy.codec.mask.save(folder / paths.MASK)
         stages = replace(stages, mask=strategy.codec.mask)

@@ -352,6 +352,12 @@ class FederateSpec:
     """A round rule of :data:`fedticket.federated.rules.RULES` that acts during training
     (re-prunes, re-draws or merges masks; FedDST's is on whenever ``readjust_every`` is
     set): ``none``, or the name a rule registered under."""
+    init_bytes: str = "seed"
+    """What a client's download of the starting weights costs while they are unchanged
+    (round 1, and a client-side saliency prelude): ``seed``, the 8 bytes of the run's
+    seed when those weights are reproducible from it (a random init is; pretrained
+    weights are not and cost their bytes), as FedDST's code treats them; ``weights``,
+    their bytes always (the convention of fedticket before docs/PEERS.md fixed one)."""
     checkpoint_every: int = 1
     """Checkpoint the run every this many rounds (and after round 0 and the last), so a
     killed run resumes there; 0: never. One checkpoint is the global model plus a few
@@ -375,6 +381,9 @@ class FederateSpec:
         _part("federate.upload", self.upload)
         _part("federate.download", self.download)
         _part("federate.rule", self.rule)
+        if self.init_bytes not in ("seed", "weights"):
+            raise ConfigError(f"federate.init_bytes must be seed or weights, got "
+                              f"{self.init_bytes!r}")
         for rule in _rules_for(self):
             rule.check(self)
         _positive("federate", "readjust_every", self.readjust_every, allow_zero=True)
@@ -406,7 +415,7 @@ class FederateSpec:
             raise ConfigError("federate.download = change sends what changed since a "
                               "client's last download; stateless clients "
                               "(federate.mask_once = false) hold none")
-        if change and exact:
+        if change and exact and not _registry("federate.download")[self.download].topk:
             raise ConfigError("federate.download = change needs values that round (f16, q8 "
                               "or q4); in f32 the model itself is exact")
         if change and self.readjust_every:
@@ -577,10 +586,19 @@ METHODS["feddst"] = {"pretrain.kind": "none", "prune.strategy": "magnitude",
 for _alpha in (0.05, 0.5):
     METHODS[f"feddst-{_alpha}"] = METHODS["feddst"] | {"federate.readjust_alpha": _alpha}
 
+# FedPM (Isik et al. 2023, BerivanIsik/sparse-random-networks): the clients train a
+# probability mask over frozen signed-constant weights with Adam at the authors' lr 0.1,
+# and exchange sampled masks (src/fedticket/federated/fedpm.py; docs/PEERS.md).
+METHODS["fedpm"] = {"pretrain.kind": "none", "prune.strategy": "none",
+                    "weights.init": "pretrained", "federate.rule": "fedpm",
+                    "federate.compute": "dense-masked", "federate.lr": 0.1}
+
 # Peers that compress a dense model's uploads (their download stays the dense model):
 # top-k with error feedback (Lin et al. 2018, Deep Gradient Compression; Sattler et
 # al. 2019, STC) and QSGD (Alistarh et al. 2017) at 8 and 4 bits, on the random init
 # and on the DAE-pretrained model; and the DAE ticket with either (no paper has them).
+# topk-ef-2way also sends each client only the top-k of the change since its last
+# download, the rest kept on the server for next time, as STC does.
 _TOPK: dict[str, Any] = {"federate.upload": "topk", "federate.error_feedback": True}
 _QSGD: dict[str, Any] = {"federate.upload": "qsgd"}
 _PEERS: list[tuple[str, str, dict[str, Any]]] = [
@@ -589,6 +607,7 @@ _PEERS: list[tuple[str, str, dict[str, Any]]] = [
     ("qsgd-4", "fedavg", _QSGD | {"federate.upload_bits": 4}),
     ("qsgd-8-dae", "fedavg-dae", _QSGD | {"federate.upload_bits": 8}),
     ("qsgd-4-dae", "fedavg-dae", _QSGD | {"federate.upload_bits": 4}),
+    ("topk-ef-2way", "fedavg", _TOPK | {"federate.download": "topk"}),
     ("dae-ticket-topk", "dae-ticket", _TOPK),
     ("dae-ticket-qsgd", "dae-ticket", _QSGD | {"federate.upload_bits": 8}),
 ]

@@ -202,13 +202,24 @@ def _pretrain(
     return trainer
 
 
+def _start(spec: ExperimentSpec, splits: Splits, stages: ServerStages) -> Start:
+    return Start(stages.init, stages.trained,
+                 lambda: _state(fresh_model(spec, splits, "reinit")), stages.mask,
+                 stages.prunable, pretrained=OBJECTIVES[spec.pretrain.kind].net is not None)
+
+
 def starting_weights(
     spec: ExperimentSpec, splits: Splits, stages: ServerStages
 ) -> State:
     """The subnetwork federated training starts from (pruned entries exactly zero): the
     values ``weights.init`` names (:data:`fedticket.weights.WEIGHT_INITS`)."""
-    start = Start(stages.init, stages.trained,
-                  lambda: _state(fresh_model(spec, splits, "reinit")), stages.mask,
-                  stages.prunable)
-    state = WEIGHT_INITS[spec.weights.init](start)
+    state = WEIGHT_INITS[spec.weights.init].draw(_start(spec, splits, stages))
     return {k: v * stages.mask.float(k) for k, v in state.items()}
+
+
+def starts_from_seed(spec: ExperimentSpec, splits: Splits, stages: ServerStages) -> bool:
+    """Whether the starting weights are reproducible from the run's seed (a random init
+    is, pretrained weights are not), so that under ``federate.init_bytes = seed`` a
+    client's download of them costs the seed, not the weights."""
+    return spec.federate.init_bytes == "seed" and WEIGHT_INITS[spec.weights.init].seeded(
+        _start(spec, splits, stages))

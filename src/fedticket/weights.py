@@ -33,9 +33,21 @@ class Start:
     """A fresh random init (its own seed stream)."""
     mask: Mask
     prunable: list[str]
+    pretrained: bool = False
+    """``trained`` came from a pretraining (else it is the random init)."""
 
 
-WEIGHT_INITS: Registry[Callable[[Start], State]] = Registry("weights.init")
+@dataclass(frozen=True)
+class WeightInit:
+    """One start: the values it draws, and whether they are reproducible from the run's
+    seed (a random init is; DAE-pretrained weights are not), which decides what the
+    clients' first download of them costs (``federate.init_bytes``)."""
+
+    draw: Callable[[Start], State]
+    seeded: Callable[[Start], bool] = lambda start: True
+
+
+WEIGHT_INITS: Registry[WeightInit] = Registry("weights.init")
 """Every start a spec may name; the mask is applied after it."""
 
 
@@ -59,7 +71,7 @@ def fanin_scaled(state: State, mask: Mask, names: list[str]) -> State:
     return out
 
 
-WEIGHT_INITS.add("pretrained", lambda s: s.trained)
-WEIGHT_INITS.add("rewind", lambda s: s.init)
-WEIGHT_INITS.add("reinit", lambda s: s.fresh())
-WEIGHT_INITS.add("fanin", lambda s: fanin_scaled(s.fresh(), s.mask, s.prunable))
+WEIGHT_INITS.add("pretrained", WeightInit(lambda s: s.trained, lambda s: not s.pretrained))
+WEIGHT_INITS.add("rewind", WeightInit(lambda s: s.init))
+WEIGHT_INITS.add("reinit", WeightInit(lambda s: s.fresh()))
+WEIGHT_INITS.add("fanin", WeightInit(lambda s: fanin_scaled(s.fresh(), s.mask, s.prunable)))

@@ -557,13 +557,30 @@ class DownloadPart:
     """What a client downloads (``federate.download``)."""
 
     change: bool
-    """To a client that holds last time's download: the change from it, in the value code
-    (else always the model)."""
+    """To a client that holds last time's download: the change from it (else always the
+    model)."""
+    topk: bool = False
+    """The change travels as its ``k`` entries of largest magnitude (the upload's ``k``,
+    :func:`topk_encode`), not whole in the value code. What is not sent stays in the
+    next change to that client: the server's error feedback (Sattler et al. 2019, STC)."""
+
+    def encode(self, codec: Codec, change: np.ndarray) -> bytes:
+        """The payload of ``change`` (the kept values' change)."""
+        if self.topk:
+            return topk_encode(change, codec.update.k)[0]
+        return codec.encode_values(change)
+
+    def decode(self, codec: Codec, payload: bytes) -> np.ndarray:
+        """Inverse of :meth:`encode`."""
+        if self.topk:
+            return topk_decode(payload, codec.size, codec.update.k)
+        return codec.decode_values(payload)
 
 
 DOWNLOAD_CODES: Registry[DownloadPart] = Registry("federate.download")
 DOWNLOAD_CODES.add("model", DownloadPart(change=False))
 DOWNLOAD_CODES.add("change", DownloadPart(change=True))
+DOWNLOAD_CODES.add("topk", DownloadPart(change=True, topk=True))
 
 
 @dataclass(frozen=True)

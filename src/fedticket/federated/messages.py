@@ -41,6 +41,9 @@ class Instruction:
     delta: bool = False
     """``payload`` is the change from the model this client holds (its last download;
     ``federate.download = change``), not the model."""
+    from_start: bool = False
+    """``delta`` from the run's seeded starting model, which the client rebuilds (it holds
+    no download yet)."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ FedAvg on a fixed mask and calls the hooks of every rule active for the run at f
 points, the way Flower's strategies let a subclass override ``configure_train`` or
 ``aggregate_train``:
 
+* :meth:`RoundRule.begin`, :meth:`RoundRule.download` and :meth:`RoundRule.model`: a
+  method whose global state is not a model (FedPM's scores) sets it up, says what
+  travels down, and what model it stands for;
 * :meth:`RoundRule.task`: which client task a round's instructions name (FedDST asks its
   clients to readjust their masks in some rounds);
 * :meth:`RoundRule.decode`: read an upload that is not a plain model (a readjusted
@@ -59,6 +62,21 @@ class RoundRule:
         if self.changes_mask and (not follows or DOWNLOAD_CODES[spec.download].change):
             raise ConfigError("a mask that changes during training needs federate.compute = "
                               "dense-masked and federate.download = model")
+
+    def begin(self, strategy: TicketStrategy) -> None:
+        """Set the run up once the strategy holds the starting model (FedPM replaces it by
+        its scores); per-run objects go in ``strategy.rule_data``, JSON that a checkpoint
+        must keep in ``strategy.rule_meta``."""
+
+    def download(self, strategy: TicketStrategy) -> bytes | None:
+        """This round's download for every client; None: the codec's payload of the
+        global model."""
+        return None
+
+    def model(self, strategy: TicketStrategy, state: State, round_: int) -> State | None:
+        """The model the global ``state`` stands for (scored, saved as the final model);
+        None: ``state`` itself."""
+        return None
 
     def task(self, strategy: TicketStrategy, round_: int) -> tuple[str, float] | None:
         """The task and ``alpha`` of this round's instructions; None: no say."""

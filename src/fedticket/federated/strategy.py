@@ -47,6 +47,10 @@ from fedticket.spec import FederateSpec
 
 State = dict[str, torch.Tensor]
 
+SEED_BYTES = 8
+"""What a download of starting weights reproducible from the run's seed costs under
+``federate.init_bytes = seed``: the seed, a 64-bit integer."""
+
 
 @dataclass
 class Totals:
@@ -149,6 +153,14 @@ class TicketStrategy:
     prunable, flops_fn, dense_flops_per_example : optional
         For a mask that changes (a round rule's, e.g. FedDST's): the tensors it may change,
         the training FLOPs of an example under a mask, and on the dense model.
+    seeded_init : bool
+        ``state`` is reproducible from the run's seed and the run books it so
+        (``federate.init_bytes = seed``): a download of it while it is unchanged (round
+        1, a prelude) is booked as :data:`SEED_BYTES`, not its payload's length.
+    clients_hold_start : bool
+        Besides, ``state`` is the initial weights of the clients' own model, so a client
+        rebuilds it: under ``download = change`` or ``topk`` a client that holds no
+        download is sent the change from it, not the model.
     """
 
     def __init__(
@@ -165,6 +177,8 @@ class TicketStrategy:
         prunable: Sequence[str] = (),
         flops_fn: Callable[[Mask], int] | None = None,
         dense_flops_per_example: int | None = None,
+        seeded_init: bool = False,
+        clients_hold_start: bool = False,
     ):
         self.flops_per_example = flops_per_example
         self.prunable = list(prunable)
@@ -193,12 +207,30 @@ class TicketStrategy:
         self.global_state = codec.decode(codec.encode(state))
         self._kept_cache: tuple[State, np.ndarray] | None = None
         self.prelude: tuple[list[ClientRecord], list[Failure]] = ([], [])
+        self.seeded_init = seeded_init
+        """The global model is still the seeded starting model (nothing aggregated yet)."""
+        self._booked: dict[int, int] = {}  # this round's downloads booked as a seed
+        self.rule_data: dict = {}
+        """What rules keep for the run (rebuilt by :meth:`RoundRule.begin`)."""
+        self.rule_meta: dict = {}
+        """What rules keep for the run that a checkpoint saves (JSON)."""
+        for rule in self.rules:
+            rule.begin(self)
+        self._init_kept = (self.codec.kept(self.global_state) if clients_hold_start and
+                           DOWNLOAD_CODES[spec.download].change else None)
+        """The seeded starting model's values, which every client can rebuild: a client
+        that holds nothing else is sent the change from them."""
 
     def book_prelude(self, records: Sequence[ClientRecord], failures: Sequence[Failure],
                      lost_down_bytes: int) -> None:
         """Book client work done before round 1 (the clients' saliency for a ``snip``
         mask) in the ledger; round 0's row then shows it. A lost client is charged
-        ``lost_down_bytes`` (what it was sent)."""
+        ``lost_down_bytes`` (what it was sent). A download of the seeded starting model
+        is booked as its seed (``seeded_init``)."""
+        if self.seeded_init:
+            records = [replace(rec, down_bytes=min(SEED_BYTES, rec.down_bytes))
+                       for rec in records]
+            lost_down_bytes = min(SEED_BYTES, lost_down_bytes)
         for rec in records:
             self.totals.add(rec)
         self.totals.down_bytes += lost_down_bytes * len(failures)
@@ -210,32 +242,44 @@ class TicketStrategy:
         """Sample this round's clients; each gets the global payload and the mask message:
         on its first round only (``mask_once``), or every time (stateless clients)."""
         ids = sample_clients(self.num_clients, self.spec.client_fraction, self.rng)
-        down = self.codec.encode(self.global_state)
+        down = next((d for rule in self.rules if (d := rule.download(self)) is not None),
+                    None)
+        if down is None:
+            down = self.codec.encode(self.global_state)
         task, alpha = task_of(self, round_)
         out = []
         self._sending.clear()
+        self._booked.clear()
         for cid in ids:
             held = self.spec.mask_once and cid in self.has_mask
             mask = b"" if held else self.mask_msg
-            payload, delta = self._download(cid, down)
+            payload, delta, from_start = self._download(cid, down)
+            if self.seeded_init and not delta:
+                self._booked[cid] = min(SEED_BYTES, len(payload))
             out.append(Instruction(round_, cid, payload, mask,
-                                   client_seed(self.seed, round_, cid), task, alpha, delta))
+                                   client_seed(self.seed, round_, cid), task, alpha, delta,
+                                   from_start))
         return out
 
-    def _download(self, cid: int, down: bytes) -> tuple[bytes, bool]:
+    def _download(self, cid: int, down: bytes) -> tuple[bytes, bool, bool]:
         """What client ``cid`` downloads: the model payload ``down``, or under ``download
-        = change`` the change from what it holds (and what it will then hold)."""
-        if not DOWNLOAD_CODES[self.spec.download].change:
-            return down, False
+        = change`` the change from what it holds (and what it will then hold); whether it
+        is a change, and one from the seeded start the client rebuilds."""
+        part = DOWNLOAD_CODES[self.spec.download]
+        if not part.change:
+            return down, False, False
         holds = self.holds.get(f"holds-{cid}")
+        from_start = holds is None and not self.seeded_init and self._init_kept is not None
+        if from_start:
+            holds = self._init_kept  # every client can rebuild the seeded start
         if holds is None:  # the whole model: decoded once a round, shared (never mutated)
             if self._decoded is None or self._decoded[0] is not down:
                 self._decoded = (down, self.codec.decode_values(down))
             self._sending[cid] = self._decoded[1]
-            return down, False
-        payload = self.codec.encode_values(self._global_kept - holds)
-        self._sending[cid] = (holds + self.codec.decode_values(payload)).astype(np.float32)
-        return payload, True
+            return down, False, False
+        payload = part.encode(self.codec, self._global_kept - holds)
+        self._sending[cid] = (holds + part.decode(self.codec, payload)).astype(np.float32)
+        return payload, True, from_start
 
     def set_mask(self, mask: Mask) -> None:
         """From now on the global model lives under ``mask`` (FedDST's merged mask): the
@@ -283,7 +327,7 @@ class TicketStrategy:
             ins = sent[rep.client]
             self.has_mask.add(rep.client)
             records.append(ClientRecord(
-                round_, rep.client, rep.num_examples, len(ins.payload), len(ins.mask),
+                round_, rep.client, rep.num_examples, self._down_bytes(ins), len(ins.mask),
                 len(rep.payload), rep.flops, rep.wall_s, rep.cpu_s, rep.train_loss,
                 rep.framework_down_bytes, rep.framework_up_bytes,
             ))
@@ -296,7 +340,7 @@ class TicketStrategy:
         for f in failed:
             lost = sent.get(f.client)
             if lost is not None:
-                self.totals.down_bytes += len(lost.payload) + len(lost.mask)
+                self.totals.down_bytes += self._down_bytes(lost) + len(lost.mask)
                 self.totals.mask_bytes += len(lost.mask)
         self.totals.failures += len(failed)
         if len(usable) < self.min_replies:
@@ -318,11 +362,18 @@ class TicketStrategy:
             raise DivergenceError(f"round {round_}: the aggregated model has weights that are "
                                   "not finite; lower federate.lr")
         self.global_state = new
+        self.seeded_init = False
+        self._booked.clear()
         for rule in self.rules:
             rule.end_round(self, round_)
         n = sum(rec.num_examples for rec in records)
         train_loss = sum(rec.train_loss * rec.num_examples for rec in records) / n
         return RoundLog(round_, records, replace(self.totals), None, None, train_loss, failed)
+
+    def _down_bytes(self, ins: Instruction) -> int:
+        """The bytes booked for the model payload of ``ins``: its length, or the seed's
+        when it is the seeded starting model."""
+        return self._booked.get(ins.client, len(ins.payload))
 
     def _check(self, rep: Reply, expected: int | None, ins: Instruction
                ) -> tuple[State | None, str | None]:
@@ -376,9 +427,19 @@ class TicketStrategy:
         pending = any(t not in self.reached for t in self.spec.targets)
         if not pending and round_ % self.spec.eval_every and round_ != self.spec.rounds:
             return None
-        scores = self.evaluate_fn(self.global_state)
+        scores = self.evaluate_fn(self.model_state(round_))
         self.reached.update(t for t in self.spec.targets if scores[0] >= t)
         return scores
+
+    def model_state(self, round_: int) -> State:
+        """The model the global state stands for after ``round_`` (itself, unless a rule
+        keeps something else: FedPM's scores stand for a sampled mask of frozen
+        weights)."""
+        for rule in self.rules:
+            model = rule.model(self, self.global_state, round_)
+            if model is not None:
+                return model
+        return self.global_state
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> tuple[State, dict]:
@@ -391,6 +452,8 @@ class TicketStrategy:
             "has_mask": sorted(self.has_mask),
             "reached": sorted(self.reached),
             "totals": asdict(self.totals),
+            "seeded_init": self.seeded_init,
+            "rule_meta": self.rule_meta,
         }
         return {k: v.clone() for k, v in self.global_state.items()}, meta
 
@@ -405,6 +468,8 @@ class TicketStrategy:
         self.has_mask = set(meta["has_mask"])
         self.reached = {float(t) for t in meta["reached"]}
         self.totals = Totals(**meta["totals"])
+        self.seeded_init = bool(meta.get("seeded_init", False))
+        self.rule_meta = dict(meta.get("rule_meta", {}))
 
     # ------------------------------------------------------------------- loop
     def start(self, engine: Engine, callbacks: Sequence[Callback] = (),

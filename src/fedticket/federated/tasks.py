@@ -111,15 +111,18 @@ def _received(trainer: LocalTrainer, codec: Codec, instruction: Instruction,
     change`` the model this client holds plus the change it carries; the client keeps
     what it now holds."""
     payload = instruction.payload
-    if not DOWNLOAD_CODES[trainer.spec.download].change:
+    part = DOWNLOAD_CODES[trainer.spec.download]
+    if not part.change:
         return codec.decode(payload)
     key = f"model-{instruction.client}"
     if instruction.delta:
         held = None if memory is None else memory.get(key)
+        if held is None and instruction.from_start:  # the seeded start, rebuilt here
+            held = codec.kept(trainer.model.state_dict())
         if held is None or held.shape != (codec.size,):
             raise FedticketError(f"client {instruction.client} got the change from a model "
                                  "it does not hold")
-        kept = (held + codec.decode_values(payload)).astype(np.float32)
+        kept = (held + part.decode(codec, payload)).astype(np.float32)
         if not np.isfinite(kept).all():
             raise FedticketError("payload holds values that are not finite")
     else:

@@ -22,6 +22,7 @@ def instruction_record(ins: Instruction) -> ConfigRecord:
         "round": ins.round, "client": ins.client, "payload": ins.payload, "mask": ins.mask,
         "seed": ins.seed, "task": ins.task, "alpha": ins.alpha,
         **({"delta": True} if ins.delta else {}),
+        **({"from_start": True} if ins.from_start else {}),
     })
 
 
@@ -33,6 +34,7 @@ def read_instruction(rec: ConfigRecord) -> Instruction:
         seed=get(rec, "seed", int), task=get(rec, "task", str) if "task" in rec else TRAIN,
         alpha=get(rec, "alpha", float) if "alpha" in rec else 0.0,
         delta=get(rec, "delta", bool) if "delta" in rec else False,
+        from_start=get(rec, "from_start", bool) if "from_start" in rec else False,
     )
 
 
