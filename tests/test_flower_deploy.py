@@ -54,7 +54,9 @@ def test_deploy_matches_the_simulator_round_for_round(tmp_path):
     method = "snip-ticket"
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(CONFIG.replace('methods = ["dae-ticket"]', f'methods = ["{method}"]'))
-    q8 = ["--set", 'federate.values="q8"']
+    # every download booked at the bytes it carries (federate.init_bytes = weights), so
+    # that Flower's own count of the wire can be held against the ledger's below
+    q8 = ["--set", 'federate.values="q8"', "--set", 'federate.init_bytes="weights"']
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     sim = subprocess.run([str(BIN / "fedticket"), "run", str(cfg), "--out", str(tmp_path / "sim"),
                           "--threads", "1", "--quiet", *q8], capture_output=True, text=True,

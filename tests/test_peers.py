@@ -369,7 +369,8 @@ def test_feddst_on_flower_messages_ends_with_the_simulators_model_and_mask(tmp_p
     assert sim[2].up_bytes == flower[2].up_bytes and sim[2].down_bytes == flower[2].down_bytes
 
 
-@pytest.mark.parametrize("method", ["synflow-ticket", "qsgd-4", "dae-ticket-qsgd"])
+@pytest.mark.parametrize("method", ["synflow-ticket", "qsgd-4", "dae-ticket-qsgd", "fedpm",
+                                    "topk-ef-2way"])
 def test_each_peer_on_flower_messages_ends_with_the_simulators_model_and_bytes(tmp_path,
                                                                            method):
     # the peers the real-SuperLink parity test (test_flower_deploy.py) does not run
