@@ -168,6 +168,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
     c.add_argument("--plots", help="where to write the PNG plots (default: DIR/plots)")
     c.add_argument("--no-plots", action="store_true", help="do not write plots")
+    c.add_argument("--links", metavar="PROFILE",
+                   help="also model each run's wall-clock time to the target on a link and "
+                        "device profile (constrained, mobile, wifi, mixed; or FILE.toml:NAME)")
+    c.add_argument("--overhead-s", type=float, default=0.0,
+                   help="--links: the framework's own seconds per round (default 0)")
 
     e = sub.add_parser("export", help="write the final global model of a finished run as "
                                       "ONNX or safetensors (docs/export.md)")
@@ -302,8 +307,15 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.target is not None and not 0.0 < args.target <= 1.0:
         raise FedticketError(f"--target is an accuracy in (0, 1], got {args.target}")
+    profile = None
+    if args.links:
+        from fedticket.report.links import compare_times, format_times, load_profile
+
+        profile = load_profile(args.links, args.overhead_s)
     runs = load_runs(args.dir)
     result = compare(runs, target=args.target, baseline=args.baseline)
+    times = (None if profile is None else
+             compare_times(runs, result["target"], profile, args.baseline))
     written: list[Path] = []
     if not args.no_plots:
         out = Path(args.plots) if args.plots else Path(args.dir) / "plots"
@@ -313,12 +325,16 @@ def _compare(args: argparse.Namespace) -> int:
         from fedticket.report.table import layer_fractions
 
         print(json.dumps(result | {"layers": layer_fractions(runs),
-                                   "provenance": provenance(runs)}, allow_nan=False))
+                                   "provenance": provenance(runs)}
+                         | ({} if times is None else {"links": times}), allow_nan=False))
     else:
         print(to_markdown(result) if args.markdown else format_table(result))
         if any(r.layers for r in runs):
             print()
             print(layers_markdown(runs) if args.markdown else format_layers(runs))
+        if times is not None:
+            print()
+            print(format_times(times))
         for p in written:
             print(f"plot: {p}")
     return 0
