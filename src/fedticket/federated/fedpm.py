@@ -189,7 +189,7 @@ def decode_counts(payload: bytes, sizes: Sequence[int]) -> tuple[list[np.ndarray
                                                    .astype(np.uint32))
         out = []
         for size, hist in zip(sizes, hists, strict=True):
-            if np.count_nonzero(hist) > 1:  # noqa: SIM108
+            if np.count_nonzero(hist) > 1:
                 c = np.asarray(coder.decode(_count_model(hist), size), dtype=np.int64)
             else:
                 c = np.full(size, int(np.argmax(hist)), dtype=np.int64)
